@@ -1,0 +1,1 @@
+"""One module per CLI command: each turns Settings into a Result (nothing else prints)."""

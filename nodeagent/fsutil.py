@@ -1,0 +1,156 @@
+"""Crash-safe file operations: atomic writes, atomic symlink swaps, the run lock.
+
+A write either fully happens or not at all: temp file in the same directory,
+fsync, rename over the target, fsync the directory. Owner and mode of a file
+being replaced are kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+from pathlib import Path
+
+from nodeagent.errors import HostError, LockHeld
+
+TEMP_PREFIX = ".nodeagent-tmp-"
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _explain(exc: OSError, path: Path, verb: str) -> HostError:
+    if exc.errno == errno.ENOSPC:
+        return HostError(f"no space left on device while {verb} {path}", "free disk space on the node, then run again")
+    if exc.errno in (errno.EROFS,):
+        return HostError(f"{path} is on a read-only filesystem", "remount it read-write or choose another --root")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return HostError(f"permission denied while {verb} {path}", "run nodeagent as root (or fix the file's permissions)")
+    return HostError(f"{verb} {path} failed: {exc.strerror or exc}", None)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data` atomically, keeping owner/mode of an existing file."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        keep_mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+    except FileNotFoundError:
+        keep_mode, uid, gid = (0o644 if mode is None else mode), None, None
+    if mode is not None:
+        keep_mode = mode
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fchmod(fh.fileno(), keep_mode)
+                if uid is not None:
+                    try:
+                        os.fchown(fh.fileno(), uid, gid)
+                    except PermissionError:
+                        pass
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            tmp = None
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise _explain(exc, path, "writing") from exc
+
+
+def atomic_symlink(target: str, link: str | os.PathLike) -> None:
+    """Point `link` at `target` atomically (new link under a temp name, then rename over)."""
+    link = Path(link)
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        tmp = link.parent / f"{TEMP_PREFIX}{link.name}.{os.getpid()}"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, tmp)
+        try:
+            os.replace(tmp, link)
+        except OSError:
+            os.unlink(tmp)
+            raise
+        fsync_dir(link.parent)
+    except OSError as exc:
+        raise _explain(exc, link, "linking") from exc
+
+
+def remove_file(path: str | os.PathLike) -> bool:
+    """Remove a file or symlink if present; True if something was removed."""
+    path = Path(path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _explain(exc, path, "removing") from exc
+    fsync_dir(path.parent)
+    return True
+
+
+class RunLock:
+    """An exclusive flock on the lock file; a second holder fails fast with exit 3."""
+
+    def __init__(self, path: str | os.PathLike, wait: float = 0.0):
+        self.path = Path(path)
+        self.wait = wait
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        import time
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _explain(exc, self.path, "opening lock") from exc
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = ""
+                    try:
+                        holder = os.pread(self.fd, 32, 0).decode().strip()
+                    except OSError:
+                        pass
+                    os.close(self.fd)
+                    self.fd = None
+                    raise LockHeld(
+                        f"another nodeagent holds {self.path}" + (f" (pid {holder})" if holder else ""),
+                        "wait for it to finish, or stop it; nothing was changed",
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

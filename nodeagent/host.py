@@ -1,0 +1,118 @@
+"""HostRoot: the one place that joins --root with host paths.
+
+Every probe reads /proc, /sys, /dev, /etc through this object, so the DaemonSet
+(`--root /host`), a person at a shell (`/`) and tests (captured trees under
+tests/fixtures) run the very same code.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from nodeagent.errors import HostError
+
+
+class HostRoot:
+    """A host filesystem seen from `root`; all host paths are absolute POSIX paths."""
+
+    def __init__(self, root: str | os.PathLike = "/"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise HostError(
+                f"host root {str(root)!r} does not exist or is not a directory",
+                "pass --root the directory where the node's root filesystem is mounted (e.g. /host)",
+            )
+
+    @property
+    def is_live(self) -> bool:
+        """True when the root is this process's own `/` (so /proc describes it)."""
+        try:
+            return os.path.samefile(self.root, "/")
+        except OSError:
+            return False
+
+    def path(self, host_path: str | os.PathLike) -> Path:
+        """Map an absolute host path to where it is under the root (no symlink resolving)."""
+        rel = PurePosixPath(host_path)
+        if rel.is_absolute():
+            rel = rel.relative_to("/")
+        return self.root / rel
+
+    def resolve(self, host_path: str) -> Path:
+        """Like path(), but follow symlinks *inside* the host root (absolute links stay in it)."""
+        current = PurePosixPath("/")
+        parts = list(PurePosixPath(host_path).parts[1:] if host_path.startswith("/") else PurePosixPath(host_path).parts)
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                current = current.parent
+                continue
+            candidate = current / part
+            real = self.path(candidate)
+            if real.is_symlink():
+                hops += 1
+                if hops > 40:
+                    raise HostError(f"too many symlinks resolving {host_path}", None)
+                target = PurePosixPath(os.readlink(real))
+                if target.is_absolute():
+                    current = PurePosixPath("/")
+                    parts = list(target.parts[1:]) + parts
+                else:
+                    parts = list(target.parts) + parts
+                continue
+            current = candidate
+        return self.path(current)
+
+    def to_host(self, real_path: str | os.PathLike) -> str:
+        """The host path of a real path under the root."""
+        rel = Path(real_path).relative_to(self.root)
+        return "/" + str(rel) if str(rel) != "." else "/"
+
+    def exists(self, host_path: str) -> bool:
+        return os.path.lexists(self.path(host_path))
+
+    def read_text(self, host_path: str, limit: int = 4 << 20) -> str | None:
+        """File text, or None if missing/unreadable; never raises for an absent file."""
+        try:
+            with open(self.path(host_path), "rb") as fh:
+                return fh.read(limit).decode("utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def read_bytes(self, host_path: str) -> bytes | None:
+        try:
+            return self.path(host_path).read_bytes()
+        except OSError:
+            return None
+
+    def listdir(self, host_path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(host_path)))
+        except OSError:
+            return []
+
+    def is_char_device(self, host_path: str) -> bool:
+        try:
+            return stat.S_ISCHR(os.stat(self.path(host_path)).st_mode)
+        except OSError:
+            return False
+
+    def which(self, name: str, path: str | None = None) -> str | None:
+        """Find an executable by name on a host PATH; returns the host path."""
+        search = path or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        for directory in search.split(":"):
+            if not directory:
+                continue
+            host_candidate = f"{directory.rstrip('/')}/{name}"
+            try:
+                real = self.resolve(host_candidate)
+            except HostError:
+                continue
+            if real.is_file() and os.access(real, os.X_OK):
+                return host_candidate
+        return None

@@ -1,0 +1,17 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TESTENV = Path(os.environ.get("NODEAGENT_TESTENV", "/opt/nodeagent-testenv"))
+FIXTURES = ROOT / "tests" / "fixtures"
+CORPUS = FIXTURES / "corpus"  # copied from shared/corpus/containerd-configs (see SOURCES.md)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES

@@ -1,0 +1,31 @@
+"""Run the real `nodeagent` CLI in a subprocess and check its error contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
+    full_env.setdefault("NODEAGENT_LOG_FORMAT", "json")
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "nodeagent", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
+    )
+
+
+def assert_known_error(proc: subprocess.CompletedProcess, exit_code: int = 2) -> str:
+    """One `error:` line, one `hint:` line, the expected exit code, no traceback. Returns the error text."""
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.startswith(("error:", "hint:"))]
+    assert [l.split(":")[0] for l in lines] == ["error", "hint"], proc.stderr
+    return lines[0][len("error: "):]
