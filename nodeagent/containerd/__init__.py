@@ -1,0 +1,1 @@
+"""containerd: config model, planning, applying, and talking CRI."""

@@ -1,0 +1,135 @@
+"""What containerd's config means, in one place: version -> CRI plugin id, handler tables.
+
+Every other module asks here where runtimes live for a config version, and what
+a handler for gVisor or Kata must look like (the user-visible contract).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.errors import ConfigError, UsageError
+
+# config `version` -> the CRI plugin table that holds `containerd.runtimes`
+# (none/1: legacy `plugins.cri`; 2: containerd 1.x/2.x v2 schema; 3/4: containerd 2.x split CRI plugins)
+_CRI_RUNTIME_PLUGIN = {
+    1: "cri",
+    2: "io.containerd.grpc.v1.cri",
+    3: "io.containerd.cri.v1.runtime",
+    4: "io.containerd.cri.v1.runtime",
+}
+SUPPORTED_VERSIONS = tuple(_CRI_RUNTIME_PLUGIN)
+
+GVISOR_RUNTIME_TYPE = "io.containerd.runsc.v1"
+GVISOR_OPTIONS_TYPE_URL = "io.containerd.runsc.v1.options"
+RUNSC_CONFIG_PATH = "/etc/containerd/runsc.toml"
+KATA_RUNTIME_TYPE = "io.containerd.kata.v2"
+KATA_DEFAULTS_DIR = "/opt/kata/share/defaults/kata-containers"
+KATA_HYPERVISORS = ("qemu", "clh", "fc")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def config_version(value: Any) -> int:
+    """The schema version of a parsed config (`version` key; missing means 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"containerd config has version = {value!r}, which is not an integer",
+            "write the version as a bare integer, e.g. `version = 2` (containerd rejects a string)",
+        )
+    if value not in _CRI_RUNTIME_PLUGIN:
+        raise ConfigError(
+            f"containerd config version {value} is not supported",
+            "supported versions: " + ", ".join(map(str, SUPPORTED_VERSIONS)),
+        )
+    return int(value)
+
+
+def cri_runtime_plugin(version: int) -> str:
+    return _CRI_RUNTIME_PLUGIN[config_version(version)]
+
+
+def runtimes_table_path(version: int) -> tuple[str, ...]:
+    """Key path of the table holding runtime handlers for this config version."""
+    return ("plugins", cri_runtime_plugin(version), "containerd", "runtimes")
+
+
+def validate_handler_name(name: str) -> str:
+    """A RuntimeClass handler must be a DNS label (Kubernetes validation)."""
+    if not isinstance(name, str) or not _DNS_LABEL.match(name):
+        raise UsageError(
+            f"invalid handler name {name!r}",
+            "a handler must be a DNS label: lowercase letters, digits and '-', at most 63 characters",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """One runtime handler as it must appear under `containerd.runtimes.<name>`."""
+
+    name: str
+    runtime: str  # "gvisor" | "kata"
+    runtime_type: str
+    shim_binary: str  # what containerd looks for on its PATH
+    keys: dict[str, Any] = field(default_factory=dict)  # handler-level keys
+    options: dict[str, Any] | None = None  # the `.options` table, None for none
+
+    def table(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"runtime_type": self.runtime_type, **self.keys}
+        if self.options is not None:
+            body["options"] = dict(self.options)
+        return body
+
+
+def shim_binary_for(runtime_type: str) -> str:
+    """containerd maps io.containerd.<name>.<ver> to the binary containerd-shim-<name>-<ver>."""
+    parts = runtime_type.split(".")
+    if len(parts) < 4 or parts[0] != "io" or parts[1] != "containerd":
+        raise UsageError(f"unexpected runtime_type {runtime_type!r}", "use io.containerd.<name>.<version>")
+    return "containerd-shim-" + "-".join(parts[2:])
+
+
+def gvisor_handler(name: str = "runsc") -> HandlerSpec:
+    validate_handler_name(name)
+    return HandlerSpec(
+        name=name,
+        runtime="gvisor",
+        runtime_type=GVISOR_RUNTIME_TYPE,
+        shim_binary=shim_binary_for(GVISOR_RUNTIME_TYPE),
+        options={"TypeUrl": GVISOR_OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
+    )
+
+
+def kata_handler(name: str = "kata") -> HandlerSpec:
+    validate_handler_name(name)
+    return HandlerSpec(
+        name=name,
+        runtime="kata",
+        runtime_type=KATA_RUNTIME_TYPE,
+        shim_binary=shim_binary_for(KATA_RUNTIME_TYPE),
+        keys={"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]},
+    )
+
+
+def kata_hypervisor_handler(name: str) -> HandlerSpec:
+    """`kata-qemu`, `kata-clh`, `kata-fc`: each with its own shim name and configuration file."""
+    validate_handler_name(name)
+    hv = name.removeprefix("kata-")
+    if not name.startswith("kata-") or hv not in KATA_HYPERVISORS:
+        raise UsageError(
+            f"unknown extra Kata handler {name!r}", "choose from: " + ", ".join(f"kata-{h}" for h in KATA_HYPERVISORS)
+        )
+    runtime_type = f"io.containerd.kata-{hv}.v2"
+    return HandlerSpec(
+        name=name,
+        runtime="kata",
+        runtime_type=runtime_type,
+        shim_binary=shim_binary_for(runtime_type),
+        keys={"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]},
+        options={"ConfigPath": f"{KATA_DEFAULTS_DIR}/configuration-{hv}.toml"},
+    )
