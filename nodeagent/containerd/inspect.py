@@ -1,0 +1,103 @@
+"""What handlers containerd would serve from a config on disk, following `imports`.
+
+Read-only and pure Python (no containerd binary needed), so `doctor` and the planner
+share it. The merge rules were checked against real containerd 1.6.20, 1.7.24 and
+2.1.9 `config dump` (tests/integration/test_containerd_config_inspect.py):
+
+* containerd 1.x: a file in `imports` that has the CRI plugin table *replaces* the
+  whole CRI table (containerd#5837). v1 files use the short id `cri`; a v3 file's
+  `io.containerd.cri.v1.runtime` table means nothing to 1.x.
+* containerd 2.x: tables deep-merge. The main file is always migrated; the merged
+  schema version is the highest of all files, and a drop-in written for schema 1 or
+  2 only counts while that merged version is exactly 2 — next to any v3 file (or
+  when every file is v1) it is silently ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from nodeagent.containerd import model
+from nodeagent.containerd.imports import LoadedFile, load_chain
+from nodeagent.host import HostRoot
+
+V2_CRI = model.cri_runtime_plugin(2)
+V3_CRI = model.cri_runtime_plugin(3)
+
+
+def containerd_major(containerd_version: str | None, main_version: int) -> int:
+    """1 or 2; without a known daemon version, a v3+ config implies 2.x and older ones 1.x."""
+    if containerd_version:
+        head = containerd_version.lstrip("v").split(".")[0]
+        if head.isdigit():
+            return 2 if int(head) >= 2 else 1
+    return 2 if main_version >= 3 else 1
+
+
+def dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """Walk nested tables; None when any step is missing or not a table."""
+    node: Any = data
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def cri_table_v1x(item: LoadedFile) -> dict[str, Any] | None:
+    """The CRI plugin table a file gives containerd 1.x, or None when it has none."""
+    if item.version >= 3:
+        return None
+    table = dig(item.data, ("plugins", model.cri_runtime_plugin(item.version)))
+    return table if isinstance(table, dict) else None
+
+
+def deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def effective_runtimes(chain: list[LoadedFile], major: int) -> dict[str, dict[str, Any]]:
+    """handler name -> its effective table, from already-loaded files."""
+    if not chain:
+        return {}
+    if major < 2:
+        cri: dict[str, Any] | None = None
+        for item in chain:
+            table = cri_table_v1x(item)
+            if table is not None:
+                cri = table  # replaces, does not merge (containerd#5837)
+        runtimes = dig(cri or {}, ("containerd", "runtimes"))
+    else:
+        merged_version = max(item.version for item in chain)
+        runtimes = {}
+        for index, item in enumerate(chain):
+            if index > 0 and item.version < 3 and merged_version != 2:
+                continue  # old-schema drop-in: containerd 2.x only migrates it when the merged version is 2
+            table = dig(item.data, model.runtimes_table_path(item.version))
+            if isinstance(table, dict):
+                deep_merge(runtimes, table)
+    if not isinstance(runtimes, dict):
+        return {}
+    return {name: copy.deepcopy(t) for name, t in runtimes.items() if isinstance(t, dict)}
+
+
+def registered_handlers(
+    host: HostRoot,
+    config_path: str,
+    containerd_version: str | None = None,
+    overrides: dict[str, bytes | None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Handler name -> table as containerd would see it, following `imports`.
+
+    `containerd_version` ("1.7.24", "2.1.9") picks the merge rules; without it the main
+    file's schema version decides (3+ means containerd 2.x). `overrides` lets a caller
+    ask about candidate contents (host path -> bytes, None = deleted) without writing.
+    Raises ConfigError (exit 2, with a hint) for unreadable or broken files.
+    """
+    chain = load_chain(host, config_path, overrides)
+    return effective_runtimes(chain, containerd_major(containerd_version, chain[0].version))
