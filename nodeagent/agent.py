@@ -1,0 +1,197 @@
+"""Long-running mode (DaemonSet / systemd): converge, then keep the node converged.
+
+The loop converges at start, tells systemd it is ready, then re-converges every
+`interval` seconds (drift: a package upgrade or k3s rewriting the config, labels
+wiped by a kubelet restart). Failures back off exponentially up to the interval.
+SIGTERM stops the loop; the node is uninstalled only when `should_uninstall`
+says so (the DaemonSet no longer selects the node), never on a rolling update.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+import structlog
+
+from nodeagent import sdnotify
+from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+FIRST_BACKOFF = 5.0
+
+
+@dataclass
+class ConvergeOutcome:
+    changed: bool = False
+    restarted: bool = False
+    rolled_back: bool = False
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise UsageError(f"invalid listen address {listen!r}", "use HOST:PORT, e.g. 0.0.0.0:9101 (port 0 picks one)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Agent:
+    """The converge loop plus its health/metrics endpoint."""
+
+    def __init__(
+        self,
+        converge: Callable[[], ConvergeOutcome],
+        *,
+        interval: float,
+        listen: str,
+        should_uninstall: Callable[[], bool] = lambda: False,
+        uninstall: Callable[[], None] = lambda: None,
+    ):
+        self.converge_fn = converge
+        self.interval = interval
+        self.listen = listen
+        self.should_uninstall = should_uninstall
+        self.uninstall = uninstall
+        self.metrics = Metrics()
+        self.stop_event = threading.Event()
+        self.ready = False
+        self.converged_once = False
+        self.last_error: str | None = None
+        self.heartbeat = time.monotonic()
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- HTTP -----------------------------------------------------------------
+    def _handler(self):
+        agent = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server API)
+                if self.path == "/healthz":
+                    # alive = the loop has ticked within a few intervals (not wedged)
+                    stale = time.monotonic() - agent.heartbeat > max(3 * agent.interval, 60)
+                    self._send(503 if stale else 200, "stale\n" if stale else "ok\n")
+                elif self.path == "/readyz":
+                    ok = agent.ready
+                    self._send(200 if ok else 503, "ready\n" if ok else f"not ready: {agent.last_error or 'converging'}\n")
+                elif self.path == "/metrics":
+                    self._send(200, agent.metrics.render(), "text/plain; version=0.0.4")
+                else:
+                    self._send(404, "not found\n")
+
+            def _send(self, code: int, body: str, ctype: str = "text/plain"):
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):  # keep stderr for structured logs
+                pass
+
+        return Handler
+
+    def start_server(self) -> tuple[str, int]:
+        """Start serving (once); returns the bound address (port 0 picks a free port)."""
+        if self.server is not None:
+            return self.server.server_address[:2]
+        host, port = parse_listen(self.listen)
+        try:
+            self.server = ThreadingHTTPServer((host, port), self._handler())
+        except OSError as exc:
+            raise NodeagentError(f"cannot listen on {self.listen}: {exc.strerror}", "choose another --listen address") from exc
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, name="health", daemon=True).start()
+        bound = self.server.server_address[:2]
+        log.info("health endpoint listening", address=f"{bound[0]}:{bound[1]}")
+        return bound
+
+    # --- loop -----------------------------------------------------------------
+    def converge_once(self) -> bool:
+        started = time.monotonic()
+        self.metrics.inc("nodeagent_converges_total")
+        try:
+            outcome = self.converge_fn()
+        except NodeagentError as exc:
+            self.last_error = exc.message
+            self.ready = False
+            self.metrics.inc("nodeagent_converge_failures_total")
+            if "roll" in exc.message and "back" in exc.message:
+                self.metrics.inc("nodeagent_rollbacks_total")
+            log.error("converge failed", error=exc.message, hint=exc.hint)
+            return False
+        except Exception as exc:  # a bug must not kill the agent; it is logged and retried
+            self.last_error = f"unexpected {type(exc).__name__}: {exc}"
+            self.ready = False
+            self.metrics.inc("nodeagent_converge_failures_total")
+            log.exception("converge crashed")
+            return False
+        finally:
+            self.heartbeat = time.monotonic()
+            self.metrics.set("nodeagent_last_converge_duration_seconds", round(time.monotonic() - started, 6))
+            self.metrics.set("nodeagent_last_converge_timestamp_seconds", round(time.time(), 3))
+        if outcome.changed:
+            self.metrics.inc("nodeagent_installs_total")
+            if self.converged_once:
+                self.metrics.inc("nodeagent_drift_repairs_total")
+                log.warning("drift repaired")
+        if outcome.restarted:
+            self.metrics.inc("nodeagent_containerd_restarts_total")
+        if outcome.rolled_back:
+            self.metrics.inc("nodeagent_rollbacks_total")
+        self.converged_once = True
+        self.ready = True
+        self.last_error = None
+        self.metrics.set("nodeagent_ready", 1)
+        return True
+
+    def _watchdog(self, every: float) -> None:
+        while not self.stop_event.wait(every):
+            # only ping while the loop is alive: a wedged loop lets systemd restart us
+            if time.monotonic() - self.heartbeat <= max(3 * self.interval, 60):
+                sdnotify.notify("WATCHDOG=1")
+
+    def request_stop(self, *_args) -> None:
+        self.stop_event.set()
+
+    def run(self, once: bool = False) -> int:
+        if not once:
+            self.start_server()
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self.request_stop)
+                signal.signal(signal.SIGINT, self.request_stop)
+        ok = self.converge_once()
+        if once:
+            return 0 if ok else 2
+        sdnotify.notify(f"READY=1\nSTATUS={'converged' if ok else 'converge failed, retrying'}")
+        every = sdnotify.watchdog_interval()
+        if every:
+            threading.Thread(target=self._watchdog, args=(every,), name="watchdog", daemon=True).start()
+        backoff = FIRST_BACKOFF
+        while True:
+            wait = self.interval if ok else min(backoff, self.interval)
+            if self.stop_event.wait(wait):
+                break
+            self.heartbeat = time.monotonic()
+            ok = self.converge_once()
+            backoff = FIRST_BACKOFF if ok else min(backoff * 2, self.interval)
+            sdnotify.notify(f"STATUS={'converged' if ok else 'converge failed: ' + (self.last_error or '')}")
+        sdnotify.notify("STOPPING=1")
+        log.info("stopping")
+        try:
+            if self.should_uninstall():
+                log.warning("node no longer selected: uninstalling")
+                self.uninstall()
+        except NodeagentError as exc:
+            log.error("uninstall on stop failed", error=exc.message, hint=exc.hint)
+        finally:
+            if self.server:
+                self.server.shutdown()
+                self.server.server_close()
+        return 0

@@ -1,0 +1,130 @@
+"""The agent loop: readiness, back-off, drift counting, endpoints, sd_notify, stop.
+
+The converge step is injected here (a plain function that fails, then succeeds, then
+changes something) so the loop's own logic is what is tested; the real converge runs
+against a systemd node in tests/integration.
+"""
+
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from nodeagent import agent as agent_mod
+from nodeagent.agent import Agent, ConvergeOutcome, parse_listen
+from nodeagent.errors import NodeagentError, UsageError
+
+
+def _get(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _wait(pred, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    yield sock
+    sock.close()
+
+
+def test_loop_backs_off_then_becomes_ready_and_counts_drift(notify_socket, monkeypatch):
+    monkeypatch.setattr(agent_mod, "FIRST_BACKOFF", 0.05)
+    calls = []
+    gate = threading.Event()
+
+    def converge():
+        calls.append(time.monotonic())
+        n = len(calls)
+        if n == 1:
+            raise NodeagentError("containerd unhealthy, rolled back", "see logs")
+        if n == 2:
+            return ConvergeOutcome(changed=True, restarted=True)
+        if n == 3:
+            return ConvergeOutcome(changed=True, restarted=True)  # drift repaired
+        gate.set()
+        return ConvergeOutcome()
+
+    a = Agent(converge, interval=0.2, listen="127.0.0.1:0")
+    port = a.start_server()[1]
+    t = threading.Thread(target=a.run)
+    t.start()
+    try:
+        first = notify_socket.recv(4096).decode()
+        assert first.startswith("READY=1") and "failed" in first
+        assert _get(port, "/healthz")[0] == 200
+        assert _wait(gate.is_set)
+        assert _get(port, "/readyz")[0] == 200
+        metrics = _get(port, "/metrics")[1]
+        assert "nodeagent_converge_failures_total 1" in metrics
+        assert "nodeagent_rollbacks_total 1" in metrics
+        assert "nodeagent_installs_total 2" in metrics
+        assert "nodeagent_drift_repairs_total 1" in metrics
+        assert "nodeagent_containerd_restarts_total 2" in metrics
+        assert "nodeagent_ready 1" in metrics
+        assert _get(port, "/nope")[0] == 404
+    finally:
+        a.request_stop()
+        t.join(10)
+    assert not t.is_alive()
+    # the failed first converge was retried after the short back-off, not after the interval
+    assert calls[1] - calls[0] < 0.2
+
+
+def test_not_ready_until_a_converge_succeeds():
+    def converge():
+        raise NodeagentError("no containerd", "install containerd")
+
+    a = Agent(converge, interval=30, listen="127.0.0.1:0")
+    port = a.start_server()[1]
+    a.converge_once()
+    status, body = _get(port, "/readyz")
+    assert status == 503 and "no containerd" in body
+    a.server.shutdown()
+
+
+def test_stop_uninstalls_only_when_asked():
+    done = []
+    for selected in (True, False):
+        a = Agent(lambda: ConvergeOutcome(), interval=30, listen="127.0.0.1:0",
+                  should_uninstall=lambda s=selected: not s, uninstall=lambda: done.append(1))
+        t = threading.Thread(target=a.run)
+        t.start()
+        assert _wait(lambda: a.ready)
+        a.request_stop()
+        t.join(10)
+    assert done == [1]
+
+
+def test_once_returns_exit_code():
+    assert Agent(lambda: ConvergeOutcome(), interval=1, listen="127.0.0.1:0").run(once=True) == 0
+    def bad():
+        raise NodeagentError("x", "y")
+    assert Agent(bad, interval=1, listen="127.0.0.1:0").run(once=True) == 2
+
+
+def test_parse_listen():
+    assert parse_listen("0.0.0.0:9101") == ("0.0.0.0", 9101)
+    assert parse_listen("[::1]:80") == ("::1", 80)
+    for bad in ("9101", "host:", "h:99999"):
+        with pytest.raises(UsageError):
+            parse_listen(bad)
