@@ -1,0 +1,142 @@
+"""containerd on the host: binary, version, running process, config file, socket, flavor.
+
+Sources, in order of trust: explicit settings (--containerd-config/--containerd-socket),
+the running process's own flags, the config file's `grpc.address`, the flavor's defaults.
+The version comes from running `<binary> --version` when the root is live; for another
+root (a DaemonSet's /host, a captured tree) from the host's package database
+(/var/lib/dpkg/status), because running a host binary from outside its root is not safe
+to assume.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Any
+
+from nodeagent.detect import containerd_config, flavor as flavor_mod, procs
+from nodeagent.errors import CommandFailed
+from nodeagent.host import HostRoot
+from nodeagent.run import run
+from nodeagent.settings import Settings
+
+_VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+\.\d+)")
+_DPKG_PACKAGES = ("containerd", "containerd.io")
+
+
+def parse_version(text: str) -> str | None:
+    """'containerd github.com/containerd/containerd 1.6.20~ds1 ...' -> '1.6.20'."""
+    match = _VERSION.search(text or "")
+    return match.group(1) if match else None
+
+
+def _dpkg_version(host: HostRoot) -> str | None:
+    status = host.read_text("/var/lib/dpkg/status", limit=64 << 20)
+    if not status:
+        return None
+    for paragraph in status.split("\n\n"):
+        fields = dict(
+            (line.split(":", 1)[0], line.split(":", 1)[1].strip())
+            for line in paragraph.splitlines()
+            if ":" in line and not line.startswith(" ")
+        )
+        if fields.get("Package") in _DPKG_PACKAGES and "installed" in fields.get("Status", "").split():
+            return parse_version(fields.get("Version", ""))
+    return None
+
+
+def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, config_hint: str | None) -> procs.HostProcess | None:
+    """Prefer the containerd serving this flavor's config/socket (not, say, Docker's own containerd)."""
+    for proc in found:
+        cfg = proc.flag("--config", "-c")
+        if config_hint and cfg == config_hint:
+            return proc
+    for proc in found:
+        if proc.flag("--address", "-a") == flavor.socket or proc.flag("--config", "-c") == flavor.config:
+            return proc
+    for proc in found:
+        if "docker" not in " ".join(proc.cmdline):
+            return proc
+    return None
+
+
+def _binary_version(host: HostRoot, binary: str, reasons: list[str]) -> str | None:
+    try:
+        result = run([str(host.resolve(binary)), "--version"], timeout=10)
+    except CommandFailed as exc:
+        reasons.append(f"`{binary} --version` failed: {exc.message}")
+        return None
+    version = parse_version(result.stdout)
+    if version is None:
+        reasons.append(f"could not read a version from `{binary} --version`: {result.stdout.strip()[:80]!r}")
+    return version
+
+
+def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
+    reasons: list[str] = []
+    flavor_facts = flavor_mod.detect(host)
+    flavor = flavor_facts.flavor
+
+    process = _pick_process(procs.find(host, ("containerd",)), flavor, settings.containerd_config)
+
+    # binary: the running process's executable, the flavor's own, then the host PATH
+    binary = None
+    if process and process.exe and host.is_live:
+        binary = process.exe
+    for candidate in flavor.binaries:
+        if binary is None and host.exists(candidate):
+            binary = candidate
+    if binary is None:
+        binary = host.which("containerd")
+
+    config_path = settings.containerd_config or (process.flag("--config", "-c") if process else None) or flavor.config
+    config = containerd_config.load(host, config_path)
+    config_version = config.main.version if config.main.ok else None
+    if not config.main.exists:
+        reasons.append(f"{config_path} does not exist (containerd runs with its built-in defaults)")
+    for error in config.errors:
+        reasons.append(f"containerd config {error}")
+
+    socket = (
+        settings.containerd_socket
+        or (process.flag("--address", "-a") if process else None)
+        or containerd_config.grpc_address(config)
+        or flavor.socket
+    )
+
+    version = None
+    if binary and host.is_live:
+        version = _binary_version(host, binary, reasons)
+    elif binary or process:
+        version = _dpkg_version(host)
+        if version is None:
+            reasons.append("containerd version unknown: the root is not live and the package database does not list it")
+
+    found = bool(binary or process)
+    if not found:
+        reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
+
+    template = next((t for t in flavor.templates if host.exists(t)), None)
+    return {
+        "found": found,
+        "version": version,
+        "config_path": config_path,
+        "config_version": config_version,
+        "socket": socket,
+        "flavor": flavor.name,
+        # extras
+        "binary": binary,
+        "binary_dir": posixpath.dirname(binary) if binary else None,
+        "running": process is not None,
+        "pid": process.pid if process else None,
+        "config_exists": config.main.exists,
+        "config_error": config.main.error,
+        "config_imports": [f.path for f in config.imports],
+        "config_template": template,
+        "config_template_candidates": list(flavor.templates),
+        "config_dropin_dir": flavor.dropin_dir,
+        "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
+        "handlers": sorted(containerd_config.runtime_handlers(config)),
+        "flavor_evidence": flavor_facts.evidence,
+        "reasons": reasons,
+    }
