@@ -1,0 +1,105 @@
+"""CRI against real containerd daemons (1.6, 1.7, 2.1): status, handlers, pods, the 1.x drop-in fault."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nodeagent.containerd import cri
+from tests.support.containerd_daemon import containerd_factory, minimal_config  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+EXTRA_HANDLER = {
+    # a handler whose runtime_type names a shim that does not exist: CRI lists it all the same
+    "1.6": '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\n  runtime_type = "io.containerd.runsc.v1"\n',
+    "1.7": '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\n  runtime_type = "io.containerd.runsc.v1"\n',
+    "2.1": "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runsc]\n  runtime_type = 'io.containerd.runsc.v1'\n",
+}
+
+
+@pytest.mark.parametrize("version", ["1.6", "1.7", "2.1"])
+def test_status_lists_configured_handlers(containerd_factory, version):
+    daemon = containerd_factory(version, lambda work: minimal_config(version, work, extra=EXTRA_HANDLER[version]))
+    status = cri.cri_status(daemon.socket)
+    assert status.ok, status.as_dict()
+    assert status.handlers == {"runc", "runsc"}
+    assert status.runtime_types()["runsc"] == "io.containerd.runsc.v1"
+    assert status.runtime_version and status.runtime_version.startswith(version)
+    assert status.config["restrictOOMScoreAdj"] is True
+
+
+@pytest.mark.parametrize("version", ["1.6", "1.7"])
+def test_partial_cri_dropin_on_1x_reports_plugin_not_ok(containerd_factory, version):
+    """containerd#5837: a drop-in with a CRI table replaces the whole section on 1.x.
+
+    The daemon starts and answers, but the CRI plugin fails (default runtime "runc" is gone):
+    exactly the fault the installer must detect and roll back.
+    """
+
+    def config(work):
+        dropin = work / "runsc.toml"
+        dropin.write_text(EXTRA_HANDLER[version])
+        return f'imports = ["{dropin}"]\n' + minimal_config(version, work)
+
+    daemon = containerd_factory(version, config)
+    assert daemon.answers()  # the socket answers: "socket up" alone would call this healthy
+    status = cri.cri_status(daemon.socket)
+    assert status.answers and not status.plugin_ok and not status.ok
+    assert "UNIMPLEMENTED" in status.reason
+    assert 'default_runtime_name = \\"runc\\"' in status.reason or 'default_runtime_name = "runc"' in status.reason
+    with cri.CriClient(daemon.socket) as client, pytest.raises(cri.CriPluginNotOk):
+        client.run_pod("runc")
+
+
+def test_status_of_missing_and_stopped_daemon(containerd_factory, tmp_path):
+    status = cri.cri_status(tmp_path / "absent.sock")
+    assert not status.answers and "no socket" in status.reason
+    daemon = containerd_factory("2.1")
+    assert cri.cri_status(daemon.socket).ok
+    daemon.stop()
+    status = cri.cri_status(daemon.socket)
+    assert not status.ok and not status.answers
+
+
+def test_socket_that_is_not_containerd(tmp_path):
+    """A unix socket that accepts and closes (not gRPC): unavailable, not a crash."""
+    import socket
+    import threading
+
+    path = tmp_path / "fake.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        start = time.monotonic()
+        status = cri.cri_status(path, timeout=1.0)
+        assert not status.answers and status.reason
+        assert time.monotonic() - start < 5
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def test_read_cri_log_joins_partial_lines():
+    text = (
+        "2026-01-01T00:00:00.000000000Z stdout P 6.18\n"
+        "2026-01-01T00:00:00.000000001Z stdout F .44-fc\n"
+        "2026-01-01T00:00:00.000000002Z stderr F second line\n"
+    )
+    assert cri.read_cri_log(text) == "6.18.44-fc\nsecond line\n"
