@@ -90,19 +90,6 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         binary = host.which("containerd")
 
     config_path = settings.containerd_config or (process.flag("--config", "-c") if process else None) or flavor.config
-    config = containerd_config.load(host, config_path)
-    config_version = config.main.version if config.main.ok else None
-    if not config.main.exists:
-        reasons.append(f"{config_path} does not exist (containerd runs with its built-in defaults)")
-    for error in config.errors:
-        reasons.append(f"containerd config {error}")
-
-    socket = (
-        settings.containerd_socket
-        or (process.flag("--address", "-a") if process else None)
-        or containerd_config.grpc_address(config)
-        or flavor.socket
-    )
 
     version = None
     if binary and host.is_live:
@@ -112,16 +99,30 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         if version is None:
             reasons.append("containerd version unknown: the root is not live and the package database does not list it")
 
+    config = containerd_config.read(host, config_path, version)
+    if not config.exists:
+        reasons.append(f"{config_path} does not exist (containerd runs with its built-in defaults)")
+    if config.error:
+        reasons.append(f"containerd config {config.error}")
+    if config.chain_error:
+        reasons.append(f"containerd config imports: {config.chain_error}")
+
     found = bool(binary or process)
     if not found:
         reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
 
+    socket = (
+        settings.containerd_socket
+        or (process.flag("--address", "-a") if process else None)
+        or containerd_config.grpc_address(config)
+        or flavor.socket
+    )
     template = next((t for t in flavor.templates if host.exists(t)), None)
     return {
         "found": found,
         "version": version,
         "config_path": config_path,
-        "config_version": config_version,
+        "config_version": config.version if config.error is None else None,
         "socket": socket,
         "flavor": flavor.name,
         # extras
@@ -129,14 +130,14 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "binary_dir": posixpath.dirname(binary) if binary else None,
         "running": process is not None,
         "pid": process.pid if process else None,
-        "config_exists": config.main.exists,
-        "config_error": config.main.error,
-        "config_imports": [f.path for f in config.imports],
+        "config_exists": config.exists,
+        "config_error": config.error or config.chain_error,
+        "config_imports": [f.path for f in config.chain[1:]],
         "config_template": template,
         "config_template_candidates": list(flavor.templates),
         "config_dropin_dir": flavor.dropin_dir,
         "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
-        "handlers": sorted(containerd_config.runtime_handlers(config)),
+        "handlers": sorted(config.handlers),
         "flavor_evidence": flavor_facts.evidence,
         "reasons": reasons,
     }

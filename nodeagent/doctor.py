@@ -1,0 +1,341 @@
+"""`doctor`'s checks: each turns host facts into ok / warn / fail / skip, a one-line
+summary and a remediation hint. Read-only: nothing here writes to the host.
+
+Every check is a small function of (facts, context); they share one detect pass.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import tomllib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from nodeagent.containerd import model
+from nodeagent.detect import detect_host, eligibility
+from nodeagent.errors import CommandFailed, NodeagentError
+from nodeagent.host import HostRoot
+from nodeagent.output import table
+from nodeagent.run import run
+from nodeagent.settings import Settings
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+# containerd's PATH when started by systemd (the unit sets none, so systemd's default applies)
+DEFAULT_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Check:
+    id: str
+    status: str
+    summary: str
+    hint: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Context:
+    host: HostRoot
+    settings: Settings
+    facts: dict[str, Any]
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- virtualization -------------------------------------------------------------------------
+
+
+def check_kvm(ctx: Context) -> Check:
+    v = ctx.facts["virtualization"]
+    if v["kvm_usable"]:
+        return Check("kvm", OK, f"/dev/kvm answers (API {v['kvm_api_version']}, module {v['kvm_module'] or 'unknown'})")
+    reason = "; ".join(r for r in v["reasons"] if "vsock" not in r) or "KVM is not usable"
+    if not v["kvm_device"]:
+        hint = "load kvm_intel/kvm_amd (or enable nested virtualization on the hypervisor); gVisor still runs on systrap"
+    else:
+        hint = "make /dev/kvm the real character device (10,232) readable by root and not in use; gVisor still runs on systrap"
+    return Check("kvm", WARN, f"KVM not usable: {reason} (Kata cannot run)", hint)
+
+
+def check_nested(ctx: Context) -> Check:
+    v = ctx.facts["virtualization"]
+    if not v["in_vm"]:
+        state = {True: "enabled", False: "disabled", None: "unknown"}[v["nested"]]
+        return Check("nested", OK, f"bare metal; {v['kvm_module'] or 'kvm'} nested guests {state}")
+    if v["kvm_usable"]:
+        return Check(
+            "nested", WARN,
+            f"KVM runs nested inside a VM ({v['kvm_module'] or 'kvm'}): sandboxes work but cost more",
+            "fine for dev/test; for production sandboxes prefer bare-metal nodes (gVisor uses systrap here)",
+        )
+    return Check(
+        "nested", WARN, "this node is a VM without usable KVM: nested virtualization is off",
+        "enable nested virtualization for this VM on the hypervisor/cloud (e.g. kvm_intel nested=1 on the L0 host)",
+    )
+
+
+def check_vsock(ctx: Context) -> Check:
+    v = ctx.facts["virtualization"]
+    if v["vhost_vsock"]:
+        return Check("vhost-vsock", OK, "/dev/vhost-vsock present (Kata can reach its guest agent)")
+    extra = " (the guest-side vsock modules loaded here do not count)" if v["guest_vsock"] else ""
+    return Check(
+        "vhost-vsock", WARN, f"host-side vsock /dev/vhost-vsock missing: Kata cannot run{extra}; gVisor does not need it",
+        "modprobe vhost_vsock and persist it in /etc/modules-load.d/vhost_vsock.conf",
+    )
+
+
+def check_gvisor_kernel(ctx: Context) -> Check:
+    g = ctx.facts["runtimes"]["gvisor"]
+    minimum = ".".join(map(str, eligibility.GVISOR_MIN_KERNEL))
+    if g["eligible"]:
+        return Check("gvisor-host", OK, f"kernel {ctx.facts['kernel']} >= {minimum}, {ctx.facts['arch']}: gVisor can run on {g['platform']}")
+    return Check("gvisor-host", FAIL, "gVisor cannot run: " + "; ".join(g["reasons"]),
+                 f"gVisor needs Linux {minimum}+ on amd64 or arm64: upgrade the node's kernel or use another node")
+
+
+# ---- cgroup driver ----------------------------------------------------------------------------
+
+
+def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
+    """(path, runsc's systemd-cgroup or None when unset/absent, parse error)."""
+    path = model.RUNSC_CONFIG_PATH
+    handler = ctx.notes.get("handlers", {}).get(ctx.settings.gvisor_handler) or {}
+    options = handler.get("options") if isinstance(handler.get("options"), dict) else {}
+    if isinstance(options.get("ConfigPath"), str):
+        path = options["ConfigPath"]
+    raw = ctx.host.read_bytes(path)
+    if raw is None:
+        return path, None, None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return path, None, f"{path} is not valid TOML: {exc}"
+    value = (data.get("runsc_config") or {}).get("systemd-cgroup")
+    if isinstance(value, str):
+        value = value.strip().lower() == "true"
+    return path, value if isinstance(value, bool) else False, None
+
+
+def check_cgroup_driver(ctx: Context) -> Check:
+    ctd = ctx.facts["containerd"]
+    runc_systemd = bool(ctd["systemd_cgroup"])  # unset = containerd's default, cgroupfs
+    runc_driver = "systemd" if runc_systemd else "cgroupfs"
+    path, runsc_systemd, error = _runsc_systemd_cgroup(ctx)
+    if error:
+        return Check("cgroup-driver", FAIL, error, f"fix the syntax of {path} (gVisor's shim cannot read it)")
+    if runc_systemd and not ctx.facts["systemd"]:
+        return Check(
+            "cgroup-driver", FAIL, "runc uses SystemdCgroup = true but systemd is not the running init",
+            "set SystemdCgroup = false in containerd's runc options, or run containerd under systemd",
+        )
+    if runsc_systemd is None:
+        return Check("cgroup-driver", OK, f"runc uses {runc_driver}; gVisor not configured yet ({path} absent)")
+    runsc_driver = "systemd" if runsc_systemd else "cgroupfs"
+    if runsc_systemd != runc_systemd:
+        return Check(
+            "cgroup-driver", FAIL, f"cgroup drivers differ: runc uses {runc_driver}, gVisor ({path}) uses {runsc_driver}",
+            f'set systemd-cgroup = "{str(runc_systemd).lower()}" under [runsc_config] in {path} to match runc '
+            "(mismatched drivers break gVisor pods: https://github.com/google/gvisor/issues/7671)",
+        )
+    return Check("cgroup-driver", OK, f"runc and gVisor both use {runc_driver}")
+
+
+# ---- containerd -------------------------------------------------------------------------------
+
+
+def check_containerd_found(ctx: Context) -> Check:
+    ctd = ctx.facts["containerd"]
+    if ctd["found"]:
+        where = ctd["binary"] or f"pid {ctd['pid']}"
+        return Check("containerd-found", OK, f"containerd {ctd['version'] or '(version unknown)'} ({ctd['flavor']}) at {where}")
+    return Check("containerd-found", FAIL, "containerd not found on the host",
+                 "install containerd (e.g. apt-get install containerd) or point --root at the node's filesystem")
+
+
+def check_containerd_running(ctx: Context) -> Check:
+    ctd = ctx.facts["containerd"]
+    if not ctd["found"]:
+        return Check("containerd-running", SKIP, "containerd not found", None)
+    if ctd["running"]:
+        return Check("containerd-running", OK, f"running (pid {ctd['pid']}), socket {ctd['socket']}")
+    hint = "start it (systemctl start containerd)"
+    if not ctx.host.is_live:
+        hint += "; in a pod, nodeagent needs hostPID to see the node's processes"
+    return Check("containerd-running", WARN, "containerd is not running", hint)
+
+
+def _config_dump(ctx: Context, binary: str, config_path: str) -> str | None:
+    """Let containerd itself validate (and merge imports); returns its error, None when fine."""
+    try:
+        run([str(ctx.host.resolve(binary)), "--config", str(ctx.host.path(config_path)), "config", "dump"], timeout=20)
+    except CommandFailed as exc:
+        return exc.message
+    return None
+
+
+def check_containerd_config(ctx: Context) -> Check:
+    ctd = ctx.facts["containerd"]
+    path = ctd["config_path"]
+    if not ctd["config_exists"]:
+        if not ctd["found"]:
+            return Check("containerd-config", SKIP, f"no containerd and no {path}", None)
+        return Check("containerd-config", WARN, f"{path} does not exist: containerd runs on built-in defaults",
+                     "nodeagent install will create it; or write one with `containerd config default`")
+    if ctd["config_error"]:
+        return Check("containerd-config", FAIL, f"containerd config is broken: {ctd['config_error']}",
+                     f"fix {path} by hand (containerd refuses to start with it), then run doctor again")
+    how = "tomllib"
+    if ctx.host.is_live and ctd["binary"]:
+        error = _config_dump(ctx, ctd["binary"], path)
+        if error:
+            return Check("containerd-config", FAIL, f"containerd rejects {path}: {error}",
+                         f"fix {path}; check with `containerd --config {path} config dump`")
+        how = "containerd config dump"
+    imports = f", {len(ctd['config_imports'])} import(s)" if ctd["config_imports"] else ""
+    return Check("containerd-config", OK, f"{path} parses (version {ctd['config_version']}{imports}; checked by {how})")
+
+
+def _daemon_path(ctx: Context) -> list[str]:
+    """Directories containerd searches for shims: its PATH, then its own directory."""
+    path = DEFAULT_DAEMON_PATH
+    pid = ctx.facts["containerd"]["pid"]
+    if pid:
+        try:
+            import psutil
+
+            path = psutil.Process(pid).environ().get("PATH") or path
+        except Exception:  # gone, or not ours to read: the systemd default is the best guess
+            pass
+    dirs = [d for d in path.split(":") if d]
+    if ctx.facts["containerd"]["binary_dir"]:
+        dirs.append(ctx.facts["containerd"]["binary_dir"])
+    return dirs
+
+
+def _load_handlers(ctx: Context) -> tuple[dict[str, dict[str, Any]], str | None]:
+    ctd = ctx.facts["containerd"]
+    if not ctd["config_exists"]:
+        return {}, None
+    from nodeagent.containerd.inspect import registered_handlers
+
+    try:
+        return registered_handlers(ctx.host, ctd["config_path"], ctd["version"]), None
+    except NodeagentError as exc:
+        return {}, exc.message
+
+
+def check_handlers(ctx: Context) -> Check:
+    ctd = ctx.facts["containerd"]
+    if not ctd["found"]:
+        return Check("handlers", SKIP, "containerd not found", None)
+    handlers, error = ctx.notes["handlers"], ctx.notes["handlers_error"]
+    if error:
+        return Check("handlers", FAIL, f"cannot read handlers: {error}", "fix the containerd config first")
+    ours = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler, *ctx.settings.kata_extra_handlers) if h in handlers]
+    search = ":".join(_daemon_path(ctx))
+    problems = []
+    for name in sorted(handlers):
+        body = handlers[name]
+        runtime_type = body.get("runtime_type")
+        if not isinstance(runtime_type, str):
+            problems.append(f"{name}: no runtime_type")
+            continue
+        try:
+            shim = model.shim_binary_for(runtime_type)
+        except NodeagentError:
+            problems.append(f"{name}: unexpected runtime_type {runtime_type!r}")
+            continue
+        if ctx.host.which(shim, search) is None:
+            problems.append(f"{name}: {shim} not on containerd's PATH")
+        options = body.get("options") if isinstance(body.get("options"), dict) else {}
+        binary = options.get("BinaryName")
+        if isinstance(binary, str) and binary:
+            found = ctx.host.exists(binary) if binary.startswith("/") else ctx.host.which(binary, search)
+            if not found:
+                problems.append(f"{name}: BinaryName {binary} missing")
+        config = options.get("ConfigPath")
+        if isinstance(config, str) and config and not ctx.host.exists(config):
+            problems.append(f"{name}: ConfigPath {config} missing")
+    if problems:
+        return Check("handlers", FAIL, "; ".join(problems),
+                     f"install the missing binaries/files (containerd looks in {search}) or run `nodeagent install` again")
+    if not ours:
+        return Check("handlers", WARN, f"no sandbox handler registered (have: {', '.join(sorted(handlers)) or 'none'})",
+                     "run `nodeagent install` to register gVisor (and Kata where eligible)")
+    return Check("handlers", OK, f"registered with shims present: {', '.join(ours)}")
+
+
+def check_cri(ctx: Context) -> Check:
+    """Served via CRI: only the running containerd knows whether it accepted the handlers."""
+    if importlib.util.find_spec("nodeagent.containerd.cri") is None:
+        return Check("cri-handlers", SKIP, "CRI client not available in this build", None)
+    ctd = ctx.facts["containerd"]
+    socket = ctd["socket"]
+    if not ctd["running"] or not socket or not ctx.host.exists(socket):
+        return Check("cri-handlers", SKIP, f"CRI socket {socket} not reachable (containerd not running)", None)
+    cri = importlib.import_module("nodeagent.containerd.cri")
+    try:
+        status = cri.cri_status(str(ctx.host.path(socket)), 5.0)
+    except NodeagentError as exc:
+        return Check("cri-handlers", FAIL, f"CRI status failed: {exc.message}", exc.hint)
+    if not getattr(status, "plugin_ok", True):
+        return Check("cri-handlers", FAIL, "containerd's CRI plugin reports an error (handlers are not served)",
+                     "check containerd's log; a drop-in that replaces the CRI section (containerd#5837) is a common cause")
+    served = set(getattr(status, "handlers", []) or [])
+    wanted = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler) if h in ctx.notes["handlers"]]
+    missing = [h for h in wanted if h not in served]
+    if missing:
+        return Check("cri-handlers", FAIL, f"registered in the config but not served via CRI: {', '.join(missing)}",
+                     "restart containerd so it loads the config (nodeagent install --restart auto)")
+    return Check("cri-handlers", OK, f"CRI serves: {', '.join(sorted(served)) or 'no handlers'}")
+
+
+def check_runtimeclasses(ctx: Context) -> Check:
+    """RuntimeClass name <-> handler consistency. Hook for the Kubernetes module to fill in."""
+    if not (ctx.settings.kubeconfig or _in_cluster()):
+        return Check("runtimeclasses", SKIP, "no Kubernetes API configured", None)
+    return Check("runtimeclasses", SKIP, "RuntimeClass check not available in this build", None)
+
+
+def _in_cluster() -> bool:
+    import os
+
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+CHECKS: list[Callable[[Context], Check]] = [
+    check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver,
+    check_containerd_found, check_containerd_running, check_containerd_config, check_handlers,
+    check_cri, check_runtimeclasses,
+]
+
+
+def run_checks(host: HostRoot, settings: Settings, facts: dict[str, Any] | None = None) -> list[Check]:
+    """All checks against one detect pass; a check that crashes becomes a failed check, not a traceback."""
+    ctx = Context(host, settings, facts if facts is not None else detect_host(host, settings))
+    ctx.notes["handlers"], ctx.notes["handlers_error"] = _load_handlers(ctx)
+    results = []
+    for check in CHECKS:
+        try:
+            results.append(check(ctx))
+        except NodeagentError as exc:
+            results.append(Check(check.__name__.removeprefix("check_").replace("_", "-"), FAIL, exc.message, exc.hint))
+    return results
+
+
+def overall(checks: list[Check]) -> str:
+    statuses = {c.status for c in checks}
+    return FAIL if FAIL in statuses else WARN if WARN in statuses else OK
+
+
+def render_text(checks: list[Check]) -> str:
+    rows = [[c.status.upper(), c.id, c.summary] for c in checks]
+    lines = [table(rows, ["STATUS", "CHECK", "SUMMARY"])]
+    hints = [f"  {c.id}: {c.hint}" for c in checks if c.status in (WARN, FAIL) and c.hint]
+    if hints:
+        lines += ["", "what to do:", *hints]
+    lines += ["", f"overall: {overall(checks)}"]
+    return "\n".join(lines)
