@@ -1,0 +1,152 @@
+"""Where handler tables must go so containerd actually serves them.
+
+* containerd 1.x (or an unknown version): edit in place. A partial drop-in would
+  replace the whole CRI section (containerd#5837), so we never write one; if the CRI
+  section already lives in an imported file, that file is the one edited.
+* containerd 2.x: a drop-in (`90-nodeagent.toml`) in the directory of an existing
+  `imports` glob, else `conf.d/` next to the config plus an exact `imports` entry.
+  The drop-in uses the highest schema version in play (at least 2): containerd 2.x
+  silently ignores a v2 drop-in next to a v3 file.
+* k3s / rke2: the config is rendered at every start, so we write its template
+  (`config.toml.tmpl`, or `config-v3.toml.tmpl` for containerd 2.x builds) that starts
+  with `{{ template "base" . }}` and appends our tables. An existing template without
+  that line replaces the distro's config wholesale; we refuse to touch it. (k3s' own
+  drop-in support differs across releases; the template works on every release since
+  2023-09, which is why it is the one choice.)
+* k0s: a drop-in in /etc/k0s/containerd.d/ that k0s merges itself; no restart.
+* microk8s: its args/containerd-template.toml, edited in place (a TOML file whose
+  `${SNAP}` placeholders sit inside strings).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+
+from nodeagent.containerd import edit, model
+from nodeagent.containerd.imports import LoadedFile, absolute_import, glob_matches, is_glob
+from nodeagent.containerd.inspect import cri_table_v1x
+from nodeagent.detect.flavor import FLAVORS
+from nodeagent.errors import ConfigError
+from nodeagent.host import HostRoot
+
+DROPIN_NAME = "90-nodeagent.toml"
+K0S_DROPIN_NAME = "nodeagent.toml"
+BASE_TEMPLATE = re.compile(r'\{\{-?\s*template\s+"base"\s+\.\s*-?\}\}')
+BASE_LINE = '{{ template "base" . }}\n'
+DROPIN_HEADER = "# Sandbox runtime handlers, written by nodeagent; `nodeagent uninstall` removes this file.\n"
+
+
+def default_config(flavor: str) -> str:
+    return FLAVORS.get(flavor, FLAVORS["containerd"]).config
+
+
+@dataclass
+class Layout:
+    kind: str  # inplace | dropin | template
+    path: str  # the file our tables go into
+    version: int  # schema version of that file
+    role: str
+    needs_restart: bool = True
+    import_into: str | None = None  # file that needs an `imports` entry for `path`
+    validate_path: str | None = None  # config to validate instead of the main one
+    rendered_path: str | None = None  # template kind: the config rendered from it
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        text = {"inplace": "edit in place", "dropin": "drop-in", "template": "template"}[self.kind]
+        extra = f" (+ imports entry in {self.import_into})" if self.import_into else ""
+        return f"{text} {self.path}, config version {self.version}{extra}"
+
+    def add(self, text: str, spec: model.HandlerSpec, style: edit.TextStyle) -> str:
+        if self.kind == "template":
+            # a Go template is not TOML: append the same block; the rendered result is checked instead
+            return edit.append_block(text, edit.render_runtime(self.version, spec, style))
+        return edit.add_runtime(text, self.version, spec, style, self.path)
+
+    def prepare(self, files, plan) -> None:
+        """Create the drop-in / template skeleton and the imports entry, once."""
+        current = files.current(self.path)
+        if self.kind == "dropin" and current is None:
+            files.set(self.path, f"{DROPIN_HEADER}version = {self.version}\n".encode(), self.role)
+        if self.kind == "template":
+            if current is None:
+                files.set(self.path, BASE_LINE.encode(), self.role)
+            elif not BASE_TEMPLATE.search(current.decode("utf-8", errors="replace")):
+                raise ConfigError(
+                    f"{self.path} does not include {BASE_LINE.strip()}, so it replaces the distro's whole containerd "
+                    "config; nodeagent will not add to it",
+                    f"add the line {BASE_LINE.strip()} at the top of {self.path} (or add the handlers by hand)",
+                )
+        if self.import_into:
+            raw = files.current(self.import_into) or b""
+            text, style = edit.decode(raw, self.import_into)
+            new = edit.add_import(text, self.path, style, self.import_into)
+            if new != text:
+                files.set(self.import_into, edit.encode(new, style), "config")
+                plan.imports_added.append((self.import_into, self.path))
+
+    def validation_overrides(self, files, plan) -> dict[str, bytes | None]:
+        overrides = {c.path: c.new for c in files.changes() if c.role != "runsc"}
+        if self.kind == "template" and self.rendered_path:
+            rendered = files.current(self.rendered_path)
+            if rendered is not None and plan.added:
+                text, style = edit.decode(rendered, self.rendered_path)
+                for spec in plan.handlers:
+                    if spec.name in plan.added:
+                        text = edit.add_runtime(text, self.version, spec, style, self.rendered_path)
+                overrides = {self.rendered_path: edit.encode(text, style)}
+            else:
+                overrides = {}
+        return overrides
+
+
+def choose(host: HostRoot, flavor: str, config_path: str, chain: list[LoadedFile], major: int) -> Layout:
+    main = chain[0]
+    merged_version = max(item.version for item in chain)
+    if flavor in ("k3s", "rke2"):
+        spec = FLAVORS[flavor]
+        existing = [t for t in spec.templates if host.exists(t)]
+        template = existing[0] if existing else next(
+            t for t in spec.templates if ("-v3." in t) == (main.version >= 3)
+        )
+        return Layout("template", template, main.version, "template", rendered_path=config_path)
+    if flavor == "k0s":
+        directory = FLAVORS["k0s"].dropin_dir
+        version = max(2, merged_version)
+        path = f"{directory}/{K0S_DROPIN_NAME}"
+        return Layout("dropin", path, version, "dropin", needs_restart=False,
+                      validate_path=None if _imports_cover(main, path) else path)
+    if flavor == "microk8s":
+        return Layout("inplace", config_path, main.version, "config")
+    if major >= 2:
+        version = max(2, merged_version)
+        for entry in main.imports:
+            pattern = absolute_import(entry, main.path)
+            candidate = posixpath.join(posixpath.dirname(pattern), DROPIN_NAME)
+            if is_glob(pattern) and not is_glob(posixpath.dirname(pattern)) and glob_matches(pattern, candidate):
+                return Layout("dropin", candidate, version, "dropin")
+        candidate = posixpath.join(posixpath.dirname(config_path), "conf.d", DROPIN_NAME)
+        return Layout("dropin", candidate, version, "dropin", import_into=config_path)
+    # containerd 1.x: in place, in the file whose CRI section wins
+    if main.version >= 3:
+        raise ConfigError(
+            f"{config_path} is a version {main.version} config, but containerd 1.x only reads versions 1 and 2 "
+            "(it silently drops the v3 sections)",
+            "use `version = 2` with plugins.\"io.containerd.grpc.v1.cri\" for containerd 1.x",
+        )
+    target = main
+    for item in chain:
+        if cri_table_v1x(item) is not None:
+            target = item
+    role = "config" if target is main else "dropin"
+    return Layout("inplace", target.path, target.version, role)
+
+
+def _imports_cover(main: LoadedFile, path: str) -> bool:
+    for entry in main.imports:
+        pattern = absolute_import(entry, main.path)
+        if pattern == path or (is_glob(pattern) and glob_matches(pattern, path)):
+            return True
+    return False

@@ -1,0 +1,269 @@
+"""The pure planner: current files + desired handlers + facts -> a Plan (new bytes, diffs, restart).
+
+Nothing here writes. `plan`, `install --dry-run`, `install` and the tests all go through
+`plan_install`; `apply.py` carries a Plan out. Where the edit goes is decided by
+`layout.choose` (in place on containerd 1.x, a drop-in on 2.x, flavor templates).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodeagent.containerd import edit, layout, model
+from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
+from nodeagent.containerd.inspect import containerd_major, dig, effective_runtimes
+from nodeagent.errors import ConfigError, ConflictError
+from nodeagent.host import HostRoot
+from nodeagent.runtimes import runsc_toml
+
+
+@dataclass
+class FileChange:
+    """One file's planned change; `old`/`new` None mean absent."""
+
+    path: str
+    role: str  # config | dropin | template | runsc
+    old: bytes | None
+    new: bytes | None
+
+    @property
+    def action(self) -> str:
+        if self.old == self.new:
+            return "none"
+        if self.old is None:
+            return "create"
+        if self.new is None:
+            return "delete"
+        return "modify"
+
+    @property
+    def diff(self) -> str:
+        if self.action == "none":
+            return ""
+        old = _text(self.old).splitlines(keepends=True)
+        new = _text(self.new).splitlines(keepends=True)
+        lines = difflib.unified_diff(
+            old, new, fromfile="/dev/null" if self.old is None else self.path,
+            tofile="/dev/null" if self.new is None else self.path,
+        )
+        return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "action": self.action, "diff": self.diff}
+
+
+def _text(data: bytes | None) -> str:
+    return "" if data is None else data.decode("utf-8", errors="replace")
+
+
+@dataclass
+class Plan:
+    flavor: str
+    containerd_version: str | None
+    config_path: str  # the config containerd reads (validated after the change)
+    layout: layout.Layout
+    files: list[FileChange] = field(default_factory=list)
+    handlers: list[model.HandlerSpec] = field(default_factory=list)  # what the result registers
+    added: list[str] = field(default_factory=list)  # handler names written by this plan
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)  # --force: name -> old table
+    imports_added: list[tuple[str, str]] = field(default_factory=list)  # (file, entry)
+    notes: list[str] = field(default_factory=list)
+    validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return any(f.action != "none" for f in self.files)
+
+    @property
+    def restart(self) -> bool:
+        """containerd must restart when what it loads changed (runsc.toml is read per sandbox)."""
+        if not self.layout.needs_restart:
+            return False
+        return any(f.action != "none" and f.role != "runsc" for f in self.files)
+
+    def overrides(self) -> dict[str, bytes | None]:
+        return {f.path: f.new for f in self.files}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "restart": self.restart,
+            "files": [f.to_json() for f in self.files if f.action != "none"],
+            "artifacts": [],
+        }
+
+    def render_text(self) -> str:
+        out = []
+        for change in self.files:
+            if change.action != "none":
+                out.append(change.diff.rstrip("\n"))
+        summary = [
+            f"containerd: {self.flavor} {self.containerd_version or '(version unknown)'}, config {self.config_path}",
+            f"layout: {self.layout.describe()}",
+        ]
+        for change in self.files:
+            summary.append(f"  {change.action:7} {change.path}")
+        summary.append(f"changed: {'yes' if self.changed else 'no'}; containerd restart: {'yes' if self.restart else 'no'}")
+        summary += [f"note: {n}" for n in self.notes]
+        return "\n".join(out + summary)
+
+
+def compatible(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Every key we need is there with our value; extra operator keys are fine."""
+    for key, value in wanted.items():
+        if isinstance(value, dict):
+            if not isinstance(existing.get(key), dict) or not compatible(existing[key], value):
+                return False
+        elif existing.get(key) != value:
+            return False
+    return True
+
+
+def check_schema(chain: list[LoadedFile]) -> None:
+    """Refuse tables containerd would silently ignore (a v2 CRI table inside a v3 config)."""
+    for item in chain:
+        if item.version >= 3:
+            for old in (model.cri_runtime_plugin(1), model.cri_runtime_plugin(2)):
+                if isinstance(dig(item.data, ("plugins", old, "containerd")), dict):
+                    raise ConfigError(
+                        f"{item.path} is a version {item.version} config but holds `plugins.\"{old}\".containerd` "
+                        "tables, which containerd 2.x ignores",
+                        f"move them to plugins.\"{model.cri_runtime_plugin(3)}\" (`containerd config migrate` does it)",
+                    )
+
+
+def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]]) -> bool:
+    """runc's cgroup driver: the detection fact when known, else the effective runc table."""
+    fact = (facts.get("containerd") or {}).get("systemd_cgroup")
+    if fact is not None:
+        return bool(fact)
+    runc = runtimes.get("runc") or {}
+    return bool((runc.get("options") or {}).get("SystemdCgroup", False))
+
+
+def gvisor_platform_of(facts: dict[str, Any], override: str | None) -> str:
+    if override:
+        return override
+    return ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform") or "systrap"
+
+
+class _Files:
+    """Current and planned contents, read lazily through the host root."""
+
+    def __init__(self, host: HostRoot):
+        self.host = host
+        self.old: dict[str, bytes | None] = {}
+        self.new: dict[str, bytes | None] = {}
+        self.roles: dict[str, str] = {}
+
+    def current(self, path: str) -> bytes | None:
+        if path not in self.old:
+            self.old[path] = read_host_file(self.host, path)
+        return self.new[path] if path in self.new else self.old[path]
+
+    def set(self, path: str, data: bytes | None, role: str) -> None:
+        self.current(path)
+        self.new[path] = data
+        self.roles.setdefault(path, role)
+
+    def changes(self) -> list[FileChange]:
+        return [FileChange(p, self.roles[p], self.old[p], self.new[p]) for p in self.new]
+
+
+def _edit_text(files: _Files, path: str, role: str, func) -> None:
+    raw = files.current(path) or b""
+    text, style = edit.decode(raw, path)
+    new_text = func(text, style)
+    if new_text != text:
+        files.set(path, edit.encode(new_text, style), role)
+
+
+def plan_install(
+    host: HostRoot,
+    handlers: list[model.HandlerSpec],
+    facts: dict[str, Any],
+    *,
+    config_path: str | None = None,
+    force: bool = False,
+    gvisor_platform: str | None = None,
+) -> Plan:
+    """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
+    cfacts = facts.get("containerd") or {}
+    flavor = cfacts.get("flavor") or "containerd"
+    config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
+    chain = load_chain(host, config_path)
+    major = containerd_major(cfacts.get("version"), chain[0].version)
+    check_schema(chain)
+    chosen = layout.choose(host, flavor, config_path, chain, major)
+    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
+    files = _Files(host)
+    effective = effective_runtimes(chain, major)
+
+    to_add: list[model.HandlerSpec] = []
+    for spec in handlers:
+        existing = effective.get(spec.name)
+        if existing is None:
+            to_add.append(spec)
+        elif compatible(existing, spec.table()):
+            continue
+        elif not force:
+            raise ConflictError(
+                f"containerd already has a handler {spec.name!r} with other settings ({_summary(existing)})",
+                "pass --force to replace it (uninstall puts the old one back), or pick another handler name",
+            )
+        else:
+            _remove_everywhere(plan, files, chain, spec.name, existing)
+            to_add.append(spec)
+
+    if to_add:
+        chosen.prepare(files, plan)
+        for spec in to_add:
+            _edit_text(files, chosen.path, chosen.role, lambda text, style, s=spec: chosen.add(text, s, style))
+            plan.added.append(spec.name)
+
+    if any(spec.runtime == "gvisor" for spec in handlers):
+        raw = files.current(model.RUNSC_CONFIG_PATH)
+        new = runsc_toml.render(raw, gvisor_platform_of(facts, gvisor_platform),
+                                systemd_cgroup_of(facts, effective), model.RUNSC_CONFIG_PATH)
+        if new != raw:
+            files.set(model.RUNSC_CONFIG_PATH, new, "runsc")
+
+    plan.files = files.changes()
+    plan.validation_overrides = chosen.validation_overrides(files, plan)
+    _self_check(host, plan, major)
+    return plan
+
+
+def _summary(table: dict[str, Any]) -> str:
+    return f"runtime_type = {table.get('runtime_type')!r}"
+
+
+def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name: str, old: dict[str, Any]) -> None:
+    """--force: drop every definition of `name` so ours is the only one (recorded for uninstall)."""
+    if plan.layout.kind == "template":
+        raise ConfigError(
+            f"handler {name!r} is generated by {plan.flavor} itself and cannot be replaced from a template",
+            f"configure nodeagent with another handler name (gvisor_handler / kata_handler) for {plan.flavor}",
+        )
+    plan.replaced[name] = old
+    for item in chain:
+        if name in edit.runtimes_of(item.data, item.version):
+            role = "config" if item.path == plan.config_path else "dropin"
+            _edit_text(files, item.path, role,
+                       lambda text, style, it=item: edit.remove_runtime(text, it.version, name, style, it.path))
+
+
+def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
+    """Re-read the planned files the way containerd will: every handler must come out as planned."""
+    overrides = plan.validation_overrides or plan.overrides()
+    chain = load_chain(host, plan.layout.validate_path or plan.config_path, overrides)
+    check_schema(chain)
+    result = effective_runtimes(chain, major)
+    for spec in plan.handlers:
+        if spec.name not in result or not compatible(result[spec.name], spec.table()):
+            raise ConfigError(
+                f"after the planned edit containerd would still not serve handler {spec.name!r}",
+                "this layout is not supported yet; register the handler by hand and report it",
+            )

@@ -1,0 +1,1 @@
+"""Per-runtime knowledge: option files and handler tables for gVisor and Kata."""
