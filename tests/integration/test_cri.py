@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
 import pytest
 
-from nodeagent.containerd import cri
+from nodeagent.containerd import cri, health
 from tests.support.containerd_daemon import containerd_factory, minimal_config  # noqa: F401 (fixture)
+from tests.support.oci_image import TEST_IMAGE, import_test_images
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +106,65 @@ def test_read_cri_log_joins_partial_lines():
         "2026-01-01T00:00:00.000000002Z stderr F second line\n"
     )
     assert cri.read_cri_log(text) == "6.18.44-fc\nsecond line\n"
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.1"])
+def test_pod_with_runc_handler_runs_uname(containerd_factory, version):
+    """A real RunPodSandbox → SANDBOX_READY, a container's `uname -r` read from its CRI log."""
+    daemon = containerd_factory(version)
+    import_test_images(daemon)
+    with cri.CriClient(daemon.socket) as client:
+        start = time.monotonic()
+        pod = client.run_pod("runc", log_directory=str(daemon.work / "pods"))
+        ready_after = time.monotonic() - start
+        assert client.pod_state(pod.id) == cri.SANDBOX_READY
+        run = client.run_container(pod, TEST_IMAGE, ["uname", "-r"])
+        assert run.exit_code == 0
+        assert run.output.strip() == os.uname().release  # runc shares the host kernel
+        failing = client.run_container(pod, TEST_IMAGE, ["sh", "-c", "echo to-stderr >&2; exit 3"], name="fails")
+        assert (failing.exit_code, failing.output) == (3, "to-stderr\n")
+        client.destroy_pod(pod)
+        assert [p.id for p in client.list_pods()] == []
+        client.destroy_pod(pod)  # a second destroy of a gone pod is fine
+    assert ready_after < 5, ready_after
+
+
+def test_unknown_handler_is_refused_like_a_wrong_runtimeclass(containerd_factory):
+    daemon = containerd_factory("1.7")
+    import_test_images(daemon)
+    with cri.CriClient(daemon.socket) as client, pytest.raises(cri.HandlerNotConfigured) as err:
+        client.run_pod("no-such-handler")
+    assert 'no runtime for "no-such-handler" is configured' in err.value.message
+    assert err.value.hint
+
+
+def test_wait_healthy_reports_missing_handler_then_broken_plugin(containerd_factory):
+    daemon = containerd_factory("1.6")
+    report = health.wait_healthy(str(daemon.socket), ["runc"], timeout=5)
+    assert report.healthy and report.reason is None and report.attempts == 1
+
+    start = time.monotonic()
+    report = health.wait_healthy(str(daemon.socket), ["runc", "runsc"], timeout=0.6)
+    assert not report.healthy and report.missing_handlers == ["runsc"]
+    assert "runsc" in report.reason and "not healthy after" in report.reason
+    assert 0.4 < time.monotonic() - start < 3
+
+    daemon.stop()
+    dropin = daemon.work / "runsc.toml"
+    dropin.write_text(EXTRA_HANDLER["1.6"])
+    daemon.write_config(f'imports = ["{dropin}"]\n' + minimal_config("1.6", daemon.work))
+    daemon.start()
+    report = health.wait_healthy(str(daemon.socket), ["runsc"], timeout=0.5)
+    assert not report.healthy and "CRI plugin is not loaded" in report.reason
+
+
+def test_wait_healthy_waits_for_a_daemon_that_comes_up_late(containerd_factory):
+    daemon = containerd_factory("2.1", start=False)
+    starter = threading.Timer(0.4, daemon.start)
+    starter.start()
+    try:
+        report = health.wait_healthy(str(daemon.socket), ["runc"], timeout=10)
+    finally:
+        starter.join()
+    assert report.healthy, report.reason
+    assert report.attempts > 1 and report.elapsed >= 0.3

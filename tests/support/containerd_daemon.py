@@ -128,6 +128,7 @@ class ContainerdDaemon:
     extra_path: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     pids_seen: list[int] = field(default_factory=list)
+    cgroups_before: set[str] | None = None
 
     @property
     def bindir(self) -> Path:
@@ -193,6 +194,8 @@ class ContainerdDaemon:
         if self.pid:
             raise DaemonError("daemon already running")
         self._check_opt_path()
+        if self.cgroups_before is None:
+            self.cgroups_before = set(namespace_cgroups())
         for d in (self.root, self.state, self.rundir):
             d.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
@@ -294,7 +297,25 @@ class ContainerdDaemon:
                     pass
             psutil.wait_procs(victims, timeout=5)
         unmount_under(self.work)
+        remove_empty_cgroups(set(namespace_cgroups()) - (self.cgroups_before or set()))
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def namespace_cgroups(namespace: str = "k8s.io") -> list[str]:
+    """The per-namespace parent cgroups containerd creates (`/k8s.io/<id>` with cgroupfs)."""
+    base = Path("/sys/fs/cgroup")
+    found = [base / namespace] + [p / namespace for p in base.iterdir() if p.is_dir()]
+    return [str(p) for p in found if p.is_dir()]
+
+
+def remove_empty_cgroups(dirs: set[str]) -> None:
+    """rmdir cgroups (deepest first) that our pods left behind; busy ones stay (someone uses them)."""
+    for top in dirs:
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda entry: len(entry[0]), reverse=True):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
 
 
 def unmount_under(path: Path) -> None:
