@@ -1,0 +1,62 @@
+"""`nodeagent labels` and `nodeagent runtimeclasses`: print what the scheduler needs, or --apply it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from nodeagent.host import HostRoot
+from nodeagent.kube import labels as labels_mod
+from nodeagent.kube import runtimeclass
+from nodeagent.kube.client import KubeClient
+from nodeagent.kube.nodes import apply_labels, node_name
+from nodeagent.output import Result
+
+
+def compute_labels(settings: Any, host: HostRoot | None = None) -> tuple[dict[str, str], dict[str, Any], str]:
+    """(desired labels, per-runtime status, state) for this node, from detect + containerd + CRI."""
+    from nodeagent.detect import detect_host
+    from nodeagent.kube.runtime_status import runtime_status
+
+    host = host or HostRoot(settings.root)
+    facts = detect_host(host, settings)
+    runtimes = runtime_status(host, settings, facts)
+    state = labels_mod.infer_state(runtimes)
+    desired = labels_mod.desired_labels(
+        facts, runtimes, state, prefix=settings.label_prefix, kata_compat=settings.kata_compat_label,
+        gvisor_platform=settings.gvisor_platform,
+    )
+    return desired, runtimes, state
+
+
+def labels(settings: Any, args: Any) -> Result:
+    desired, runtimes, state = compute_labels(settings)
+    data: dict[str, Any] = labels_mod.labels_view(desired)
+    data["state"] = state
+    data["runtimes"] = runtimes
+    lines = [f"{k}={v}" for k, v in data["labels"].items()]
+    lines += [f"annotation {k}={v}" for k, v in data["annotations"].items()]
+    for runtime, st in runtimes.items():
+        if st["reason"]:
+            lines.append(f"# {runtime}: no label: {st['reason']}")
+    if getattr(args, "apply", False):
+        name = node_name(settings)
+        with KubeClient.from_settings(settings) as api:
+            patch = apply_labels(api, name, desired)
+        data.update(node=name, applied=patch is not None, patch=patch)
+        lines.append(f"node {name}: " + ("labels patched" if patch else "labels already up to date"))
+    return Result(data, "\n".join(lines))
+
+
+def runtimeclasses(settings: Any, args: Any) -> Result:
+    wanted = ("gvisor", "kata") if settings.runtime == "all" else (settings.runtime,)
+    items = runtimeclass.manifests(settings, wanted)
+    data: dict[str, Any] = {"items": items}
+    text = yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False).rstrip()
+    if getattr(args, "apply", False):
+        with KubeClient.from_settings(settings) as api:
+            actions = runtimeclass.converge(api, items)
+        data["applied"] = actions
+        text = "\n".join(f"runtimeclass {name}: {action}" for name, action in actions.items())
+    return Result(data, text)

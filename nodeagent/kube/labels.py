@@ -1,0 +1,123 @@
+"""Node labels as a pure function of facts, and the patch that gets a Node there.
+
+Like node-feature-discovery, the labels we manage are recorded in one annotation
+(`sandbox.nodeagent.io/owned-labels`, full keys, comma-separated, sorted). The patch removes
+owned labels that are no longer desired and never touches anyone else's, even under our prefix.
+A runtime label (`gvisor=true`, `kata=true`) exists only while that runtime is registered in
+containerd, served by CRI and its shim is on containerd's PATH; otherwise it is absent, never
+"false" (so `nodeSelector: {gvisor: "true"}` is the one way to ask for it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+DEFAULT_PREFIX = "sandbox.nodeagent.io/"
+# Fixed (not derived from the prefix) so a prefix change still finds and removes the old labels.
+OWNED_ANNOTATION = "sandbox.nodeagent.io/owned-labels"
+KATA_COMPAT_LABEL = "katacontainers.io/kata-runtime"
+STATES = ("installing", "ready", "degraded", "removing")
+RUNTIMES = ("gvisor", "kata")
+
+
+def runtime_ready(status: Mapping[str, Any] | None) -> bool:
+    """Registered in containerd, served by CRI, and the shim is present: all three."""
+    status = status or {}
+    return bool(status.get("registered")) and bool(status.get("served")) and bool(status.get("shim_present"))
+
+
+def infer_state(runtimes: Mapping[str, Mapping[str, Any]]) -> str:
+    """`degraded` if a registered runtime is not ready, `ready` if some runtime is, else `installing`."""
+    registered = [name for name, st in runtimes.items() if (st or {}).get("registered")]
+    if any(not runtime_ready(runtimes[name]) for name in registered):
+        return "degraded"
+    return "ready" if registered else "installing"
+
+
+def _bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def nested_virt(virt: Mapping[str, Any]) -> bool:
+    """The vendor module's `nested` parameter when it has one; otherwise KVM usable inside a VM
+    is nested virtualization by definition (e.g. kvm_pvm, which has no `nested` parameter)."""
+    nested = virt.get("nested")
+    if nested is not None:
+        return bool(nested)
+    return bool(virt.get("in_vm")) and bool(virt.get("kvm_usable"))
+
+
+def desired_labels(
+    facts: Mapping[str, Any],
+    runtimes: Mapping[str, Mapping[str, Any]],
+    state: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    kata_compat: bool = False,
+    gvisor_platform: str | None = None,
+) -> dict[str, str]:
+    """The full set of labels nodeagent wants on this node (keys with prefix)."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, not {state!r}")
+    virt = facts.get("virtualization") or {}
+    labels = {
+        f"{prefix}kvm": _bool(virt.get("kvm_usable")),
+        f"{prefix}nested-virt": _bool(nested_virt(virt)),
+        f"{prefix}state": state,
+    }
+    if state != "removing":
+        for runtime in RUNTIMES:
+            if runtime_ready(runtimes.get(runtime)):
+                labels[f"{prefix}{runtime}"] = "true"
+    if f"{prefix}gvisor" in labels:
+        platform = gvisor_platform or ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform")
+        if platform:
+            labels[f"{prefix}gvisor-platform"] = str(platform)
+    if kata_compat and f"{prefix}kata" in labels:
+        labels[KATA_COMPAT_LABEL] = "true"
+    return labels
+
+
+def owned_annotation_value(labels: Mapping[str, str]) -> str:
+    return ",".join(sorted(labels))
+
+
+def owned_labels(node: Mapping[str, Any]) -> set[str]:
+    """Label keys a previous run recorded as ours."""
+    annotations = ((node.get("metadata") or {}).get("annotations") or {})
+    return {k.strip() for k in str(annotations.get(OWNED_ANNOTATION, "")).split(",") if k.strip()}
+
+
+def label_patch(node: Mapping[str, Any], desired: Mapping[str, str]) -> dict[str, Any] | None:
+    """A JSON merge patch taking `node` to `desired`, or None when nothing would change.
+
+    Sets desired labels that differ, deletes (null) owned labels no longer desired, updates the
+    owned-labels annotation; every other label and annotation is left out of the patch.
+    """
+    meta = node.get("metadata") or {}
+    current = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    labels_patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
+    for stale in sorted(owned_labels(node) - set(desired)):
+        if stale in current:
+            labels_patch[stale] = None
+    want_annotation = owned_annotation_value(desired) if desired else None
+    annotations_patch: dict[str, str | None] = {}
+    if annotations.get(OWNED_ANNOTATION) != want_annotation:
+        annotations_patch[OWNED_ANNOTATION] = want_annotation
+    if not labels_patch and not annotations_patch:
+        return None
+    patch_meta: dict[str, Any] = {}
+    if labels_patch:
+        patch_meta["labels"] = labels_patch
+    if annotations_patch:
+        patch_meta["annotations"] = annotations_patch
+    return {"metadata": patch_meta}
+
+
+def labels_view(desired: Mapping[str, str]) -> dict[str, Any]:
+    """The `labels` command's contract shape: {"labels": ..., "annotations": ...}."""
+    return {
+        "labels": dict(sorted(desired.items())),
+        "annotations": {OWNED_ANNOTATION: owned_annotation_value(desired)} if desired else {},
+    }

@@ -1,0 +1,216 @@
+"""Fleet safety: at most N nodes restart containerd at the same time.
+
+N slot Leases (`coordination.k8s.io/v1`, named `<prefix>-0 .. <prefix>-(N-1)`) live in the
+agent's namespace. Taking a slot = creating its Lease, or writing ourselves into a free or
+expired one with its resourceVersion, so two nodes racing for one slot cannot both win
+(the loser gets 409 and tries another slot). The holder renews while it works and clears
+`holderIdentity` when done. At rest an agent makes no Lease requests at all.
+
+Expiry is judged on our clock against the holder's renewTime (+ leaseDurationSeconds): keep
+node clocks in sync (NTP) and the duration well above the skew and a restart's length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import random
+import threading
+import time
+from typing import Any, Callable, Iterator
+from urllib.parse import quote
+
+import structlog
+
+from nodeagent.errors import KubeError
+from nodeagent.kube.client import KubeClient, KubeConflict
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PREFIX = "nodeagent-restart"
+DEFAULT_NAMESPACE = "nodeagent"
+
+
+class LeaseTimeout(KubeError):
+    default_hint = ("other nodes are holding every restart slot; wait, raise max_concurrent_restarts, "
+                    "or check for stuck holders with `kubectl get lease -n <namespace>`")
+
+
+def microtime(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_microtime(text: str | None) -> float | None:
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def lease_namespace(environ: dict[str, str] | None = None) -> str:
+    """The DaemonSet passes its namespace via the downward API as POD_NAMESPACE."""
+    environ = os.environ if environ is None else environ
+    return environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+
+
+def is_free(lease: dict[str, Any], now: float) -> bool:
+    """Nobody holds it, or the holder stopped renewing longer than leaseDurationSeconds ago."""
+    spec = lease.get("spec") or {}
+    if not spec.get("holderIdentity"):
+        return True
+    renewed = parse_microtime(spec.get("renewTime")) or parse_microtime(spec.get("acquireTime"))
+    duration = spec.get("leaseDurationSeconds") or 0
+    return renewed is None or renewed + duration < now
+
+
+class RestartSlots:
+    """A counting semaphore over N Leases. Use `with slots.hold(timeout): restart()`."""
+
+    def __init__(
+        self,
+        api: KubeClient,
+        identity: str,
+        *,
+        slots: int = 1,
+        namespace: str = DEFAULT_NAMESPACE,
+        prefix: str = DEFAULT_PREFIX,
+        lease_duration: int = 120,
+        poll: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if slots < 1:
+            raise KubeError(f"max_concurrent_restarts must be at least 1, not {slots}",
+                            "set max_concurrent_restarts to 1 or more")
+        self.api = api
+        self.identity = identity
+        self.slots = slots
+        self.namespace = namespace
+        self.prefix = prefix
+        self.lease_duration = lease_duration
+        self.poll = poll
+        self._clock = clock
+        self._sleep = sleep
+        self.held: dict[str, Any] | None = None  # the Lease object we hold (with its resourceVersion)
+        self._lock = threading.Lock()
+
+    @property
+    def collection(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{quote(self.namespace, safe='')}/leases"
+
+    def _path(self, name: str) -> str:
+        return f"{self.collection}/{quote(name, safe='')}"
+
+    def _spec(self, now: float, transitions: int = 0) -> dict[str, Any]:
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.lease_duration,
+            "acquireTime": microtime(now),
+            "renewTime": microtime(now),
+            "leaseTransitions": transitions,
+        }
+
+    def try_acquire(self) -> str | None:
+        """One pass over the slots in random order; the slot's name if we got one."""
+        names = [f"{self.prefix}-{i}" for i in range(self.slots)]
+        random.shuffle(names)  # spread a fleet over the slots instead of all fighting for slot 0
+        for name in names:
+            lease = self.api.get(self._path(name))
+            now = self._clock()
+            try:
+                if lease is None:
+                    self.held = self.api.create(self.collection, {
+                        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": name, "namespace": self.namespace,
+                                     "labels": {"app.kubernetes.io/managed-by": "nodeagent"}},
+                        "spec": self._spec(now),
+                    })
+                    return name
+                spec = lease.get("spec") or {}
+                if spec.get("holderIdentity") == self.identity or is_free(lease, now):
+                    # Ours already (we restarted mid-hold) or free: write with its resourceVersion.
+                    transitions = int(spec.get("leaseTransitions") or 0)
+                    if spec.get("holderIdentity") not in (None, "", self.identity):
+                        transitions += 1
+                    lease = dict(lease)
+                    lease["spec"] = self._spec(now, transitions)
+                    self.held = self.api.update(self._path(name), lease)
+                    return name
+            except KubeConflict:
+                continue  # another node won this slot a moment ago
+        return None
+
+    def acquire(self, timeout: float) -> str:
+        """Wait (polling with jitter) until a slot is ours; LeaseTimeout after `timeout` seconds."""
+        deadline = self._clock() + timeout
+        while True:
+            name = self.try_acquire()
+            if name:
+                log.info("restart slot acquired", lease=name, namespace=self.namespace)
+                return name
+            if self._clock() >= deadline:
+                raise LeaseTimeout(f"no restart slot free in namespace {self.namespace} after {timeout:.0f}s "
+                                   f"({self.slots} slot(s))")
+            self._sleep(self.poll * (0.5 + random.random()))
+
+    def renew(self) -> None:
+        """Push renewTime forward; KubeConflict means someone took the slot (we were too slow)."""
+        with self._lock:
+            if self.held is None:
+                return
+            lease = dict(self.held)
+            lease["spec"] = dict(lease.get("spec") or {}, renewTime=microtime(self._clock()))
+            self.held = self.api.update(self._path(lease["metadata"]["name"]), lease)
+
+    def release(self) -> None:
+        """Clear holderIdentity so the next node can go at once (not after expiry)."""
+        with self._lock:
+            if self.held is None:
+                return
+            name = self.held["metadata"]["name"]
+            lease = dict(self.held)
+            for _attempt in range(3):
+                spec = dict(lease.get("spec") or {})
+                if spec.get("holderIdentity") != self.identity:
+                    break  # not ours any more
+                spec.pop("holderIdentity", None)
+                spec.pop("acquireTime", None)
+                spec.pop("renewTime", None)
+                lease["spec"] = spec
+                try:
+                    self.api.update(self._path(name), lease)
+                    break
+                except KubeConflict:
+                    lease = self.api.get(self._path(name)) or {}
+            self.held = None
+            log.info("restart slot released", lease=name)
+
+    @contextlib.contextmanager
+    def hold(self, timeout: float) -> Iterator[str]:
+        """Acquire a slot, renew it in the background while the body runs, always release."""
+        name = self.acquire(timeout)
+        stop = threading.Event()
+
+        def renewer() -> None:
+            while not stop.wait(self.lease_duration / 3):
+                try:
+                    self.renew()
+                except KubeError as exc:
+                    log.error("could not renew restart slot", lease=name, error=exc.message)
+
+        thread = threading.Thread(target=renewer, name=f"lease-{name}", daemon=True)
+        thread.start()
+        try:
+            yield name
+        finally:
+            stop.set()
+            thread.join()
+            try:
+                self.release()
+            except KubeError as exc:  # expiry frees it anyway
+                log.warning("could not release restart slot; it frees itself on expiry", lease=name, error=exc.message)

@@ -1,0 +1,99 @@
+"""Per-runtime status for labels: registered in containerd's config, served by CRI, shim present.
+
+All three must hold before a node advertises `gvisor=true` / `kata=true`: registered-but-not-
+served means containerd was not restarted (or rejected the config); served-but-no-shim means
+every pod would fail at sandbox start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from nodeagent.containerd import model
+from nodeagent.errors import NodeagentError
+from nodeagent.host import HostRoot
+
+log = structlog.get_logger(__name__)
+
+# systemd's default PATH for services, which is what containerd.service runs with
+DEFAULT_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def daemon_path(facts: dict[str, Any]) -> str:
+    """Where containerd looks for shims: its own PATH if we can read it, then its binary's directory."""
+    ctd = facts.get("containerd") or {}
+    path = DEFAULT_DAEMON_PATH
+    if ctd.get("pid"):
+        try:
+            import psutil
+
+            path = psutil.Process(ctd["pid"]).environ().get("PATH") or path
+        except Exception:  # gone or unreadable: systemd's default is the best guess
+            pass
+    dirs = [d for d in path.split(":") if d]
+    if ctd.get("binary_dir"):
+        dirs.append(ctd["binary_dir"])
+    return ":".join(dirs)
+
+
+def served_handlers(socket: str | None, timeout: float = 5.0) -> tuple[set[str], str | None]:
+    """Handlers the running containerd serves through CRI, and why none if it cannot be asked."""
+    if not socket:
+        return set(), "no containerd socket"
+    from nodeagent.containerd.cri import cri_status
+
+    try:
+        status = cri_status(socket, timeout)
+    except NodeagentError as exc:
+        return set(), exc.message
+    if not status.ok:
+        return set(), status.reason or "CRI not ready"
+    return set(status.handlers), None
+
+
+def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}."""
+    ctd = facts.get("containerd") or {}
+    handlers: dict[str, dict[str, Any]] = {}
+    reason = None
+    if ctd.get("config_exists") and ctd.get("config_path"):
+        from nodeagent.containerd.inspect import registered_handlers
+
+        try:
+            handlers = registered_handlers(host, ctd["config_path"], ctd.get("version"))
+        except NodeagentError as exc:
+            reason = f"cannot read containerd's handlers: {exc.message}"
+    else:
+        reason = "no containerd config"
+    served, served_reason = served_handlers(getattr(settings, "containerd_socket", None) or ctd.get("socket"), cri_timeout)
+    search = daemon_path(facts)
+    out = {}
+    for runtime in ("gvisor", "kata"):
+        handler = getattr(settings, f"{runtime}_handler")
+        table = handlers.get(handler)
+        shim_present = False
+        why = reason
+        if table is not None:
+            runtime_type = table.get("runtime_type")
+            try:
+                shim_present = isinstance(runtime_type, str) and host.which(model.shim_binary_for(runtime_type), search) is not None
+            except NodeagentError:
+                shim_present = False
+            if not shim_present:
+                why = f"shim for {runtime_type} not on containerd's PATH"
+            elif handler not in served:
+                why = f"not served by CRI ({served_reason or 'containerd does not list it; restart pending?'})"
+            else:
+                why = None
+        elif why is None:
+            why = f"handler {handler!r} not registered"
+        out[runtime] = {
+            "handler": handler,
+            "registered": table is not None,
+            "served": handler in served,
+            "shim_present": shim_present,
+            "reason": why,
+        }
+    return out

@@ -1,0 +1,547 @@
+"""A loopback HTTPS STAND-IN for the Kubernetes API server.
+
+This is a stand-in, not Kubernetes: no kube-apiserver can be had on these machines (none in
+Debian, PyPI or npm, no registry to pull one from). It enforces what the real server does for
+the calls nodeagent makes, so the client is tested against real TLS, real HTTP and real
+semantics rather than mocks:
+
+- TLS with its own CA (generated here with the `openssl` CLI); a client trusting another CA fails;
+- bearer-token auth (401 otherwise), and optionally client-certificate auth (CN = user);
+- GET / LIST / POST (409 AlreadyExists, generateName) / PUT (409 Conflict on a stale
+  resourceVersion; RuntimeClass `handler` immutable → 422) / DELETE / PATCH with
+  `application/merge-patch+json` (RFC 7386) and `application/strategic-merge-patch+json`
+  (maps merge, null deletes, `$patch: replace|delete` directives; lists replace as for fields
+  without a patchStrategy); a no-op write keeps the resourceVersion; other patch types → 415;
+- label key/value validation → 422 Invalid;
+- fault injection (429 with Retry-After, 5xx) for the next N matching requests;
+- request records, and for Leases: concurrent unexpired holders over time and any "steal"
+  (a holder replaced while its lease was still valid).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import random
+import re
+import socket
+import ssl
+import string
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+# --- PKI ---------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@dataclass
+class Pki:
+    """A CA, a server cert for 127.0.0.1/localhost, a client cert, and an unrelated CA."""
+
+    dir: Path
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca_cert: Path
+
+    @classmethod
+    def create(cls, directory: Path, client_cn: str = "system:node:node-a") -> "Pki":
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for ca in ("ca", "other-ca"):
+            _openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
+                     "-subj", f"/CN={ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+                     "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+        (d / "server.ext").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+        (d / "client.ext").write_text("extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"
+                                      "keyUsage=critical,digitalSignature\n")
+        for name, subj in (("server", "/CN=kube-apiserver-standin"), ("client", f"/O=system:nodes/CN={client_cn}")):
+            _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj, cwd=d)
+            _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                     "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+        return cls(d, d / "ca.crt", d / "ca.key", d / "server.crt", d / "server.key",
+                   d / "client.crt", d / "client.key", d / "other-ca.crt")
+
+
+# --- semantics ---------------------------------------------------------------------------
+
+_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _invalid_key(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"prefix part of {key!r} must be a DNS subdomain"
+    if not name or len(name) > 63 or not _NAME.match(name):
+        return f"name part of {key!r} must be alphanumerics, '-', '_' or '.', at most 63 characters"
+    return None
+
+
+def validate_metadata(obj: dict[str, Any]) -> list[str]:
+    meta = obj.get("metadata") or {}
+    problems = []
+    for key, value in (meta.get("labels") or {}).items():
+        problem = _invalid_key(key)
+        if problem:
+            problems.append(f"metadata.labels: {problem}")
+        if not isinstance(value, str) or len(value) > 63 or not _NAME.match(value):
+            problems.append(f"metadata.labels: value {value!r} of {key!r} is invalid")
+    for key, value in (meta.get("annotations") or {}).items():
+        problem = _invalid_key(key)
+        if problem:
+            problems.append(f"metadata.annotations: {problem}")
+        if not isinstance(value, str):
+            problems.append(f"metadata.annotations: value of {key!r} must be a string")
+    return problems
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def strategic_merge_patch(target: Any, patch: Any) -> Any:
+    """Kubernetes strategic merge for maps: like RFC 7386 plus `$patch: replace|delete` directives.
+
+    Lists replace wholesale, which is what the real server does for fields that have no
+    patchStrategy (labels/annotations are maps; nodeagent patches nothing else).
+    """
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    directive = patch.get("$patch")
+    rest = {k: v for k, v in patch.items() if k != "$patch"}
+    if directive == "delete":
+        return None
+    if directive == "replace":
+        return {k: strategic_merge_patch(None, v) for k, v in rest.items() if v is not None}
+    if directive is not None:
+        raise ValueError(f"unknown patch directive {directive!r}")
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in rest.items():
+        if value is None:
+            result.pop(key, None)
+            continue
+        merged = strategic_merge_patch(result.get(key), value)
+        if merged is None:
+            result.pop(key, None)
+        else:
+            result[key] = merged
+    return result
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).timestamp()
+        except ValueError:
+            pass
+    return None
+
+
+def lease_holder(lease: dict[str, Any] | None, now: float) -> str | None:
+    """The holder of an unexpired lease, else None."""
+    spec = (lease or {}).get("spec") or {}
+    holder = spec.get("holderIdentity")
+    renewed = _parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
+    if not holder or renewed is None:
+        return None
+    return holder if renewed + int(spec.get("leaseDurationSeconds") or 0) >= now else None
+
+
+# --- server ------------------------------------------------------------------------------
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    status: int
+    user: str | None
+    content_type: str | None
+
+
+@dataclass
+class Fault:
+    status: int
+    remaining: int
+    method: str | None = None
+    path_contains: str | None = None
+    retry_after: str | None = None
+
+
+@dataclass
+class Store:
+    objects: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # collection -> name -> obj
+    version: int = 100
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.code, self.reason, self.message, self.headers = code, reason, message, headers or {}
+
+
+def split_path(path: str) -> tuple[str, str | None]:
+    """API path -> (collection path, object name or None)."""
+    parts = [unquote(p) for p in path.strip("/").split("/")]
+    if parts[:2] == ["api", "v1"]:
+        head, rest = parts[:2], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        head, rest = parts[:3], parts[3:]
+    else:
+        raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        head, rest = head + rest[:3], rest[3:]
+        if not rest:
+            return "/" + "/".join(head), None
+        return "/" + "/".join(head), rest[0] if len(rest) == 1 else _subresource(path)
+    if len(rest) == 1:
+        return "/" + "/".join(head + rest), None
+    if len(rest) == 2:
+        return "/" + "/".join(head + rest[:1]), rest[1]
+    raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
+
+
+def _subresource(path: str):
+    raise ApiError(404, "NotFound", f"subresources are not served by the stand-in ({path})")
+
+
+class FakeApiServer:
+    """Start with `with FakeApiServer(pki, tokens={"t"}) as api:`; `api.url` is the base URL."""
+
+    def __init__(self, pki: Pki, tokens: set[str] | None = None, client_cert_auth: bool = True):
+        self.pki = pki
+        self.tokens = set(tokens or ())
+        self.client_cert_auth = client_cert_auth
+        self.store = Store()
+        self.records: list[Record] = []
+        self.faults: list[Fault] = []
+        self.lock = threading.RLock()
+        self.lease_holder_samples: list[tuple[float, int]] = []
+        self.max_lease_holders = 0
+        self.lease_steals: list[str] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+    def __enter__(self) -> "FakeApiServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None
+        return f"https://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.pki.server_cert, self.pki.server_key)
+        if self.client_cert_auth:
+            ctx.load_verify_locations(self.pki.ca_cert)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+        server = self
+
+        class Httpd(ThreadingHTTPServer):
+            daemon_threads = True
+            request_queue_size = 1024  # hundreds of agents connect at once
+
+            def finish_request(self, request, client_address):
+                # TLS handshake in the worker thread, so one slow client cannot stall accept().
+                # TCP_NODELAY: headers and body go out in two writes; Nagle + delayed ACK
+                # would otherwise add 40 ms to every response.
+                try:
+                    request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    tls = ctx.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    request.close()
+                    return
+                try:
+                    self.RequestHandlerClass(tls, client_address, self)
+                finally:
+                    try:
+                        tls.close()
+                    except OSError:
+                        pass
+
+            def handle_error(self, request, client_address):  # a client hanging up is not news
+                pass
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _serve(self):
+                server._handle(self)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        self._httpd = Httpd(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- test helpers --
+    def put_object(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Seed an object directly (as if another client had created it)."""
+        collection, name = split_path(path)
+        with self.lock:
+            stored = copy.deepcopy(obj)
+            meta = stored.setdefault("metadata", {})
+            meta["name"] = name
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta["resourceVersion"] = self._next_version()
+            self.store.objects.setdefault(collection, {})[name] = stored
+            return copy.deepcopy(stored)
+
+    def object(self, path: str) -> dict[str, Any] | None:
+        collection, name = split_path(path)
+        with self.lock:
+            return copy.deepcopy(self.store.objects.get(collection, {}).get(name))
+
+    def inject(self, status: int, times: int = 1, *, method: str | None = None, path_contains: str | None = None,
+               retry_after: str | None = None) -> None:
+        with self.lock:
+            self.faults.append(Fault(status, times, method, path_contains, retry_after))
+
+    def count(self, method: str | None = None, path_contains: str | None = None, status: int | None = None) -> int:
+        with self.lock:
+            return sum(1 for r in self.records
+                       if (method is None or r.method == method)
+                       and (path_contains is None or path_contains in r.path)
+                       and (status is None or r.status == status))
+
+    def reset_records(self) -> None:
+        with self.lock:
+            self.records.clear()
+
+    # -- request handling --
+    def _next_version(self) -> str:
+        self.store.version += 1
+        return str(self.store.version)
+
+    def _user(self, handler: BaseHTTPRequestHandler) -> str | None:
+        auth = handler.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            token = auth[len("Bearer "):]
+            return f"token-user-{sorted(self.tokens).index(token)}" if token in self.tokens else None
+        try:
+            cert = handler.connection.getpeercert()
+        except (AttributeError, ValueError):
+            cert = None
+        if cert:
+            for rdn in cert.get("subject", ()):
+                for key, value in rdn:
+                    if key == "commonName":
+                        return value
+        return None
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        url = urlsplit(h.path)
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        content_type = (h.headers.get("Content-Type") or "").split(";")[0].strip() or None
+        user = self._user(h)
+        status, payload, headers = 500, {}, {}
+        try:
+            if user is None:
+                raise ApiError(401, "Unauthorized", "Unauthorized")
+            with self.lock:
+                fault = next((f for f in self.faults if f.remaining > 0
+                              and (f.method in (None, h.command))
+                              and (f.path_contains is None or f.path_contains in url.path)), None)
+                if fault:
+                    fault.remaining -= 1
+                    raise ApiError(fault.status, "TooManyRequests" if fault.status == 429 else "InternalError",
+                                   "injected by the test", {"Retry-After": fault.retry_after} if fault.retry_after else {})
+                status, payload = self._dispatch(h.command, url.path, parse_qs(url.query), body, content_type)
+        except ApiError as exc:
+            status, headers = exc.code, exc.headers
+            payload = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": exc.message, "reason": exc.reason, "code": exc.code}
+        with self.lock:
+            self.records.append(Record(h.command, url.path, status, user, content_type))
+        data = json.dumps(payload).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(data)))
+        for key, value in headers.items():
+            h.send_header(key, value)
+        h.end_headers()
+        h.wfile.write(data)
+
+    def _decode(self, body: bytes) -> Any:
+        try:
+            return json.loads(body or b"null")
+        except ValueError:
+            raise ApiError(400, "BadRequest", "the body is not valid JSON") from None
+
+    def _dispatch(self, method: str, path: str, query: dict, body: bytes, content_type: str | None):
+        collection, name = split_path(path)
+        items = self.store.objects.setdefault(collection, {})
+        kind_name = collection.rsplit("/", 1)[-1]
+        if method == "GET":
+            if name is None:
+                return 200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.store.version)},
+                             "items": [copy.deepcopy(o) for _, o in sorted(items.items())]}
+            if name not in items:
+                raise ApiError(404, "NotFound", f'{kind_name} "{name}" not found')
+            return 200, copy.deepcopy(items[name])
+        if method == "POST":
+            if name is not None:
+                raise ApiError(405, "MethodNotAllowed", "POST goes to the collection")
+            obj = self._decode(body)
+            meta = obj.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):
+                meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+            new_name = meta.get("name")
+            if not new_name:
+                raise ApiError(422, "Invalid", "metadata.name: Required value")
+            if new_name in items:
+                raise ApiError(409, "AlreadyExists", f'{kind_name} "{new_name}" already exists')
+            self._validate(obj)
+            meta.pop("resourceVersion", None)
+            meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(),
+                        creationTimestamp=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            if "/namespaces/" in collection:
+                meta["namespace"] = collection.split("/namespaces/")[1].split("/")[0]
+            self._observe_write(collection, new_name, None, obj)
+            items[new_name] = obj
+            return 201, copy.deepcopy(obj)
+        if name is None or name not in items:
+            raise ApiError(404 if name else 405, "NotFound" if name else "MethodNotAllowed",
+                           f'{kind_name} "{name}" not found')
+        current = items[name]
+        if method == "DELETE":
+            del items[name]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
+        if method == "PUT":
+            new = self._decode(body)
+            if (new.get("metadata") or {}).get("name") not in (None, name):
+                raise ApiError(400, "BadRequest", "the name in the body does not match the URL")
+        elif method == "PATCH":
+            patch = self._decode(body)
+            if content_type == "application/merge-patch+json":
+                new = merge_patch(current, patch)
+            elif content_type == "application/strategic-merge-patch+json":
+                try:
+                    new = strategic_merge_patch(current, patch)
+                except ValueError as exc:
+                    raise ApiError(400, "BadRequest", str(exc)) from None
+            else:
+                raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not serve patch type {content_type}")
+        else:
+            raise ApiError(405, "MethodNotAllowed", method)
+        want_rv = (new.get("metadata") or {}).get("resourceVersion")
+        if want_rv and want_rv != current["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind_name} "{name}": the object has '
+                                            "been modified; please apply your changes to the latest version and try again")
+        if kind_name == "runtimeclasses" and new.get("handler") != current.get("handler"):
+            raise ApiError(422, "Invalid", f'RuntimeClass.node.k8s.io "{name}" is invalid: handler: Invalid value: '
+                                           '"...": field is immutable')
+        self._validate(new)
+        meta = new.setdefault("metadata", {})
+        for keep in ("uid", "creationTimestamp", "namespace", "name"):
+            if keep in current["metadata"]:
+                meta[keep] = current["metadata"][keep]
+        meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if new == current:  # no-op writes do not bump the resourceVersion
+            return 200, copy.deepcopy(current)
+        meta["resourceVersion"] = self._next_version()
+        self._observe_write(collection, name, current, new)
+        items[name] = new
+        return 200, copy.deepcopy(new)
+
+    def _validate(self, obj: dict[str, Any]) -> None:
+        problems = validate_metadata(obj)
+        if problems:
+            raise ApiError(422, "Invalid", "; ".join(problems))
+
+    def _observe_write(self, collection: str, name: str, old: dict | None, new: dict) -> None:
+        if not collection.endswith("/leases"):
+            return
+        now = time.time()
+        old_holder = lease_holder(old, now)
+        new_holder = ((new.get("spec") or {}).get("holderIdentity")) or None
+        if old_holder and new_holder and new_holder != old_holder:
+            self.lease_steals.append(f"{name}: {old_holder} -> {new_holder}")
+        holders = sum(1 for n, lease in self.store.objects.get(collection, {}).items()
+                      if n != name and lease_holder(lease, now))
+        holders += 1 if lease_holder(new, now) else 0
+        self.lease_holder_samples.append((now, holders))
+        self.max_lease_holders = max(self.max_lease_holders, holders)
+
+
+def kubeconfig_text(server: str, *, user: dict[str, Any], cluster_extra: dict[str, Any]) -> str:
+    """A kubeconfig (as JSON, which is YAML) for the stand-in."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+        "clusters": [{"name": "standin", "cluster": {"server": server, **cluster_extra}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "u"}}],
+    }, indent=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- pytest fixtures (import them into a test module) --------------------------------------
+
+import pytest  # noqa: E402
+
+TOKEN = "s3cr3t-token-for-the-stand-in"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    return Pki.create(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def apiserver(pki, monkeypatch):
+    """A running stand-in accepting TOKEN; CA-bundle environment variables unset (they would
+    otherwise let requests trust the machine's CAs — the client must not need that)."""
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "KUBECONFIG", "KUBERNETES_SERVICE_HOST",
+                "KUBERNETES_SERVICE_PORT", "HTTPS_PROXY", "https_proxy", "NODE_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    with FakeApiServer(pki, tokens={TOKEN}) as server:
+        yield server
