@@ -1,0 +1,213 @@
+"""Carry a Plan out on the host, and undo it: the only module here that writes.
+
+Order for install: validate the candidate with the real containerd -> check every
+target is writable (so a read-only file fails before anything changed) -> back up
+originals and record ownership in state.json -> atomic writes (rolled back if one
+fails). The caller holds the run lock (fsutil.RunLock at /run/nodeagent.lock).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nodeagent import fsutil, state as state_mod
+from nodeagent.containerd import edit, model
+from nodeagent.containerd.imports import read_host_file
+from nodeagent.containerd.layout import BASE_LINE
+from nodeagent.containerd.plan import FileChange, Plan
+from nodeagent.containerd.validate import find_containerd, validate_candidate
+from nodeagent.errors import HostError
+from nodeagent.host import HostRoot
+
+
+@dataclass
+class Outcome:
+    files: list[FileChange]
+    restart: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(f.action != "none" for f in self.files)
+
+    def to_json(self) -> dict:
+        return {"changed": self.changed, "restart": self.restart,
+                "files": [f.to_json() for f in self.files if f.action != "none"], "artifacts": []}
+
+
+def lock(host: HostRoot) -> fsutil.RunLock:
+    return fsutil.RunLock(host.path(state_mod.LOCK_FILE))
+
+
+def _real(host: HostRoot, path: str) -> Path:
+    return host.resolve(path)
+
+
+def preflight(host: HostRoot, changes: list[FileChange]) -> None:
+    """Refuse before touching anything when a target cannot be replaced atomically."""
+    for change in changes:
+        if change.action == "none":
+            continue
+        real = _real(host, change.path)
+        directory = real.parent
+        while not directory.exists():
+            directory = directory.parent
+        problems = []
+        if os.statvfs(directory).f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK):
+            problems.append(f"its directory {directory} is read-only")
+        if real.exists():
+            if os.statvfs(real).f_flag & os.ST_RDONLY:
+                problems.append("it is on a read-only mount")
+            elif os.stat(real).st_dev != os.stat(real.parent).st_dev:
+                problems.append("it is a mount point (bind-mounted file) and cannot be replaced atomically")
+        if problems:
+            raise HostError(
+                f"cannot write {change.path}: {'; '.join(problems)}",
+                "make it writable (remount read-write), or register the handlers by hand; nothing was changed",
+            )
+
+
+def _write_all(host: HostRoot, changes: list[FileChange]) -> None:
+    done: list[FileChange] = []
+    try:
+        for change in changes:
+            if change.action == "none":
+                continue
+            real = _real(host, change.path)
+            if change.new is None:
+                fsutil.remove_file(real)
+            else:
+                fsutil.atomic_write(real, change.new)
+            done.append(change)
+    except BaseException:
+        for change in reversed(done):  # put back what we already replaced
+            real = _real(host, change.path)
+            if change.old is None:
+                fsutil.remove_file(real)
+            else:
+                fsutil.atomic_write(real, change.old)
+        raise
+
+
+def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> Outcome:
+    outcome = Outcome(plan.files, plan.restart, list(plan.notes))
+    if not plan.changed:
+        return outcome
+    overrides = plan.validation_overrides
+    if overrides:
+        binary = find_containerd(host, plan.flavor, containerd_bin)
+        if binary:
+            validate_candidate(host, plan.layout.validate_path or plan.config_path, overrides,
+                               [h.name for h in plan.handlers], binary)
+        else:
+            outcome.notes.append("no containerd binary found: the config was not validated with `config dump`")
+    preflight(host, plan.files)
+    state = state_mod.load(host)
+    for change in plan.files:
+        if change.action == "none":
+            continue
+        record = state.files.get(change.path)
+        if record is None:
+            record = state_mod.FileRecord(
+                path=change.path, role=change.role, created=change.old is None,
+                backup=None if change.old is None else state_mod.backup(host, change.path, change.old),
+                written_sha256=None,
+            )
+            state.files[change.path] = record
+        record.written_sha256 = state_mod.sha256(change.new)
+        if change.path == plan.layout.path:
+            record.handlers = sorted(set(record.handlers) | set(plan.added))
+            record.replaced.update(plan.replaced)
+        record.imports_added += [entry for (path, entry) in plan.imports_added if path == change.path]
+    for spec in plan.handlers:
+        if spec.name in plan.added:
+            state.handlers[spec.name] = spec.runtime
+    state_mod.save(host, state)  # ownership first: a crash mid-write leaves uninstall able to clean up
+    _write_all(host, plan.files)
+    return outcome
+
+
+# -- uninstall ------------------------------------------------------------------------------------
+
+
+def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
+    """Planner path for a file the operator changed after us: take out only our handlers."""
+    if record.role == "template":
+        for name in sorted(names):
+            for version in (1, 2, 3):
+                for block in edit._our_block_candidates(text, version, name, style):
+                    if block in text:
+                        text = edit._cut_block(text, block)
+        return text
+    version = model.config_version(edit.parse(text, record.path).get("version"))
+    for name in sorted(names):
+        text = edit.remove_runtime(text, version, name, style, record.path)
+    return text
+
+
+def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "containerd") -> tuple[Outcome, state_mod.State]:
+    """What uninstall changes: byte-exact restores where the file is still ours, surgical removal otherwise."""
+    state = state_mod.load(host)
+    removing = {h for h, rt in state.handlers.items() if runtimes is None or rt in runtimes}
+    remaining = {h: rt for h, rt in state.handlers.items() if h not in removing}
+    changes: list[FileChange] = []
+    notes: list[str] = []
+    new_state = state_mod.State(handlers=remaining)
+    for path, record in state.files.items():
+        current = read_host_file(host, path)
+        unchanged = state_mod.sha256(current) == record.written_sha256
+        original = None if record.created else host.read_bytes(record.backup) if record.backup else None
+        if not record.created and original is None:
+            raise HostError(f"the backup of {path} ({record.backup}) is missing", "restore the file by hand")
+        if record.role == "runsc":
+            if "gvisor" in remaining.values():
+                new_state.files[path] = record
+            elif unchanged:
+                changes.append(FileChange(path, record.role, current, original))
+            else:
+                notes.append(f"{path} was changed after nodeagent wrote it; left in place")
+            continue
+        ours_left = [h for h in record.handlers if h not in removing]
+        if not ours_left and unchanged:
+            changes.append(FileChange(path, record.role, current, original))
+            continue
+        if current is None:
+            notes.append(f"{path} no longer exists; nothing to remove there")
+            continue
+        text, style = edit.decode(current, path)
+        new_text = _remove_ours(text, style, record, {h for h in record.handlers if h in removing})
+        if not ours_left:
+            for entry in record.imports_added:
+                new_text = edit.remove_import(new_text, entry, path)
+            if not unchanged:
+                notes.append(f"{path} was changed after nodeagent wrote it: removed only nodeagent's handlers")
+            if record.replaced:
+                notes.append(f"handler(s) {', '.join(sorted(record.replaced))} replaced with --force are in the "
+                             f"backup {record.backup}")
+        new = edit.encode(new_text, style)
+        if record.created and not ours_left and _only_skeleton(new_text):
+            new = None
+        changes.append(FileChange(path, record.role, current, new))
+        if ours_left:
+            record.handlers = ours_left
+            record.written_sha256 = state_mod.sha256(new)
+            new_state.files[path] = record
+    restart = flavor != "k0s" and any(c.action != "none" and c.role != "runsc" for c in changes)
+    return Outcome(changes, restart, notes), new_state
+
+
+def _only_skeleton(text: str) -> bool:
+    body = [line.strip() for line in text.splitlines()]
+    return all(not line or line.startswith("#") or line.startswith("version") or line == BASE_LINE.strip()
+               for line in body)
+
+
+def apply_uninstall(host: HostRoot, outcome: Outcome, new_state: state_mod.State) -> None:
+    preflight(host, outcome.files)
+    _write_all(host, outcome.files)
+    if new_state.files or new_state.handlers:
+        state_mod.save(host, new_state)
+    else:
+        fsutil.remove_file(host.path(state_mod.STATE_FILE))

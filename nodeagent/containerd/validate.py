@@ -1,0 +1,104 @@
+"""Ask the real containerd whether a candidate config is good, before it goes live.
+
+The candidate and every file it imports are copied into a private temp directory and
+each copy's `imports` is rewritten to the exact copies, in containerd's load order.
+That works the same for `--root /` and for a foreign root (DaemonSet `/host`, test
+trees) without chroot or mount namespaces, and the live files are never touched.
+Then `containerd --config <copy> config dump` must succeed and list our handlers at
+the CRI plugin that containerd version reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import tomllib
+from typing import Any
+
+import tomlkit
+
+from nodeagent.containerd import model
+from nodeagent.containerd.imports import expand_import, load_chain, read_host_file
+from nodeagent.detect.flavor import FLAVORS
+from nodeagent.errors import CommandFailed, ConfigError
+from nodeagent.host import HostRoot
+from nodeagent.run import run
+
+
+def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) -> str | None:
+    """The containerd binary to validate with: explicit, the flavor's, the host's, then ours."""
+    if explicit:
+        return explicit
+    candidates = list(FLAVORS.get(flavor, FLAVORS["containerd"]).binaries)
+    found = host.which("containerd")
+    if found:
+        candidates.append(found)
+    for host_path in candidates:
+        try:
+            real = host.resolve(host_path)
+        except Exception:
+            continue
+        if real.is_file() and os.access(real, os.X_OK):
+            return str(real)
+    return shutil.which("containerd")
+
+
+def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:
+    chain = load_chain(host, config_path, overrides)
+    copies = {item.path: os.path.join(workdir, f"{index:03d}-{os.path.basename(item.path)}")
+              for index, item in enumerate(chain)}
+    for item in chain:
+        raw = overrides[item.path] if item.path in overrides else read_host_file(host, item.path)
+        text = (raw or b"").decode("utf-8")
+        if item.imports:
+            doc = tomlkit.parse(text)
+            targets: list[str] = []
+            for entry in item.imports:
+                targets += [copies[m] for m in expand_import(host, entry, item.path, overrides) if m in copies]
+            doc["imports"] = targets
+            text = doc.as_string()
+        with open(copies[item.path], "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return copies[config_path]
+
+
+def dump_runtimes(dump: dict[str, Any]) -> dict[str, Any]:
+    version = model.config_version(dump.get("version"))
+    node: Any = dump
+    for key in model.runtimes_table_path(version):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def config_dump(binary: str, config_file: str) -> dict[str, Any]:
+    try:
+        proc = run([binary, "--config", config_file, "config", "dump"], timeout=60)
+    except CommandFailed as exc:
+        raise ConfigError(
+            f"containerd rejects the planned config: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc}",
+            "nothing was changed; fix the existing config (see `nodeagent plan`), then run again",
+        ) from None
+    try:
+        return tomllib.loads(proc.stdout)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"cannot read `containerd config dump` output: {exc}", None) from None
+
+
+def validate_candidate(
+    host: HostRoot, config_path: str, overrides: dict[str, bytes | None], handlers: list[str], binary: str
+) -> dict[str, Any]:
+    """Run the real `config dump` on the candidate; returns the effective runtimes it reports."""
+    workdir = tempfile.mkdtemp(prefix="nodeagent-validate-")
+    try:
+        copy = _copy_chain(host, config_path, overrides, workdir)
+        runtimes = dump_runtimes(config_dump(binary, copy))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    missing = [h for h in handlers if h not in runtimes]
+    if missing:
+        raise ConfigError(
+            f"containerd would not serve handler(s) {', '.join(missing)} with the planned config",
+            "nothing was changed; check the config's version and imports (`nodeagent plan` shows the edit)",
+        )
+    return runtimes

@@ -1,0 +1,77 @@
+"""What nodeagent owns on this host, so uninstall removes exactly that and nothing else.
+
+<root>/var/lib/nodeagent/state.json (written atomically) records, per file we touched:
+whether we created it, where the original bytes are backed up, the sha256 of what we
+wrote (to notice later operator edits), which handlers it holds for us, `imports`
+entries we added and handler tables --force replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from nodeagent import fsutil
+from nodeagent.errors import HostError
+from nodeagent.host import HostRoot
+
+STATE_DIR = "/var/lib/nodeagent"
+STATE_FILE = f"{STATE_DIR}/state.json"
+BACKUP_DIR = f"{STATE_DIR}/backups"
+LOCK_FILE = "/run/nodeagent.lock"
+
+
+def sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FileRecord:
+    path: str
+    role: str
+    created: bool
+    backup: str | None  # host path of the original bytes (None when we created the file)
+    written_sha256: str | None
+    handlers: list[str] = field(default_factory=list)
+    imports_added: list[str] = field(default_factory=list)
+    replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    handlers: dict[str, str] = field(default_factory=dict)  # handler name -> runtime (gvisor|kata)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": 1, "files": {p: asdict(r) for p, r in self.files.items()}, "handlers": self.handlers}
+
+
+def load(host: HostRoot) -> State:
+    raw = host.read_bytes(STATE_FILE)
+    if raw is None:
+        return State()
+    try:
+        data = json.loads(raw)
+        files = {p: FileRecord(**r) for p, r in data.get("files", {}).items()}
+        return State(files=files, handlers=dict(data.get("handlers", {})))
+    except (ValueError, TypeError) as exc:
+        raise HostError(
+            f"{host.path(STATE_FILE)} is corrupt ({exc})",
+            "restore it from a backup or move it aside (nodeagent then forgets what it owns)",
+        ) from None
+
+
+def save(host: HostRoot, state: State) -> None:
+    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    fsutil.atomic_write(host.path(STATE_FILE), data, mode=0o600)
+
+
+def backup(host: HostRoot, path: str, data: bytes) -> str:
+    """Keep the original bytes of a file we are about to modify; returns the backup's host path."""
+    name = path.strip("/").replace("/", "__")
+    target = f"{BACKUP_DIR}/{name}.{time.strftime('%Y%m%dT%H%M%S')}.{sha256(data)[:12]}"
+    fsutil.atomic_write(host.path(target), data, mode=0o600)
+    return target
