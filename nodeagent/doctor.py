@@ -272,25 +272,25 @@ def check_cri(ctx: Context) -> Check:
     """Served via CRI: only the running containerd knows whether it accepted the handlers."""
     if importlib.util.find_spec("nodeagent.containerd.cri") is None:
         return Check("cri-handlers", SKIP, "CRI client not available in this build", None)
-    ctd = ctx.facts["containerd"]
-    socket = ctd["socket"]
-    if not ctd["running"] or not socket or not ctx.host.exists(socket):
-        return Check("cri-handlers", SKIP, f"CRI socket {socket} not reachable (containerd not running)", None)
+    socket = ctx.facts["containerd"]["socket"]
+    if not socket or not ctx.host.exists(socket):
+        return Check("cri-handlers", SKIP, f"CRI socket {socket} not reachable (containerd not running?)", None)
     cri = importlib.import_module("nodeagent.containerd.cri")
-    try:
-        status = cri.cri_status(str(ctx.host.path(socket)), 5.0)
-    except NodeagentError as exc:
-        return Check("cri-handlers", FAIL, f"CRI status failed: {exc.message}", exc.hint)
-    if not getattr(status, "plugin_ok", True):
-        return Check("cri-handlers", FAIL, "containerd's CRI plugin reports an error (handlers are not served)",
+    status = cri.cri_status(str(ctx.host.path(socket)), 5.0)
+    if not status.answers:
+        return Check("cri-handlers", SKIP, f"CRI socket {socket} not reachable: {status.reason}", None)
+    if not status.plugin_ok:
+        return Check("cri-handlers", FAIL, status.reason or "containerd's CRI plugin is not loaded",
                      "check containerd's log; a drop-in that replaces the CRI section (containerd#5837) is a common cause")
-    served = set(getattr(status, "handlers", []) or [])
-    wanted = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler) if h in ctx.notes["handlers"]]
-    missing = [h for h in wanted if h not in served]
+    if not status.ready:
+        return Check("cri-handlers", FAIL, status.reason or "CRI runtime not ready", "check containerd's log (journalctl -u containerd)")
+    wanted = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler, *ctx.settings.kata_extra_handlers)
+              if h in ctx.notes["handlers"]]
+    missing = [h for h in wanted if h not in status.handlers]
     if missing:
         return Check("cri-handlers", FAIL, f"registered in the config but not served via CRI: {', '.join(missing)}",
                      "restart containerd so it loads the config (nodeagent install --restart auto)")
-    return Check("cri-handlers", OK, f"CRI serves: {', '.join(sorted(served)) or 'no handlers'}")
+    return Check("cri-handlers", OK, f"CRI serves: {', '.join(sorted(status.handlers)) or 'no handlers'}")
 
 
 def check_runtimeclasses(ctx: Context) -> Check:

@@ -99,15 +99,15 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         if version is None:
             reasons.append("containerd version unknown: the root is not live and the package database does not list it")
 
+    found = bool(binary or process)
     config = containerd_config.read(host, config_path, version)
-    if not config.exists:
+    if found and not config.exists:
         reasons.append(f"{config_path} does not exist (containerd runs with its built-in defaults)")
     if config.error:
         reasons.append(f"containerd config {config.error}")
     if config.chain_error:
         reasons.append(f"containerd config imports: {config.chain_error}")
 
-    found = bool(binary or process)
     if not found:
         reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
 
