@@ -11,6 +11,9 @@ TESTENV = Path(os.environ.get("NODEAGENT_TESTENV", "/opt/nodeagent-testenv"))
 FIXTURES = ROOT / "tests" / "fixtures"
 CORPUS = FIXTURES / "corpus"  # copied from shared/corpus/containerd-configs (see SOURCES.md)
 
+# Real-daemon fixtures: `containerd_factory` (per test) and `systemd_node` (one booted node per session).
+pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node"]
+
 
 @pytest.fixture
 def fixtures_dir() -> Path:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from nodeagent.containerd import cri, health
-from tests.support.containerd_daemon import containerd_factory, minimal_config  # noqa: F401 (fixture)
+from tests.support.containerd_daemon import minimal_config
 from tests.support.oci_image import TEST_IMAGE, import_test_images
 
 pytestmark = pytest.mark.integration
