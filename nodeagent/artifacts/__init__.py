@@ -1,0 +1,47 @@
+"""Artifacts: download, verify, cache and install gVisor and Kata — online or air-gapped.
+
+Public API (all take a nodeagent.host.HostRoot and nodeagent.settings.Settings; the caller
+holds the run lock around the calls that write):
+
+- ``plan_artifact(host, settings, runtime, arch=None) -> ArtifactPlan(runtime, version, action)``
+  action is "download" | "cached" | "installed" (version dir exists, links move) | "none".
+  Reads at most small digest files; never downloads an artifact, never writes.
+- ``ensure_artifact(host, settings, runtime, arch=None, progress="auto") -> ArtifactResult``
+  (runtime, version, action, install_dir, pruned, kept_in_use). Raises ArtifactError /
+  ConflictError (exit 2, with a hint) and then leaves the host as it was.
+- ``remove_artifact(host, runtime, force=False) -> RemoveResult(runtime, removed, restored)``
+- ``artifacts_in_use(host, runtime) -> list[int]`` and ``prune_artifact(host, runtime)``.
+- ``write_bundle(settings, runtimes, arches, directory) -> BundleResult`` (``nodeagent bundle``).
+
+`arch` is the contract's spelling (amd64, arm64, s390x, ppc64le), e.g. detect's "arch";
+it defaults to this machine's. gVisor `latest` is installed under the concrete release
+that the verified runsc reports (`runsc --version`), else under `latest-<digest prefix>`,
+so a moving `latest` never overwrites a directory in place.
+"""
+
+from nodeagent.artifacts.api import (
+    ArtifactPlan,
+    ArtifactResult,
+    RemoveResult,
+    artifacts_in_use,
+    ensure_artifact,
+    fetch_options,
+    plan_artifact,
+    prune_artifact,
+    remove_artifact,
+)
+from nodeagent.artifacts.bundle import BundleResult, write_bundle
+
+__all__ = [
+    "ArtifactPlan",
+    "ArtifactResult",
+    "RemoveResult",
+    "BundleResult",
+    "artifacts_in_use",
+    "ensure_artifact",
+    "fetch_options",
+    "plan_artifact",
+    "prune_artifact",
+    "remove_artifact",
+    "write_bundle",
+]

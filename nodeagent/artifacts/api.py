@@ -1,0 +1,239 @@
+"""The artifact steps `nodeagent install` / `plan` / `uninstall` / the agent call.
+
+plan_artifact   -> what would happen (reads digest files at most; downloads no artifact)
+ensure_artifact -> download/verify/cache/extract/link, then prune unused old versions
+remove_artifact -> remove links and versions (refused while a process runs from them)
+The caller holds nodeagent's run lock (/run/nodeagent.lock) around ensure/remove.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import structlog
+
+from nodeagent.artifacts import catalog, extract, install
+from nodeagent.artifacts.cache import Cache
+from nodeagent.artifacts.download import Fetcher, FetchOptions
+from nodeagent.artifacts.progress import ProgressFn, tty_progress
+from nodeagent.artifacts.release import Release, resolve
+from nodeagent.artifacts.txn import Transaction
+from nodeagent.errors import ArtifactError
+from nodeagent.fsutil import atomic_write
+from nodeagent.host import HostRoot
+
+log = structlog.get_logger(__name__)
+
+RUNTIMES = ("gvisor", "kata")
+
+
+@dataclass
+class ArtifactPlan:
+    runtime: str
+    version: str
+    action: str  # "download" | "cached" | "installed" | "none"
+
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "version": self.version, "action": self.action}
+
+
+@dataclass
+class ArtifactResult:
+    runtime: str
+    version: str  # the installed directory's name (`latest` resolved where possible)
+    action: str  # what was done: "download" | "cached" | "installed" | "none"
+    install_dir: str  # host path, e.g. /opt/nodeagent/gvisor/20240729.0
+    pruned: list[str] = field(default_factory=list)
+    kept_in_use: dict[str, list[int]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"runtime": self.runtime, "version": self.version, "action": self.action}
+
+
+@dataclass
+class RemoveResult:
+    runtime: str
+    removed: list[str]
+    restored: list[str]
+
+
+def fetch_options(settings) -> FetchOptions:
+    """Network settings; NODEAGENT_DOWNLOAD_BACKOFF (seconds) shortens retry waits (tests, labs)."""
+    backoff = getattr(settings, "download_backoff", None)
+    if backoff is None:
+        try:
+            backoff = float(os.environ.get("NODEAGENT_DOWNLOAD_BACKOFF", "1.0"))
+        except ValueError:
+            backoff = 1.0
+    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff)
+
+
+def _version(settings, runtime: str) -> str:
+    return settings.gvisor_version if runtime == "gvisor" else settings.kata_version
+
+
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise ArtifactError(f"unknown runtime {runtime!r}", "choose gvisor or kata")
+
+
+def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher) -> Release:
+    return resolve(
+        fetcher,
+        Cache(host),
+        runtime,
+        _version(settings, runtime),
+        arch,
+        mirror=settings.mirror,
+        kata_sha256=settings.kata_sha256 if runtime == "kata" else None,
+    )
+
+
+def _action(host: HostRoot, release: Release, cache: Cache) -> tuple[str, str | None]:
+    dirname = install.find_installed(host, release)
+    if dirname is not None:
+        return ("none" if install.links_point_at(host, release.runtime, dirname) else "installed"), dirname
+    if all(cache.has(f.digest) for f in release.files):
+        return "cached", None
+    return "download", None
+
+
+def plan_artifact(host: HostRoot, settings, runtime: str, arch: str | None = None) -> ArtifactPlan:
+    """What ensure_artifact would do; writes nothing and downloads no artifact.
+
+    action: "download" (fetch, then install), "cached" (install from the cache),
+    "installed" (the version directory exists; only the symlinks move), "none" (in place).
+    """
+    _check_runtime(runtime)
+    arch = arch or catalog.host_arch()
+    fetcher = Fetcher(fetch_options(settings))
+    try:
+        release = _resolve(host, settings, runtime, arch, fetcher)
+    finally:
+        fetcher.close()
+    action, dirname = _action(host, release, Cache(host))
+    return ArtifactPlan(runtime, dirname or release.version, action)
+
+
+def ensure_artifact(
+    host: HostRoot,
+    settings,
+    runtime: str,
+    arch: str | None = None,
+    progress: ProgressFn | None | str = "auto",
+    limits: extract.Limits = extract.Limits(),
+) -> ArtifactResult:
+    """Make the runtime's release installed and linked; on failure the host is left as it was."""
+    _check_runtime(runtime)
+    arch = arch or catalog.host_arch()
+    cache = Cache(host)
+    fetcher = Fetcher(fetch_options(settings))
+    txn = Transaction()
+    try:
+        release = _resolve(host, settings, runtime, arch, fetcher)
+        foreign = install.refuse_foreign(host, runtime, settings.force)
+        action, dirname = _action(host, release, cache)
+        if action == "download" or action == "cached":
+            action = _fill_cache(host, release, cache, fetcher, txn, settings, progress)
+            _record(cache, release, txn)
+            dirname = install.stage(host, release, cache, txn, limits)
+        if action != "none":
+            install.switch_links(host, runtime, dirname, foreign, txn)
+        txn.commit()
+    except BaseException:
+        txn.rollback()
+        raise
+    finally:
+        fetcher.close()
+    pruned, kept = install.prune(host, runtime)
+    log.info("artifact ready", runtime=runtime, version=dirname, action=action)
+    return ArtifactResult(runtime, dirname, action, f"{install.runtime_dir(runtime)}/{dirname}", pruned, kept)
+
+
+def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, txn: Transaction, settings, progress) -> str:
+    """Fetch what the cache lacks (verified); "download" if anything came over the wire."""
+    action = "cached"  # everything was already in the cache
+    for f in release.files:
+        if cache.verify(f.digest):
+            continue
+        if f.location is None:  # recorded release, cache entry lost: ask the source again
+            fresh = _resolve(host, settings, release.runtime, release.arch, fetcher)
+            f = next(x for x in fresh.files if x.name == f.name and x.digest == f.digest)
+        txn.mkdirs(cache.dir)
+        dest = cache.path_for(f.digest)
+        show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
+        action = "download"
+        fetcher.fetch(f.location, dest, f.digest, show)
+        txn.added(dest)
+    return action
+
+
+def _record(cache: Cache, release: Release, txn: Transaction) -> None:
+    before = cache.index_bytes()
+    cache.record(release.key, release.record())
+    if before is None:
+        txn.added(cache.dir / "releases.json")
+    else:
+        txn.on_rollback(lambda: atomic_write(cache.dir / "releases.json", before))
+
+
+def artifacts_in_use(host: HostRoot, runtime: str) -> list[int]:
+    """PIDs running a binary from any installed version of the runtime."""
+    _check_runtime(runtime)
+    pids: set[int] = set()
+    for name in install.installed_dirnames(host, runtime):
+        pids.update(install.pids_using(host, f"{install.runtime_dir(runtime)}/{name}"))
+    return sorted(pids)
+
+
+def prune_artifact(host: HostRoot, runtime: str) -> tuple[list[str], dict[str, list[int]]]:
+    """Remove old versions nothing runs from any more (the agent calls this each round)."""
+    _check_runtime(runtime)
+    return install.prune(host, runtime)
+
+
+def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> RemoveResult:
+    """Remove our links and version dirs; refused while a process runs from them unless forced.
+
+    Files that --force once moved aside are put back. The download cache is kept.
+    """
+    _check_runtime(runtime)
+    pids = artifacts_in_use(host, runtime)
+    if pids and not force:
+        raise ArtifactError(
+            f"{runtime} is still in use by process(es) {', '.join(map(str, pids[:10]))}",
+            "stop the pods using it (drain the node) and run again, or pass --force",
+        )
+    removed, restored = [], []
+    for link in install.desired_links(runtime, "x"):
+        real = host.path(link)
+        if real.is_symlink() and install._is_ours(runtime, link, os.readlink(real)):
+            real.unlink()
+            removed.append(link)
+        back = install.restore_replaced(host, link)
+        if back:
+            restored.append(link)
+    rdir = host.path(install.runtime_dir(runtime))
+    for name in install.installed_dirnames(host, runtime):
+        install.remove_tree(rdir / name)
+        removed.append(f"{install.runtime_dir(runtime)}/{name}")
+    for d in (rdir, rdir.parent):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    return RemoveResult(runtime, removed, restored)
+
+
+__all__ = [
+    "ArtifactPlan",
+    "ArtifactResult",
+    "RemoveResult",
+    "plan_artifact",
+    "ensure_artifact",
+    "remove_artifact",
+    "prune_artifact",
+    "artifacts_in_use",
+    "fetch_options",
+]

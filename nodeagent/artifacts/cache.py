@@ -1,0 +1,72 @@
+"""The content cache: verified artifacts under <root>/var/lib/nodeagent/cache, named by digest.
+
+A second install downloads nothing; it works with the network down. `releases.json` records
+which files (and digests) each runtime/version/arch resolved to, so a pinned release can be
+installed from the cache without asking any server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import structlog
+
+from nodeagent.artifacts.digest import Digest, file_digest
+from nodeagent.fsutil import atomic_write
+from nodeagent.host import HostRoot
+
+log = structlog.get_logger(__name__)
+
+CACHE_DIR = "/var/lib/nodeagent/cache"
+INDEX = "releases.json"
+
+
+class Cache:
+    def __init__(self, host: HostRoot):
+        self.dir = host.path(CACHE_DIR)
+
+    def path_for(self, digest: Digest) -> Path:
+        return self.dir / digest.hex
+
+    def has(self, digest: Digest) -> bool:
+        return self.path_for(digest).is_file()
+
+    def verify(self, digest: Digest) -> bool:
+        """A cache hit is re-hashed before use; a corrupt entry is dropped (and fetched again)."""
+        path = self.path_for(digest)
+        if not path.is_file():
+            return False
+        if file_digest(path, digest.algo) == digest.hex:
+            return True
+        log.warning("cached artifact is corrupt; dropping it", path=str(path))
+        path.unlink(missing_ok=True)
+        return False
+
+    # -- the release index -----------------------------------------------------------------
+    def _index_path(self) -> Path:
+        return self.dir / INDEX
+
+    def read_index(self) -> dict:
+        try:
+            data = json.loads(self._index_path().read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def index_bytes(self) -> bytes | None:
+        try:
+            return self._index_path().read_bytes()
+        except OSError:
+            return None
+
+    def lookup(self, key: str) -> dict | None:
+        entry = self.read_index().get(key)
+        return entry if isinstance(entry, dict) else None
+
+    def record(self, key: str, entry: dict) -> None:
+        data = self.read_index()
+        if data.get(key) == entry:
+            return
+        data[key] = entry
+        atomic_write(self._index_path(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,336 @@
+"""Fetch one artifact: stream it, hash it while streaming, retry, resume, verify, then move it into place.
+
+Nothing unverified is ever at the destination: bytes go to `<dest>.partial` and are
+renamed only after the digest matched. Memory stays constant (1 MiB chunks).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import requests
+import structlog
+
+from nodeagent import __version__
+from nodeagent.artifacts.digest import Digest
+from nodeagent.artifacts.progress import ProgressFn
+from nodeagent.artifacts.sources import Location
+from nodeagent.errors import ArtifactError
+from nodeagent.fsutil import fsync_dir
+
+log = structlog.get_logger(__name__)
+
+CHUNK = 1 << 20
+MAX_REDIRECTS = 10
+MAX_SMALL = 64 << 10
+NETWORK_HINT = "check the network / proxy settings (HTTPS_PROXY) and the mirror, then run again"
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """Network behaviour; tests shorten the backoff so failures stay fast."""
+
+    timeout: float = 30.0
+    retries: int = 4
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+
+
+class NotFound(ArtifactError):
+    """The source answered 404 (or the local file is missing): the caller may try another layout."""
+
+    default_hint = "check the version and architecture exist at the source (see the mirror layout in the docs)"
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (5xx, dropped connection, timeout, short body)."""
+
+
+def partial_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".partial")
+
+
+class Fetcher:
+    """One requests session (proxies and CA bundle from the environment) and our retry policy."""
+
+    def __init__(self, options: FetchOptions | None = None):
+        self.options = options or FetchOptions()
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"nodeagent/{__version__}"
+        # Hash what is on the wire: a gzip Content-Encoding would break Range resume.
+        self.session.headers["Accept-Encoding"] = "identity"
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- small files (digest files) -------------------------------------------------------
+    def read_small(self, loc: Location) -> str | None:
+        """The text of a small file (a digest file), or None if it does not exist."""
+        if loc.path is not None:
+            try:
+                with open(loc.path, "rb") as fh:
+                    data = fh.read(MAX_SMALL + 1)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            except OSError as exc:
+                raise ArtifactError(f"cannot read {loc.path}: {exc.strerror}", "check the mirror directory") from None
+        else:
+            def once() -> bytes | None:
+                with self._get(loc, {}) as resp:
+                    if resp.status_code in (404, 410):
+                        return None
+                    self._raise_for_status(resp, loc)
+                    body = resp.raw.read(MAX_SMALL + 1, decode_content=True)
+                    return body
+
+            data = self._with_retries(loc, once)
+            if data is None:
+                return None
+        if len(data) > MAX_SMALL:
+            raise ArtifactError(f"{loc} is too large for a digest file", "check the mirror serves sha512sum output here")
+        return data.decode("utf-8", errors="replace")
+
+    def exists(self, loc: Location) -> bool:
+        """Whether a file exists at the source (HEAD, following safe redirects)."""
+        if loc.path is not None:
+            return loc.path.is_file()
+
+        def once() -> bool:
+            with self._request("HEAD", loc, {}) as resp:
+                if resp.status_code in (404, 410):
+                    return False
+                self._raise_for_status(resp, loc)
+                return True
+
+        return self._with_retries(loc, once)
+
+    # -- artifacts ------------------------------------------------------------------------
+    def fetch(self, loc: Location, dest: Path, digest: Digest, progress: ProgressFn | None = None) -> int:
+        """Download `loc` to `dest` verified against `digest`; returns the number of bytes.
+
+        Resumes an existing `<dest>.partial` with Range. On any failure the partial file
+        is removed unless the failure is an interruption worth resuming within this call.
+        """
+        partial = partial_path(dest)
+        try:
+            if loc.path is not None:
+                size = self._copy_local(loc, partial, digest, progress)
+            else:
+                size = self._download(loc, partial, digest, progress)
+            os.replace(partial, dest)
+            fsync_dir(dest.parent)
+            return size
+        except BaseException:
+            try:
+                partial.unlink()
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _copy_local(self, loc: Location, partial: Path, digest: Digest, progress) -> int:
+        try:
+            src = open(loc.path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{loc.path} does not exist") from None
+        except OSError as exc:
+            raise ArtifactError(f"cannot read {loc.path}: {exc.strerror}", "check the mirror directory") from None
+        hasher = digest.hasher()
+        total = os.fstat(src.fileno()).st_size
+        done = 0
+        with src, open(partial, "wb") as out:
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                hasher.update(block)
+                out.write(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+            out.flush()
+            os.fsync(out.fileno())
+        _check_digest(hasher.hexdigest(), digest, loc)
+        return done
+
+    def _download(self, loc: Location, partial: Path, digest: Digest, progress) -> int:
+        opts = self.options
+        failures = 0
+        restarted_after_mismatch = False
+        while True:
+            have = partial.stat().st_size if partial.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self._get(loc, headers) as resp:
+                    if resp.status_code in (404, 410):
+                        raise NotFound(f"{loc} not found (HTTP {resp.status_code})")
+                    if resp.status_code == 416 and have:
+                        # Our partial is not a prefix the server knows: start over.
+                        partial.unlink()
+                        raise _Retryable("HTTP 416 for a resumed download")
+                    self._raise_for_status(resp, loc)
+                    resumed = resp.status_code == 206 and have > 0 and _range_start(resp) == have
+                    if resp.status_code == 206 and not resumed:
+                        partial.unlink(missing_ok=True)
+                        raise _Retryable("server answered an unexpected range")
+                    hasher = digest.hasher()
+                    if resumed:
+                        _hash_file(partial, hasher)
+                        log.info("download resumed", url=str(loc), offset=have)
+                    else:
+                        have = 0
+                    length = resp.headers.get("Content-Length")
+                    expected = int(length) if length and length.isdigit() else None
+                    total = have + expected if expected is not None else None
+                    got = self._stream(resp, partial, "ab" if resumed else "wb", hasher, have, total, progress)
+                    if expected is not None and got < expected:
+                        raise _Retryable(f"connection closed after {have + got} of {total} bytes")
+            except NotFound:
+                raise
+            except ArtifactError:
+                raise
+            except (_Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                failures += 1
+                reason = _reason(exc)
+                if failures > opts.retries:
+                    raise ArtifactError(
+                        f"download of {loc} failed after {failures} attempts: {reason}", NETWORK_HINT
+                    ) from None
+                delay = min(opts.max_backoff, opts.backoff * 2 ** (failures - 1))
+                log.warning("download failed, retrying", url=str(loc), attempt=failures, reason=reason, delay=delay)
+                time.sleep(delay)
+                continue
+            actual = hasher.hexdigest()
+            if actual != digest.hex and resumed and not restarted_after_mismatch:
+                # A resumed file can be spliced from two different uploads; retry once from zero.
+                log.warning("digest mismatch after resume; downloading again from the start", url=str(loc))
+                partial.unlink()
+                restarted_after_mismatch = True
+                continue
+            _check_digest(actual, digest, loc)
+            return partial.stat().st_size
+
+    def _stream(self, resp, partial: Path, mode: str, hasher, offset: int, total, progress) -> int:
+        got = 0
+        with open(partial, mode) as out:
+            try:
+                for block in resp.raw.stream(CHUNK, decode_content=False):
+                    hasher.update(block)
+                    out.write(block)
+                    got += len(block)
+                    if progress:
+                        progress(offset + got, total)
+            except Exception as exc:  # urllib3's ProtocolError / ReadTimeoutError: resume later
+                out.flush()
+                os.fsync(out.fileno())
+                raise _Retryable(_reason(exc)) from None
+            out.flush()
+            os.fsync(out.fileno())
+        return got
+
+    # -- HTTP plumbing ----------------------------------------------------------------------
+    def _get(self, loc: Location, headers: dict) -> requests.Response:
+        return self._request("GET", loc, headers)
+
+    def _request(self, method: str, loc: Location, headers: dict) -> requests.Response:
+        """One request, following redirects ourselves so https -> http is refused."""
+        url = loc.url
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_scheme(url, loc.allow_http)
+            resp = self.session.request(
+                method,
+                url,
+                headers=headers,
+                stream=True,
+                allow_redirects=False,
+                timeout=(self.options.timeout, self.options.timeout),
+            )
+            if resp.is_redirect:
+                target = urljoin(url, resp.headers["Location"])
+                resp.close()
+                if urlparse(url).scheme == "https" and urlparse(target).scheme != "https":
+                    raise ArtifactError(
+                        f"refused redirect from {url} to the insecure {target}",
+                        "an https source must not redirect to plain http; fix the mirror or proxy",
+                    )
+                url = target
+                continue
+            return resp
+        raise ArtifactError(f"too many redirects fetching {loc}", "check the mirror URL")
+
+    @staticmethod
+    def _raise_for_status(resp: requests.Response, loc: Location) -> None:
+        code = resp.status_code
+        if code in (200, 206):
+            return
+        if code >= 500 or code == 429:
+            raise _Retryable(f"HTTP {code}")
+        raise ArtifactError(
+            f"{loc} answered HTTP {code}",
+            "check the mirror URL and any credentials the proxy needs",
+        )
+
+    def _with_retries(self, loc: Location, once):
+        failures = 0
+        while True:
+            try:
+                return once()
+            except (_Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+                failures += 1
+                if failures > self.options.retries:
+                    raise ArtifactError(
+                        f"fetching {loc} failed after {failures} attempts: {_reason(exc)}", NETWORK_HINT
+                    ) from None
+                time.sleep(min(self.options.max_backoff, self.options.backoff * 2 ** (failures - 1)))
+
+
+def _check_scheme(url: str, allow_http: bool) -> None:
+    scheme = urlparse(url).scheme
+    if scheme == "https" or (scheme == "http" and allow_http):
+        return
+    raise ArtifactError(
+        f"refused to fetch {url}: only https is allowed here",
+        "plain http is only used for a mirror you name explicitly with --mirror http://...",
+    )
+
+
+def _range_start(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Range", "")
+    # "bytes 100-199/200"
+    try:
+        unit, rest = value.split(" ", 1)
+        return int(rest.split("-", 1)[0]) if unit == "bytes" else None
+    except ValueError:
+        return None
+
+
+def _hash_file(path: Path, hasher) -> None:
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(CHUNK)
+            if not block:
+                return
+            hasher.update(block)
+
+
+def _check_digest(actual: str, digest: Digest, loc: Location) -> None:
+    if actual != digest.hex:
+        raise ArtifactError(
+            f"digest mismatch for {loc}: expected {digest.algo} {digest.hex[:16]}…, got {actual[:16]}…",
+            "the file is corrupt or was tampered with; check the mirror, or the digest you passed",
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    # requests nests urllib3's message several levels deep; keep the line short.
+    return text.splitlines()[0][:200]
+
+
+def copy_verified(src: Path, dest: Path, digest: Digest) -> None:
+    """Copy a cached file to `dest` via `<dest>.partial`, verifying it again on the way."""
+    Fetcher().fetch(Location(path=src), dest, digest)
+

@@ -1,0 +1,225 @@
+"""Safe extraction of release tarballs (.tar.bz2/.xz/.gz via the stdlib, .tar.zst via zstandard).
+
+Every member is checked before a byte of it is written: no absolute paths, no `..`, no
+symlink or hard link leaving the tree, no path through a symlink, no devices or fifos, no
+setuid/setgid bits, no duplicate names, and caps on member size, total size and count.
+Archives are read as a stream (constant memory); files are written without following
+symlinks and owned by us, never by the uid in the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from nodeagent.errors import ArtifactError
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that stop a decompression bomb; the real artifacts are far below them."""
+
+    max_member: int = 1 << 30
+    max_total: int = 4 << 30
+    max_members: int = 100_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A checked member: its normalized name and kind ("file", "dir", "symlink", "hardlink")."""
+
+    name: str
+    kind: str
+    size: int = 0
+    mode: int = 0o644
+    link: str | None = None
+
+
+def _refuse(archive: str, what: str) -> ArtifactError:
+    return ArtifactError(
+        f"refusing {archive}: {what}",
+        "the archive is unsafe or not a release of this runtime; use the upstream artifact or rebuild the bundle",
+    )
+
+
+@contextmanager
+def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    """A tarfile reading `path` as a stream, whatever its compression."""
+    fh = open(path, "rb")
+    try:
+        head = fh.read(4)
+        fh.seek(0)
+        if head == ZSTD_MAGIC:
+            import zstandard
+
+            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK)
+            tf = tarfile.open(fileobj=reader, mode="r|")
+        else:
+            tf = tarfile.open(fileobj=fh, mode="r|*")
+        try:
+            yield tf
+        finally:
+            tf.close()
+    except tarfile.ReadError as exc:
+        raise ArtifactError(
+            f"{path.name} is not a readable tar archive ({exc})",
+            "the download is not a release tarball; check the mirror serves the right file",
+        ) from None
+    finally:
+        fh.close()
+
+
+class _Checker:
+    """Validates members in archive order, remembering what came before."""
+
+    def __init__(self, archive: str, limits: Limits):
+        self.archive = archive
+        self.limits = limits
+        self.seen: dict[str, Entry] = {}
+        self.total = 0
+
+    def check(self, m: tarfile.TarInfo) -> Entry | None:
+        raw = m.name
+        if raw.startswith("/"):
+            raise _refuse(self.archive, f"member {raw!r} has an absolute path")
+        parts = [p for p in raw.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise _refuse(self.archive, f"member {raw!r} points outside the archive (..)")
+        if not parts:
+            return None  # the archive's own "./" entry
+        name = "/".join(parts)
+        if len(self.seen) >= self.limits.max_members:
+            raise _refuse(self.archive, f"more than {self.limits.max_members} members")
+        if name in self.seen:
+            raise _refuse(self.archive, f"member {name!r} appears twice")
+        for i in range(1, len(parts)):
+            parent = self.seen.get("/".join(parts[:i]))
+            if parent is not None and parent.kind != "dir":
+                raise _refuse(self.archive, f"member {name!r} lies beneath the non-directory {parent.name!r}")
+        if m.mode & (stat.S_ISUID | stat.S_ISGID):
+            raise _refuse(self.archive, f"member {name!r} is setuid/setgid")
+        if m.isdir():
+            entry = Entry(name, "dir", mode=m.mode & 0o755)
+        elif m.isreg():
+            if m.size > self.limits.max_member:
+                raise _refuse(self.archive, f"member {name!r} is larger than {self.limits.max_member} bytes")
+            self.total += m.size
+            if self.total > self.limits.max_total:
+                raise _refuse(self.archive, f"contents exceed {self.limits.max_total} bytes")
+            entry = Entry(name, "file", size=m.size, mode=m.mode & 0o755)
+        elif m.issym():
+            target = m.linkname
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                raise _refuse(self.archive, f"symlink {name!r} -> {target!r} points outside the archive")
+            entry = Entry(name, "symlink", link=target)
+        elif m.islnk():
+            target = "/".join(p for p in m.linkname.split("/") if p not in ("", "."))
+            if m.linkname.startswith("/") or ".." in target.split("/"):
+                raise _refuse(self.archive, f"hard link {name!r} -> {m.linkname!r} points outside the archive")
+            prior = self.seen.get(target)
+            if prior is None or prior.kind != "file":
+                raise _refuse(self.archive, f"hard link {name!r} -> {m.linkname!r} names no earlier file in the archive")
+            entry = Entry(name, "hardlink", size=prior.size, mode=prior.mode, link=target)
+        elif m.ischr() or m.isblk():
+            raise _refuse(self.archive, f"member {name!r} is a device node")
+        elif m.isfifo():
+            raise _refuse(self.archive, f"member {name!r} is a fifo")
+        else:
+            raise _refuse(self.archive, f"member {name!r} has an unsupported type")
+        self.seen[name] = entry
+        return entry
+
+
+def _members(path: Path, limits: Limits, write_to: Path | None) -> list[Entry]:
+    checker = _Checker(path.name, limits)
+    try:
+        with open_stream(path) as tf:
+            for m in tf:
+                entry = checker.check(m)
+                if entry is not None and write_to is not None:
+                    _write(tf, m, entry, write_to, limits, path.name)
+    except ArtifactError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path.name} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:120]})",
+            "download it again (delete it from the mirror / cache) or check the source",
+        ) from None
+    except Exception as exc:  # zstandard.ZstdError and friends
+        if type(exc).__module__.startswith("zstandard") or "zstd" in type(exc).__name__.lower():
+            raise ArtifactError(f"{path.name} is corrupt ({exc})", "download it again or check the source") from None
+        raise
+    return list(checker.seen.values())
+
+
+def scan(path: Path, limits: Limits = Limits()) -> list[Entry]:
+    """Check every member without writing anything (bundles are checked before they travel)."""
+    return _members(Path(path), limits, None)
+
+
+def extract(path: Path, dest: Path, limits: Limits = Limits()) -> list[Entry]:
+    """Extract into the existing, empty directory `dest`; the caller removes it on failure."""
+    return _members(Path(path), limits, Path(dest))
+
+
+def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, entry: Entry, dest: Path, limits: Limits, archive: str) -> None:
+    target = dest / entry.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.kind == "dir":
+        target.mkdir(mode=0o755, exist_ok=True)
+    elif entry.kind == "symlink":
+        os.symlink(entry.link, target)
+    elif entry.kind == "hardlink":
+        os.link(dest / entry.link, target, follow_symlinks=False)
+    else:
+        src = tf.extractfile(m)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        written = 0
+        with os.fdopen(fd, "wb") as out:
+            while True:
+                block = src.read(CHUNK)
+                if not block:
+                    break
+                written += len(block)
+                if written > limits.max_member:
+                    raise _refuse(archive, f"member {entry.name!r} is larger than declared")
+                out.write(block)
+            os.fchmod(out.fileno(), entry.mode | 0o600)
+
+
+def find_unique(entries: list[Entry], basename: str, archive: str) -> Entry:
+    """The one regular file named `basename` anywhere in the archive; none or two is refused."""
+    hits = [e for e in entries if e.kind in ("file", "hardlink") and posixpath.basename(e.name) == basename]
+    if not hits:
+        raise _refuse(archive, f"it contains no file named {basename!r}")
+    if len(hits) > 1:
+        names = ", ".join(e.name for e in hits)
+        raise _refuse(archive, f"it contains {len(hits)} files named {basename!r} ({names}); which one is meant is ambiguous")
+    return hits[0]
+
+
+def find_tree(entries: list[Entry], suffix: tuple[str, ...], archive: str) -> str:
+    """The one directory path ending in `suffix` (e.g. ("opt", "kata")) that holds members."""
+    found = set()
+    n = len(suffix)
+    for e in entries:
+        parts = e.name.split("/")
+        for i in range(len(parts) - n + 1):
+            if tuple(parts[i : i + n]) == suffix and (i + n < len(parts) or e.kind == "dir"):
+                found.add("/".join(parts[: i + n]))
+    want = "/".join(suffix)
+    if not found:
+        raise _refuse(archive, f"it contains no {want}/ tree")
+    if len(found) > 1:
+        raise _refuse(archive, f"it contains several {want}/ trees ({', '.join(sorted(found))}); which one is meant is ambiguous")
+    return found.pop()

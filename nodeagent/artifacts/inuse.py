@@ -1,0 +1,32 @@
+"""Which processes still run binaries from an installed version (shims, sandboxes, VMMs).
+
+An old version is pruned only when nothing runs from it, so an upgrade never pulls the
+rug from under a running sandbox (kata-containers#12761). The kernel reports a process's
+executable with symlinks resolved; seen from a DaemonSet (`--root /host`) the path may be
+host-absolute or prefixed with the root, so both spellings are compared.
+"""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from nodeagent.host import HostRoot
+
+
+def pids_using(host: HostRoot, host_dir: str) -> list[int]:
+    """PIDs whose executable lies under `host_dir` (a host path such as /opt/nodeagent/gvisor/X)."""
+    prefixes = {host_dir.rstrip("/") + "/", str(host.path(host_dir)).rstrip("/") + "/"}
+    try:
+        prefixes.add(os.path.realpath(host.path(host_dir)).rstrip("/") + "/")
+    except OSError:
+        pass
+    pids = []
+    for proc in psutil.process_iter(["pid", "exe"]):
+        exe = proc.info.get("exe") or ""
+        if exe.endswith(" (deleted)"):
+            exe = exe[: -len(" (deleted)")]
+        if exe and any(exe.startswith(p) for p in prefixes):
+            pids.append(proc.info["pid"])
+    return sorted(pids)

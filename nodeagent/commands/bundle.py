@@ -1,0 +1,16 @@
+"""`nodeagent bundle --runtime ... --arch ... DIR`: an offline mirror for air-gapped nodes."""
+
+from __future__ import annotations
+
+from nodeagent.artifacts import catalog
+from nodeagent.artifacts.bundle import write_bundle
+from nodeagent.output import Result, table
+
+
+def run(settings, args) -> Result:
+    runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
+    arches = list(dict.fromkeys(args.arch or [catalog.host_arch()]))
+    result = write_bundle(settings, runtimes, arches, args.dir)
+    rows = [[f["action"], f["path"]] for f in result.files]
+    text = f"bundle in {result.directory}\n" + table(rows, ["action", "file"])
+    return Result(result.as_dict(), text)
