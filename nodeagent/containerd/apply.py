@@ -117,7 +117,8 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
             )
             state.files[change.path] = record
         record.written_sha256 = state_mod.sha256(change.new)
-        if change.path == plan.layout.path:
+        hosts_ours = change.path == plan.layout.path or any(p == change.path for p, _ in plan.imports_added)
+        if hosts_ours:  # the file with our tables, or the one importing it: both stay ours while they serve
             record.handlers = sorted(set(record.handlers) | set(plan.added))
             record.replaced.update(plan.replaced)
         record.imports_added += [entry for (path, entry) in plan.imports_added if path == change.path]
@@ -170,6 +171,9 @@ def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "
                 notes.append(f"{path} was changed after nodeagent wrote it; left in place")
             continue
         ours_left = [h for h in record.handlers if h not in removing]
+        for entry in record.imports_added:  # an imports entry stays while the drop-in serves a handler
+            served = state.files[entry].handlers if entry in state.files else []
+            ours_left += [h for h in served if h not in removing and h not in ours_left]
         if not ours_left and unchanged:
             changes.append(FileChange(path, record.role, current, original))
             continue

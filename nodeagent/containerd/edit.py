@@ -209,7 +209,7 @@ def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
     if match is None:
         return append_block(text, line) if text.strip() else line
     at = match.start()
-    return text[:at] + line + ("\n" if at == 0 else "") + text[at:]
+    return text[:at] + line + "\n" + text[at:]
 
 
 def remove_import(text: str, entry: str, path: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import tomllib
 from dataclasses import dataclass, field
 
 from nodeagent.containerd import edit, model
@@ -88,18 +89,34 @@ class Layout:
                 plan.imports_added.append((self.import_into, self.path))
 
     def validation_overrides(self, files, plan) -> dict[str, bytes | None]:
+        """Files to check with containerd: for a template, the config it will render to."""
         overrides = {c.path: c.new for c in files.changes() if c.role != "runsc"}
         if self.kind == "template" and self.rendered_path:
             rendered = files.current(self.rendered_path)
-            if rendered is not None and plan.added:
-                text, style = edit.decode(rendered, self.rendered_path)
-                for spec in plan.handlers:
-                    if spec.name in plan.added:
-                        text = edit.add_runtime(text, self.version, spec, style, self.rendered_path)
-                overrides = {self.rendered_path: edit.encode(text, style)}
-            else:
-                overrides = {}
+            if rendered is None:
+                return {}
+            text, style = edit.decode(rendered, self.rendered_path)
+            present = edit.runtimes_of(edit.parse(text, self.rendered_path), self.version)
+            for spec in plan.handlers:
+                if spec.name not in present:
+                    text = edit.add_runtime(text, self.version, spec, style, self.rendered_path)
+            overrides = {self.rendered_path: edit.encode(text, style)}
         return overrides
+
+    def template_runtimes(self, files) -> dict[str, dict]:
+        """Handlers a k3s/rke2 template adds (they reach config.toml only at the next start)."""
+        if self.kind != "template":
+            return {}
+        raw = files.current(self.path)
+        if raw is None:
+            return {}
+        text, _ = edit.decode(raw, self.path)
+        plain = "\n".join(line for line in text.splitlines() if "{{" not in line)
+        try:
+            data = tomllib.loads(plain)
+        except tomllib.TOMLDecodeError:
+            return {}
+        return edit.runtimes_of(data, self.version)
 
 
 def choose(host: HostRoot, flavor: str, config_path: str, chain: list[LoadedFile], major: int) -> Layout:

@@ -200,6 +200,9 @@ def plan_install(
     plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
     files = _Files(host)
     effective = effective_runtimes(chain, major)
+    if chosen.validate_path:  # k0s: its drop-ins are merged by k0s, not through `imports`
+        effective.update(_dropin_dir_runtimes(host, chosen.path))
+    effective.update(chosen.template_runtimes(files))
 
     to_add: list[model.HandlerSpec] = []
     for spec in handlers:
@@ -234,6 +237,16 @@ def plan_install(
     plan.validation_overrides = chosen.validation_overrides(files, plan)
     _self_check(host, plan, major)
     return plan
+
+
+def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any]]:
+    directory = dropin.rsplit("/", 1)[0]
+    found: dict[str, dict[str, Any]] = {}
+    for name in host.listdir(directory):
+        if name.endswith(".toml"):
+            item = load_chain(host, f"{directory}/{name}")[0]
+            found.update(edit.runtimes_of(item.data, item.version))
+    return found
 
 
 def _summary(table: dict[str, Any]) -> str:

@@ -27,7 +27,11 @@ from nodeagent.run import run
 
 
 def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) -> str | None:
-    """The containerd binary to validate with: explicit, the flavor's, the host's, then ours."""
+    """The containerd binary to validate with: explicit, else the flavor's or the host's own.
+
+    Never a binary from outside the root: its version could differ from the host's and
+    judge the config by the wrong rules (a v3 drop-in means nothing to containerd 1.x).
+    """
     if explicit:
         return explicit
     candidates = list(FLAVORS.get(flavor, FLAVORS["containerd"]).binaries)
@@ -41,7 +45,7 @@ def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) ->
             continue
         if real.is_file() and os.access(real, os.X_OK):
             return str(real)
-    return shutil.which("containerd")
+    return None
 
 
 def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:
