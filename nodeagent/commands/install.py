@@ -104,6 +104,9 @@ def install(settings: Settings, args=None) -> Result:
     if settings.dry_run:
         return plan(settings, args)
     host = HostRoot(settings.root)
+    # Plan once before locking so bad input is refused without creating even the lock file,
+    # then again under the lock: another nodeagent may have changed the files meanwhile.
+    build_plan(settings)
     with apply.lock(host):
         result_plan, warnings = build_plan(settings)
         if result_plan is None:

@@ -108,3 +108,34 @@ def all_scenarios() -> list[Scenario]:
 
 
 SCENARIOS = {s.name: s for s in all_scenarios()}
+
+
+BINARIES = {
+    "1.6": Path("/usr/bin/containerd"),
+    "1.7": Path("/opt/nodeagent-testenv/containerd-1.7/usr/bin/containerd"),
+    "2.1": Path("/opt/nodeagent-testenv/containerd-2.1/usr/bin/containerd"),
+}
+DPKG_VERSIONS = {"1.6": "1.6.20~ds1-1+b1", "1.7": "1.7.24~ds1-6+deb13u1", "2.1": "2.1.9+ds1-5"}
+
+
+def install_containerd(root: Path, series: str, host_path: str = "/usr/bin/containerd") -> None:
+    """Put the REAL containerd of `series` into a fake root (hard link; copy across filesystems)
+    and list it in the root's dpkg database, which is how detection reads a non-live root's version."""
+    import os
+    import shutil
+
+    target = root / host_path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(BINARIES[series], target)
+    except OSError:
+        shutil.copy2(BINARIES[series], target)
+    status = root / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True, exist_ok=True)
+    status.write_text(
+        f"Package: containerd\nStatus: install ok installed\nArchitecture: amd64\nVersion: {DPKG_VERSIONS[series]}\n\n"
+    )
+
+
+def have_containerd(series: str) -> bool:
+    return BINARIES[series].is_file()
