@@ -3,9 +3,10 @@
 Sources, in order of trust: explicit settings (--containerd-config/--containerd-socket),
 the running process's own flags, the config file's `grpc.address`, the flavor's defaults.
 The version comes from running `<binary> --version` when the root is live; for another
-root (a DaemonSet's /host, a captured tree) from the host's package database
-(/var/lib/dpkg/status), because running a host binary from outside its root is not safe
-to assume.
+root (a DaemonSet's /host) from the running process's /proc/<pid>/exe when the node's
+processes are visible, else from the host's package database (/var/lib/dpkg/status).
+Binaries inside a non-live root are never run: they may be another architecture's, need
+the host's libraries, or (captured trees) be stand-ins.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, con
     return None
 
 
-def _binary_version(host: HostRoot, binary: str, reasons: list[str]) -> str | None:
+def _binary_version(host: HostRoot, binary: str, reasons: list[str], under_root: bool = True) -> str | None:
     try:
-        result = run([str(host.resolve(binary)), "--version"], timeout=10)
+        result = run([str(host.resolve(binary)) if under_root else binary, "--version"], timeout=10)
     except CommandFailed as exc:
         reasons.append(f"`{binary} --version` failed: {exc.message}")
         return None
@@ -81,8 +82,8 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
 
     # binary: the running process's executable, the flavor's own, then the host PATH
     binary = None
-    if process and process.exe and host.is_live:
-        binary = process.exe
+    if process and process.exe:
+        binary = process.exe  # a host path: psutil reads it in the process's own mount namespace
     for candidate in flavor.binaries:
         if binary is None and host.exists(candidate):
             binary = candidate
@@ -94,7 +95,11 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     version = None
     if binary and host.is_live:
         version = _binary_version(host, binary, reasons)
-    elif binary or process:
+    elif process:
+        # Another root with the node's processes visible (a hostPID DaemonSet): the kernel's
+        # /proc/<pid>/exe is the very binary that runs, whatever mount namespace we are in.
+        version = _binary_version(host, f"/proc/{process.pid}/exe", reasons, under_root=False)
+    if version is None and not host.is_live and (binary or process):
         version = _dpkg_version(host)
         if version is None:
             reasons.append("containerd version unknown: the root is not live and the package database does not list it")
