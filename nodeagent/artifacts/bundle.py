@@ -38,11 +38,11 @@ class BundleResult:
 def check_archive(release: Release, path: Path, limits: extract.Limits = extract.Limits()) -> None:
     """Refuse a tarball an install would refuse (unsafe members, missing or ambiguous binaries)."""
     if release.layout == GVISOR_TARBALL_LAYOUT:
-        entries = extract.scan(path, limits)
+        entries = extract.scan(path, limits, release.files[0].name)
         extract.find_unique(entries, catalog.RUNSC, release.files[0].name)
         extract.find_unique(entries, catalog.GVISOR_SHIM, release.files[0].name)
     elif release.layout == KATA_LAYOUT:
-        entries = extract.scan(path, limits)
+        entries = extract.scan(path, limits, release.files[0].name)
         tree = extract.find_tree(entries, ("opt", "kata"), release.files[0].name)
         if not any(e.name == f"{tree}/bin/{catalog.KATA_SHIM}" for e in entries):
             raise ArtifactError(

@@ -52,30 +52,26 @@ def _refuse(archive: str, what: str) -> ArtifactError:
 
 
 @contextmanager
-def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+def open_stream(path: Path, label: str | None = None) -> Iterator[tarfile.TarFile]:
     """A tarfile reading `path` as a stream, whatever its compression."""
-    fh = open(path, "rb")
-    try:
+    with open(path, "rb") as fh:
         head = fh.read(4)
         fh.seek(0)
-        if head == ZSTD_MAGIC:
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK)
-            tf = tarfile.open(fileobj=reader, mode="r|")
-        else:
-            tf = tarfile.open(fileobj=fh, mode="r|*")
         try:
+            if head == ZSTD_MAGIC:
+                import zstandard
+
+                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK)
+                tf = tarfile.open(fileobj=reader, mode="r|")
+            else:
+                tf = tarfile.open(fileobj=fh, mode="r|*")
+        except tarfile.ReadError as exc:
+            raise ArtifactError(
+                f"{label or path.name} is not a readable tar archive ({exc})",
+                "the download is not a release tarball; check the mirror serves the right file",
+            ) from None
+        with tf:
             yield tf
-        finally:
-            tf.close()
-    except tarfile.ReadError as exc:
-        raise ArtifactError(
-            f"{path.name} is not a readable tar archive ({exc})",
-            "the download is not a release tarball; check the mirror serves the right file",
-        ) from None
-    finally:
-        fh.close()
 
 
 class _Checker:
@@ -140,36 +136,40 @@ class _Checker:
         return entry
 
 
-def _members(path: Path, limits: Limits, write_to: Path | None) -> list[Entry]:
-    checker = _Checker(path.name, limits)
+def _members(path: Path, limits: Limits, write_to: Path | None, label: str | None) -> list[Entry]:
+    label = label or path.name
+    checker = _Checker(label, limits)
     try:
-        with open_stream(path) as tf:
+        with open_stream(path, label) as tf:
             for m in tf:
                 entry = checker.check(m)
                 if entry is not None and write_to is not None:
-                    _write(tf, m, entry, write_to, limits, path.name)
+                    _write(tf, m, entry, write_to, limits, label)
     except ArtifactError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise ArtifactError(
-            f"{path.name} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:120]})",
+            f"{label} is corrupt or truncated ({type(exc).__name__}: {str(exc)[:120]})",
             "download it again (delete it from the mirror / cache) or check the source",
         ) from None
     except Exception as exc:  # zstandard.ZstdError and friends
         if type(exc).__module__.startswith("zstandard") or "zstd" in type(exc).__name__.lower():
-            raise ArtifactError(f"{path.name} is corrupt ({exc})", "download it again or check the source") from None
+            raise ArtifactError(f"{label} is corrupt ({exc})", "download it again or check the source") from None
         raise
     return list(checker.seen.values())
 
 
-def scan(path: Path, limits: Limits = Limits()) -> list[Entry]:
-    """Check every member without writing anything (bundles are checked before they travel)."""
-    return _members(Path(path), limits, None)
+def scan(path: Path, limits: Limits = Limits(), label: str | None = None) -> list[Entry]:
+    """Check every member without writing anything (bundles are checked before they travel).
+
+    `label` names the archive in errors (the cache stores files under their digest).
+    """
+    return _members(Path(path), limits, None, label)
 
 
-def extract(path: Path, dest: Path, limits: Limits = Limits()) -> list[Entry]:
+def extract(path: Path, dest: Path, limits: Limits = Limits(), label: str | None = None) -> list[Entry]:
     """Extract into the existing, empty directory `dest`; the caller removes it on failure."""
-    return _members(Path(path), limits, Path(dest))
+    return _members(Path(path), limits, Path(dest), label)
 
 
 def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, entry: Entry, dest: Path, limits: Limits, archive: str) -> None:

@@ -159,7 +159,7 @@ def _stage_gvisor_tarball(release: Release, cache: Cache, staging: Path, limits:
     f = release.files[0]
     raw = staging / "raw"
     raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits)
+    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name)
     runsc = extract.find_unique(entries, catalog.RUNSC, f.name)
     shim = extract.find_unique(entries, catalog.GVISOR_SHIM, f.name)
     out = staging / "out"
@@ -192,7 +192,7 @@ def _stage_kata(release: Release, cache: Cache, staging: Path, limits: extract.L
     f = release.files[0]
     raw = staging / "raw"
     raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits)
+    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name)
     tree = extract.find_tree(entries, ("opt", "kata"), f.name)
     shim = f"{tree}/bin/{catalog.KATA_SHIM}"
     if not any(e.name == shim and e.kind in ("file", "hardlink") for e in entries):

@@ -3,7 +3,7 @@
 Serves files from a directory (a mirror laid out as INTERFACE.md says). Faults:
 `status` (answer e.g. 500 or 404, `times` requests or forever), `drop_after` (send the
 full Content-Length header, then only K bytes and close), `no_range` (ignore Range
-headers and answer 200), `redirect` (302 to a URL), `delay` (seconds per 64 KiB chunk).
+headers and answer 200; `range_support = False` does so for every path), `redirect` (302 to a URL), `delay` (seconds per 64 KiB chunk).
 Every request is recorded (method, path, Range header) so tests can assert a resume.
 """
 
@@ -82,6 +82,7 @@ class LoopbackServer:
         self.root = Path(root)
         self.tls = tls
         self.faults: dict[str, Fault] = {}
+        self.range_support = True  # False: ignore every Range header and answer 200
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -140,7 +141,7 @@ class LoopbackServer:
                 start = 0
                 rng = self.headers.get("Range")
                 m = re.fullmatch(r"bytes=(\d+)-", rng or "")
-                if m and not (active and fault.no_range):
+                if m and server.range_support and not (active and fault.no_range):
                     start = int(m.group(1))
                     if start >= size:
                         self.send_response(416)

@@ -1,0 +1,298 @@
+"""Install gVisor and Kata from a REAL HTTP server on 127.0.0.1 into a temp --root.
+
+The gVisor releases carry Debian's real runsc (/usr/bin/runsc). containerd-shim-runsc-v1
+is not packaged anywhere we can reach, so a copy of containerd-shim-runc-v2 stands in for
+it; Kata's shim is a stand-in too (a copy of busybox-static), since Kata VMs cannot run
+on this VM (no vhost-vsock).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from nodeagent.artifacts import artifacts_in_use, ensure_artifact, plan_artifact, prune_artifact, remove_artifact
+from nodeagent.artifacts.extract import Limits
+from nodeagent.errors import ArtifactError, ConflictError, NodeagentError
+from nodeagent.host import HostRoot
+from nodeagent.settings import Settings
+from tests.fixtures.artifacts import mirror as M
+from tests.support.http_server import LoopbackServer
+from tests.support.tree import diff_snapshots, snapshot
+
+pytestmark = pytest.mark.integration
+BUSYBOX = Path("/bin/busybox")
+
+
+@pytest.fixture(autouse=True)
+def _fast_network(monkeypatch):
+    monkeypatch.setenv("NODEAGENT_DOWNLOAD_BACKOFF", "0.01")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="module")
+def gvisor_tarball(tmp_path_factory) -> Path:
+    """gvisor.tar.bz2 with the real runsc and the stand-in shim, built once (bzip2 is slow)."""
+    out = tmp_path_factory.mktemp("gvisor-tarball") / "gvisor.tar.bz2"
+    return M.build_tar(out, M.gvisor_members(prefix="./"), "bz2")
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    r = tmp_path / "root"
+    r.mkdir()
+    return r
+
+
+def settings(root: Path, mirror: str, **kw) -> Settings:
+    return Settings(root=str(root), mirror=mirror, download_retries=kw.pop("retries", 3), **kw)
+
+
+def run_from_root(host: HostRoot, link: str, *args: str) -> str:
+    """Run a linked binary: its link is host-absolute, so resolve it inside the root first."""
+    real = host.resolve(link)
+    return subprocess.run([str(real), *args], capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def artifact_gets(srv: LoopbackServer) -> list:
+    return [s for s in srv.seen if s.method == "GET" and not s.path.endswith((".sha512", ".sha256"))]
+
+
+def test_gvisor_tarball_layout_installs_and_runsc_runs(tmp_path, root, gvisor_tarball):
+    M.gvisor_tarball_release(tmp_path / "m", "20240729.0", prebuilt=gvisor_tarball)
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        st = settings(root, srv.url, gvisor_version="20240729.0")
+        assert plan_artifact(host, st, "gvisor", "amd64").action == "download"
+        res = ensure_artifact(host, st, "gvisor", "amd64")
+        assert (res.action, res.version, res.install_dir) == ("download", "20240729.0", "/opt/nodeagent/gvisor/20240729.0")
+        # links are host-absolute (no --root prefix) and point into the versioned dir
+        assert os.readlink(root / "usr/local/bin/runsc") == "/opt/nodeagent/gvisor/20240729.0/runsc"
+        assert os.readlink(root / "usr/local/bin/containerd-shim-runsc-v1") == "/opt/nodeagent/gvisor/20240729.0/containerd-shim-runsc-v1"
+        assert "runsc version" in run_from_root(host, "/usr/local/bin/runsc", "--version")
+        assert (root / "opt/nodeagent/gvisor/20240729.0/runsc").read_bytes() == M.REAL_RUNSC.read_bytes()
+        # second run: a no-op that downloads nothing and changes nothing
+        before, gets = snapshot(root), len(artifact_gets(srv))
+        assert plan_artifact(host, st, "gvisor", "amd64").action == "none"
+        assert ensure_artifact(host, st, "gvisor", "amd64").action == "none"
+        assert len(artifact_gets(srv)) == gets
+        assert diff_snapshots(before, snapshot(root)) == []
+    assert not list(root.rglob("*.partial")) and not list(root.rglob(".nodeagent-tmp-*"))
+
+
+def test_gvisor_old_separate_files_layout_and_latest_resolves_to_a_release(tmp_path, root):
+    # only the old names exist: the tarball's .sha512 404s and we fall back (gvisor#13718)
+    M.gvisor_files_release(tmp_path / "m", "latest")
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        res = ensure_artifact(host, settings(root, srv.url), "gvisor", "amd64")
+        assert any(s.path.endswith("gvisor.tar.bz2.sha512") for s in srv.seen)
+    # Debian's runsc says "runsc version 0.0~20221219.0": `latest` is installed under that release
+    assert res.version == "20221219.0" and res.action == "download"
+    assert run_from_root(host, "/usr/local/bin/runsc", "--version").startswith("runsc version")
+
+
+def test_kata_installs_tree_and_links(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.11.0", M.kata_members(BUSYBOX))
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        res = ensure_artifact(host, settings(root, srv.url), "kata", "amd64")
+    assert res.install_dir == "/opt/nodeagent/kata/3.11.0"
+    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+    assert os.readlink(root / "usr/local/bin/containerd-shim-kata-v2") == "/opt/kata/bin/containerd-shim-kata-v2"
+    shim = host.resolve("/usr/local/bin/containerd-shim-kata-v2")
+    assert shim == root / "opt/nodeagent/kata/3.11.0/bin/containerd-shim-kata-v2"
+    assert os.access(shim, os.X_OK)
+    cfg = host.resolve("/opt/kata/share/defaults/kata-containers/configuration.toml")
+    assert cfg.read_text().startswith("# stand-in Kata configuration")
+
+
+def test_cache_hit_with_the_server_stopped(tmp_path, root):
+    M.gvisor_files_release(tmp_path / "m", "20221219.0")
+    host = HostRoot(root)
+    srv = LoopbackServer(tmp_path / "m").start()
+    st = settings(root, srv.url, gvisor_version="20221219.0")
+    try:
+        ensure_artifact(host, st, "gvisor", "amd64")
+        remove_artifact(host, "gvisor")  # links and version dir gone, the cache stays
+        assert not os.path.lexists(root / "usr/local/bin/runsc")
+    finally:
+        srv.stop()
+    assert plan_artifact(host, st, "gvisor", "amd64").action == "cached"
+    res = ensure_artifact(host, st, "gvisor", "amd64")
+    assert res.action == "cached"
+    assert "runsc version" in run_from_root(host, "/usr/local/bin/runsc", "--version")
+
+
+def test_resume_after_a_dropped_connection_uses_range(tmp_path, root):
+    M.gvisor_files_release(tmp_path / "m", "20221219.0")
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        srv.fault("gvisor/20221219.0/x86_64/runsc", drop_after=3_000_000, times=1)
+        res = ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
+        ranges = [s.range for s in srv.requests_for("gvisor/20221219.0/x86_64/runsc") if s.method == "GET"]
+    assert res.action == "download"
+    assert ranges == [None, "bytes=3000000-"]
+    assert (root / "opt/nodeagent/gvisor/20221219.0/runsc").read_bytes() == M.REAL_RUNSC.read_bytes()
+
+
+def test_server_without_range_support_restarts_cleanly(tmp_path, root):
+    M.gvisor_files_release(tmp_path / "m", "20221219.0")
+    host = HostRoot(root)
+    path = "gvisor/20221219.0/x86_64/containerd-shim-runsc-v1"
+    with LoopbackServer(tmp_path / "m") as srv:
+        srv.range_support = False  # answers 200 with the whole file even when asked for a range
+        srv.fault(path, drop_after=1_000_000, times=1)
+        ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
+        ranges = [s.range for s in srv.requests_for(path) if s.method == "GET"]
+    assert ranges == [None, "bytes=1000000-"]  # asked to resume, got a 200, started over
+    assert (root / "opt/nodeagent/gvisor/20221219.0/containerd-shim-runsc-v1").read_bytes() == M.STANDIN_SHIM.read_bytes()
+
+
+def test_retries_on_500_then_success(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.11.0")
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+        srv.fault(name, status=500, times=2)
+        res = ensure_artifact(host, settings(root, srv.url, retries=3), "kata", "amd64")
+        gets = [s for s in srv.requests_for(name) if s.method == "GET"]
+    assert res.action == "download" and len(gets) == 3
+
+
+def test_bounded_failure_when_the_server_keeps_failing(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.11.0")
+    host = HostRoot(root)
+    before = snapshot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+        srv.fault(name, status=503)
+        t0 = time.monotonic()
+        with pytest.raises(ArtifactError, match="failed after 3 attempts: HTTP 503") as exc:
+            ensure_artifact(host, settings(root, srv.url, retries=2), "kata", "amd64")
+        elapsed = time.monotonic() - t0
+        gets = [s for s in srv.requests_for(name) if s.method == "GET"]
+    assert len(gets) == 3 and elapsed < 5
+    assert exc.value.hint
+    assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, root):
+    m = tmp_path / "m"
+    M.kata_release(m, "3.10.0", M.kata_members(BUSYBOX))
+    M.kata_release(m, "3.11.0", M.kata_members(BUSYBOX))
+    host = HostRoot(root)
+    with LoopbackServer(m) as srv:
+        ensure_artifact(host, settings(root, srv.url, kata_version="3.10.0"), "kata", "amd64")
+        old_shim = root / "opt/nodeagent/kata/3.10.0/bin/containerd-shim-kata-v2"
+        # a "running shim": busybox's sleep applet executed from the old version's file
+        proc = subprocess.Popen(["sleep", "60"], executable=str(old_shim))
+        try:
+            deadline = time.monotonic() + 5
+            while proc.pid not in artifacts_in_use(host, "kata") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert proc.pid in artifacts_in_use(host, "kata")
+            res = ensure_artifact(host, settings(root, srv.url, kata_version="3.11.0"), "kata", "amd64")
+            assert res.version == "3.11.0"
+            assert res.kept_in_use == {"/opt/nodeagent/kata/3.10.0": [proc.pid]}
+            assert old_shim.exists() and os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+            before = snapshot(root)
+            with pytest.raises(ArtifactError, match=f"in use by process\\(es\\) {proc.pid}"):
+                remove_artifact(host, "kata")
+            assert diff_snapshots(before, snapshot(root)) == []
+        finally:
+            proc.kill()
+            proc.wait()
+    removed, kept = prune_artifact(host, "kata")
+    assert removed == ["/opt/nodeagent/kata/3.10.0"] and kept == {}
+    assert sorted(os.listdir(root / "opt/nodeagent/kata")) == ["3.11.0"]
+
+
+def test_foreign_runsc_is_refused_unless_forced_and_restored_on_remove(tmp_path, root):
+    M.gvisor_files_release(tmp_path / "m", "20221219.0")
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/runsc").write_bytes(b"#!/bin/sh\necho someone else's runsc\n")
+    host = HostRoot(root)
+    before = snapshot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        st = settings(root, srv.url, gvisor_version="20221219.0")
+        with pytest.raises(ConflictError) as exc:
+            ensure_artifact(host, st, "gvisor", "amd64")
+        assert "/usr/local/bin/runsc (a file) already exists" in exc.value.message and "--force" in exc.value.hint
+        assert diff_snapshots(before, snapshot(root)) == []
+        st.force = True
+        ensure_artifact(host, st, "gvisor", "amd64")
+    assert os.readlink(root / "usr/local/bin/runsc") == "/opt/nodeagent/gvisor/20221219.0/runsc"
+    kept = list((root / "var/lib/nodeagent/replaced/usr/local/bin").iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes().startswith(b"#!/bin/sh")
+    res = remove_artifact(host, "gvisor")
+    assert res.restored == ["/usr/local/bin/runsc"]
+    assert (root / "usr/local/bin/runsc").read_bytes() == b"#!/bin/sh\necho someone else's runsc\n"
+    assert not (root / "opt/nodeagent").exists()
+
+
+HOSTILE_GVISOR = {
+    "traversal": M.Member("../../etc/evil", data=b"x"),
+    "absolute": M.Member("/etc/evil", data=b"x"),
+    "symlink-outside": M.Member("escape", "symlink", link="../../../../etc"),
+    "hardlink-outside": M.Member("hl", "hardlink", link="../../etc/passwd"),
+    "device": M.Member("null", "chr"),
+    "setuid": M.Member("suid", data=b"x", mode=0o4755),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_GVISOR))
+def test_hostile_tarball_with_a_valid_digest_changes_nothing(tmp_path, root, case):
+    small = [M.Member("runsc", data=b"#!/bin/sh\n"), M.Member("containerd-shim-runsc-v1", data=b"#!/bin/sh\n")]
+    M.gvisor_tarball_release(tmp_path / "m", "20240729.0", [*small[:1], HOSTILE_GVISOR[case], *small[1:]])
+    host = HostRoot(root)
+    before = snapshot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        with pytest.raises(ArtifactError) as exc:
+            ensure_artifact(host, settings(root, srv.url, gvisor_version="20240729.0"), "gvisor", "amd64")
+    assert exc.value.message.startswith("refusing gvisor.tar.bz2:") and exc.value.hint
+    assert diff_snapshots(before, snapshot(root)) == []  # no cache entry, no temp dir, no partial
+    assert not os.path.lexists("/etc/evil")
+
+
+@pytest.mark.parametrize("case", ["mismatch", "oversized", "not-a-tarball", "ambiguous"])
+def test_broken_release_changes_nothing(tmp_path, root, case):
+    m = tmp_path / "m"
+    limits = Limits()
+    if case == "mismatch":
+        M.gvisor_files_release(m, "20221219.0")
+        (m / "gvisor/20221219.0/x86_64/runsc.sha512").write_text("0" * 128 + "  runsc\n")
+    elif case == "oversized":
+        M.gvisor_tarball_release(m, "20221219.0", [M.Member("runsc", data=b"x" * 8192), M.Member("containerd-shim-runsc-v1", data=b"y")])
+        limits = Limits(max_member=4096)
+    elif case == "not-a-tarball":
+        d = m / "gvisor/20221219.0/x86_64"
+        d.mkdir(parents=True)
+        (d / "gvisor.tar.bz2").write_bytes(b"<html>not found</html>\n" * 20)
+        M.write_digest(d / "gvisor.tar.bz2", "sha512")
+    else:
+        M.gvisor_tarball_release(m, "20221219.0", [*M.gvisor_members(BUSYBOX, BUSYBOX), M.Member("extra/runsc", data=b"2")])
+    host = HostRoot(root)
+    before = snapshot(root)
+    with LoopbackServer(m) as srv:
+        with pytest.raises(NodeagentError) as exc:
+            ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64", limits=limits)
+    words = {"mismatch": "digest mismatch", "oversized": "larger than 4096", "not-a-tarball": "not a readable tar", "ambiguous": "ambiguous"}
+    assert words[case] in exc.value.message and exc.value.hint
+    assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_directory_and_file_url_mirrors(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.11.0", ext="tar.xz")  # older releases ship .tar.xz
+    host = HostRoot(root)
+    res = ensure_artifact(host, settings(root, str(tmp_path / "m")), "kata", "amd64")
+    assert res.action == "download"
+    shutil.rmtree(root)
+    root.mkdir()
+    res = ensure_artifact(HostRoot(root), settings(root, f"file://{tmp_path / 'm'}"), "kata", "amd64")
+    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"

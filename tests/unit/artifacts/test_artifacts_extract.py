@@ -1,0 +1,118 @@
+"""Safe extraction: every hostile member kind is refused before anything lands outside the tree."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from nodeagent.artifacts import extract
+from nodeagent.errors import ArtifactError
+from tests.fixtures.artifacts.mirror import Member, build_tar
+
+GOOD = [
+    Member("./", "dir"),
+    Member("./bin/", "dir"),
+    Member("./bin/runsc", data=b"runsc"),
+    Member("./bin/containerd-shim-runsc-v1", data=b"shim"),
+    Member("./bin/helper-link", "symlink", link="runsc"),
+    Member("./bin/hard", "hardlink", link="bin/runsc"),
+]
+
+
+@pytest.mark.parametrize("compression", ["bz2", "xz", "gz", "zst", ""])
+def test_extracts_a_good_archive_in_every_compression(tmp_path, compression):
+    tarball = build_tar(tmp_path / "a.tar", GOOD, compression)
+    out = tmp_path / "out"
+    out.mkdir()
+    entries = extract.extract(tarball, out)
+    assert {e.name for e in entries} == {"bin", "bin/runsc", "bin/containerd-shim-runsc-v1", "bin/helper-link", "bin/hard"}
+    assert (out / "bin/runsc").read_bytes() == b"runsc"
+    assert os.readlink(out / "bin/helper-link") == "runsc"
+    assert os.stat(out / "bin/hard").st_ino == os.stat(out / "bin/runsc").st_ino
+    assert extract.find_unique(entries, "runsc", "a").name == "bin/runsc"
+
+
+HOSTILE = {
+    "traversal": ([Member("../evil", data=b"x")], "outside the archive"),
+    "nested-traversal": ([Member("a/../../evil", data=b"x")], "outside the archive"),
+    "absolute": ([Member("/etc/evil", data=b"x")], "absolute path"),
+    "symlink-outside": ([Member("link", "symlink", link="../../etc/passwd")], "points outside"),
+    "symlink-absolute": ([Member("link", "symlink", link="/etc/passwd")], "points outside"),
+    "hardlink-outside": ([Member("hl", "hardlink", link="../etc/passwd")], "outside the archive"),
+    "hardlink-absolute": ([Member("hl", "hardlink", link="/etc/passwd")], "outside the archive"),
+    "hardlink-unknown": ([Member("hl", "hardlink", link="nothing-here")], "names no earlier file"),
+    "device": ([Member("dev", "chr")], "device node"),
+    "fifo": ([Member("pipe", "fifo")], "fifo"),
+    "setuid": ([Member("runsc", data=b"x", mode=0o4755)], "setuid"),
+    "setgid": ([Member("runsc", data=b"x", mode=0o2755)], "setuid/setgid"),
+    "duplicate": ([Member("a", data=b"1"), Member("a", data=b"2")], "appears twice"),
+    # a symlinked directory inside the tree, then a file "through" it: refused even if it stays inside
+    "through-symlink": ([Member("d", "symlink", link="."), Member("d/x", data=b"x")], "non-directory"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_member_is_refused_and_nothing_escapes(tmp_path, case):
+    members, words = HOSTILE[case]
+    tarball = build_tar(tmp_path / "t.tar.bz2", [Member("ok", data=b"fine"), *members], "bz2")
+    with pytest.raises(ArtifactError) as exc:
+        extract.scan(tarball)
+    assert words in exc.value.message
+    assert exc.value.hint
+    box = tmp_path / "box"
+    out = box / "out"
+    out.mkdir(parents=True)
+    with pytest.raises(ArtifactError):
+        extract.extract(tarball, out)
+    # nothing was written beside the extraction dir or at absolute paths
+    assert sorted(os.listdir(box)) == ["out"]
+    assert not os.path.lexists("/etc/evil")
+    for dirpath, dirs, files in os.walk(out):
+        for name in files:
+            assert not stat.S_IMODE(os.lstat(os.path.join(dirpath, name)).st_mode) & (stat.S_ISUID | stat.S_ISGID)
+
+
+def test_oversized_member_and_total_are_refused(tmp_path):
+    tarball = build_tar(tmp_path / "big.tar.gz", [Member("a", data=b"x" * 5000), Member("b", data=b"y" * 5000)], "gz")
+    with pytest.raises(ArtifactError, match="larger than 4096"):
+        extract.scan(tarball, extract.Limits(max_member=4096))
+    with pytest.raises(ArtifactError, match="exceed 8000"):
+        extract.scan(tarball, extract.Limits(max_total=8000))
+    with pytest.raises(ArtifactError, match="more than 1 members"):
+        extract.scan(tarball, extract.Limits(max_members=1))
+
+
+@pytest.mark.parametrize("payload", [b"this is not a tarball at all\n" * 50, b"BZh91AY&SY" + b"\0" * 100, b"\x28\xb5\x2f\xfd" + b"junk" * 10])
+def test_non_tarball_and_corrupt_streams_are_refused(tmp_path, payload):
+    path = tmp_path / "x.tar.bz2"
+    path.write_bytes(payload)
+    with pytest.raises(ArtifactError) as exc:
+        extract.scan(path)
+    assert "tar archive" in exc.value.message or "corrupt" in exc.value.message
+
+
+def test_truncated_archive_is_refused(tmp_path):
+    tarball = build_tar(tmp_path / "t.tar.xz", [Member("a", data=os.urandom(200_000))], "xz")
+    tarball.write_bytes(tarball.read_bytes()[:-5000])
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        extract.scan(tarball)
+
+
+def test_find_by_name_refuses_ambiguity_and_absence(tmp_path):
+    entries = extract.scan(build_tar(tmp_path / "t.tar", [Member("a/runsc", data=b"1"), Member("b/runsc", data=b"2")], ""))
+    with pytest.raises(ArtifactError, match="2 files named 'runsc'"):
+        extract.find_unique(entries, "runsc", "t.tar")
+    with pytest.raises(ArtifactError, match="no file named 'containerd-shim-runsc-v1'"):
+        extract.find_unique(entries, "containerd-shim-runsc-v1", "t.tar")
+
+
+def test_find_tree_locates_opt_kata_anywhere_and_refuses_two(tmp_path):
+    one = extract.scan(build_tar(tmp_path / "1.tar", [Member("./opt/kata/bin/x", data=b"1")], ""))
+    assert extract.find_tree(one, ("opt", "kata"), "1.tar") == "opt/kata"
+    deep = extract.scan(build_tar(tmp_path / "2.tar", [Member("pkg/opt/kata/bin/x", data=b"1")], ""))
+    assert extract.find_tree(deep, ("opt", "kata"), "2.tar") == "pkg/opt/kata"
+    two = extract.scan(build_tar(tmp_path / "3.tar", [Member("opt/kata/x", data=b"1"), Member("b/opt/kata/y", data=b"2")], ""))
+    with pytest.raises(ArtifactError, match="several opt/kata"):
+        extract.find_tree(two, ("opt", "kata"), "3.tar")
