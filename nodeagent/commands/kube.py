@@ -13,6 +13,9 @@ from nodeagent.kube.client import KubeClient
 from nodeagent.kube.nodes import apply_labels, node_name
 from nodeagent.output import Result
 
+# A person at a shell would rather see the error than wait out the agent's longer retry budget.
+_CLI_RETRIES = 2
+
 
 def compute_labels(settings: Any, host: HostRoot | None = None) -> tuple[dict[str, str], dict[str, Any], str]:
     """(desired labels, per-runtime status, state) for this node, from detect + containerd + CRI."""
@@ -42,7 +45,7 @@ def labels(settings: Any, args: Any) -> Result:
             lines.append(f"# {runtime}: no label: {st['reason']}")
     if getattr(args, "apply", False):
         name = node_name(settings)
-        with KubeClient.from_settings(settings) as api:
+        with KubeClient.from_settings(settings, retries=_CLI_RETRIES) as api:
             patch = apply_labels(api, name, desired)
         data.update(node=name, applied=patch is not None, patch=patch)
         lines.append(f"node {name}: " + ("labels patched" if patch else "labels already up to date"))
@@ -55,7 +58,7 @@ def runtimeclasses(settings: Any, args: Any) -> Result:
     data: dict[str, Any] = {"items": items}
     text = yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False).rstrip()
     if getattr(args, "apply", False):
-        with KubeClient.from_settings(settings) as api:
+        with KubeClient.from_settings(settings, retries=_CLI_RETRIES) as api:
             actions = runtimeclass.converge(api, items)
         data["applied"] = actions
         text = "\n".join(f"runtimeclass {name}: {action}" for name, action in actions.items())

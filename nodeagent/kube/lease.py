@@ -116,12 +116,20 @@ class RestartSlots:
         }
 
     def try_acquire(self) -> str | None:
-        """One pass over the slots in random order; the slot's name if we got one."""
+        """One look at all slots (a single LIST), then a claim on a free one; its name if we got it.
+
+        One LIST per poll keeps a waiting fleet's load at one request per node per poll,
+        whatever the number of slots.
+        """
         names = [f"{self.prefix}-{i}" for i in range(self.slots)]
-        random.shuffle(names)  # spread a fleet over the slots instead of all fighting for slot 0
-        for name in names:
-            lease = self.api.get(self._path(name))
-            now = self._clock()
+        existing = {(l.get("metadata") or {}).get("name"): l
+                    for l in (self.api.get(self.collection) or {}).get("items") or []}
+        now = self._clock()
+        mine = [n for n in names if ((existing.get(n) or {}).get("spec") or {}).get("holderIdentity") == self.identity]
+        free = [n for n in names if n not in existing or is_free(existing[n], now)]
+        random.shuffle(free)  # spread a fleet over the slots instead of all fighting for slot 0
+        for name in mine[:1] + free:  # ours already (we restarted mid-hold) comes first
+            lease = existing.get(name)
             try:
                 if lease is None:
                     self.held = self.api.create(self.collection, {
@@ -132,15 +140,14 @@ class RestartSlots:
                     })
                     return name
                 spec = lease.get("spec") or {}
-                if spec.get("holderIdentity") == self.identity or is_free(lease, now):
-                    # Ours already (we restarted mid-hold) or free: write with its resourceVersion.
-                    transitions = int(spec.get("leaseTransitions") or 0)
-                    if spec.get("holderIdentity") not in (None, "", self.identity):
-                        transitions += 1
-                    lease = dict(lease)
-                    lease["spec"] = self._spec(now, transitions)
-                    self.held = self.api.update(self._path(name), lease)
-                    return name
+                transitions = int(spec.get("leaseTransitions") or 0)
+                if spec.get("holderIdentity") not in (None, "", self.identity):
+                    transitions += 1  # taking over an expired holder's slot
+                claimed = dict(lease)
+                claimed["spec"] = self._spec(now, transitions)
+                # carries the resourceVersion we saw: if anyone wrote since, this is a 409
+                self.held = self.api.update(self._path(name), claimed)
+                return name
             except KubeConflict:
                 continue  # another node won this slot a moment ago
         return None

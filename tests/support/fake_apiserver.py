@@ -436,6 +436,10 @@ class FakeApiServer:
             if new_name in items:
                 raise ApiError(409, "AlreadyExists", f'{kind_name} "{new_name}" already exists')
             self._validate(obj)
+            if kind_name == "events" and not (obj.get("involvedObject") or {}).get("namespace") \
+                    and "/namespaces/default/" not in collection + "/":
+                # core/v1 validation: an Event about a cluster-scoped object lives in `default`
+                raise ApiError(422, "Invalid", "involvedObject.namespace: Invalid value: \"\": does not match event.namespace")
             meta.pop("resourceVersion", None)
             meta.update(uid=str(uuid.uuid4()), resourceVersion=self._next_version(),
                         creationTimestamp=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))

@@ -1,0 +1,181 @@
+"""Node labels, RuntimeClasses, Events and the doctor check against the loopback HTTPS stand-in
+API server (a stand-in: no kube-apiserver can be had here; see tests/support/fake_apiserver.py)."""
+
+import json
+
+import pytest
+
+from nodeagent.kube import events, runtimeclass
+from nodeagent.kube.checks import runtimeclass_check
+from nodeagent.kube.client import KubeClient
+from nodeagent.kube.credentials import from_kubeconfig
+from nodeagent.kube.labels import OWNED_ANNOTATION
+from nodeagent.kube.nodes import apply_labels
+from nodeagent.settings import Settings
+from tests.support.cli import assert_known_error, run_cli
+from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.support.tree import diff_snapshots, snapshot
+
+P = "sandbox.nodeagent.io/"
+NODE = "/api/v1/nodes/node-a"
+RC = "/apis/node.k8s.io/v1/runtimeclasses"
+
+
+@pytest.fixture
+def kc(tmp_path, apiserver, pki):  # noqa: F811
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
+                                    cluster_extra={"certificate-authority": str(pki.ca_cert)}))
+    return str(path)
+
+
+@pytest.fixture
+def api(kc):
+    with KubeClient(from_kubeconfig(kc), sleep=lambda s: None) as client:
+        yield client
+
+
+def seed_node(apiserver, labels, annotations=None):  # noqa: F811
+    apiserver.put_object(NODE, {"apiVersion": "v1", "kind": "Node",
+                                "metadata": {"labels": labels, "annotations": annotations or {}},
+                                "status": {"nodeInfo": {"kubeletVersion": "v1.31.0"}}})
+
+
+def test_label_diff_keeps_foreign_removes_stale_and_second_run_writes_nothing(apiserver, api):  # noqa: F811
+    seed_node(apiserver, {P + "kata": "true", P + "team": "blue", "kubernetes.io/os": "linux"},
+              {OWNED_ANNOTATION: f"{P}kata,{P}state", "other": "kept"})
+    desired = {P + "gvisor": "true", P + "state": "ready", P + "kvm": "true"}
+    patch = apply_labels(api, "node-a", desired)
+    assert patch is not None
+    node = apiserver.object(NODE)
+    assert node["metadata"]["labels"] == {P + "gvisor": "true", P + "state": "ready", P + "kvm": "true",
+                                          P + "team": "blue", "kubernetes.io/os": "linux"}
+    assert node["metadata"]["annotations"] == {OWNED_ANNOTATION: f"{P}gvisor,{P}kvm,{P}state", "other": "kept"}
+    assert node["status"] == {"nodeInfo": {"kubeletVersion": "v1.31.0"}}
+    apiserver.reset_records()
+    assert apply_labels(api, "node-a", desired) is None
+    assert apiserver.count("PATCH") == 0 and apiserver.count("GET") == 1
+    # labels wiped (e.g. node re-registered by kubelet): the next check puts them back
+    apiserver.put_object(NODE, {"metadata": {"labels": {"kubernetes.io/os": "linux"}}})
+    assert apply_labels(api, "node-a", desired)["metadata"]["labels"] == desired
+
+
+def test_labels_command_apply_on_a_fake_root(tmp_path, apiserver, kc):  # noqa: F811
+    """`labels --apply` from detect on an empty host root: no KVM, no containerd — honest labels."""
+    root = tmp_path / "root"
+    root.mkdir()
+    seed_node(apiserver, {P + "gvisor": "true", "zone": "a"}, {OWNED_ANNOTATION: P + "gvisor"})
+    before = snapshot(root)
+    proc = run_cli("-o", "json", "labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-a")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    want = {P + "kvm": "false", P + "nested-virt": "false", P + "state": "installing"}
+    assert out["labels"] == want and out["applied"] is True
+    assert out["annotations"] == {OWNED_ANNOTATION: ",".join(sorted(want))}
+    assert apiserver.object(NODE)["metadata"]["labels"] == {**want, "zone": "a"}  # stale gvisor=true removed
+    apiserver.reset_records()
+    again = run_cli("-o", "json", "labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-a")
+    assert json.loads(again.stdout)["applied"] is False
+    assert apiserver.count("PATCH") == 0
+    assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_labels_command_unknown_node_is_a_known_error(tmp_path, apiserver, kc):  # noqa: F811
+    proc = run_cli("labels", "--apply", "--root", str(tmp_path), "--kubeconfig", kc, "--node-name", "ghost")
+    assert "node 'ghost' does not exist" in assert_known_error(proc)
+    assert apiserver.count("PATCH") == 0
+
+
+def test_node_name_from_environment(tmp_path, apiserver, kc):  # noqa: F811
+    seed_node(apiserver, {})
+    proc = run_cli("labels", "--apply", "--root", str(tmp_path), "--kubeconfig", kc, env={"NODE_NAME": "node-a"})
+    assert proc.returncode == 0, proc.stderr
+    assert apiserver.count("PATCH", "/nodes/node-a") == 1
+
+
+def test_runtimeclasses_converge_idempotently(apiserver, api):  # noqa: F811
+    settings = Settings()
+    wanted = runtimeclass.manifests(settings)
+    assert runtimeclass.converge(api, wanted) == {"gvisor": "created", "kata": "created"}
+    gvisor = apiserver.object(RC + "/gvisor")
+    assert gvisor["handler"] == "runsc" and gvisor["scheduling"]["nodeSelector"] == {P + "gvisor": "true"}
+    assert gvisor["overhead"]["podFixed"] == {"cpu": "100m", "memory": "64Mi"}
+    apiserver.reset_records()
+    assert runtimeclass.converge(api, wanted) == {"gvisor": "unchanged", "kata": "unchanged"}
+    assert apiserver.count("GET") == 2 and apiserver.count() == 2  # no writes
+    # someone edited the overhead and added their own label: we fix ours, keep theirs
+    edited = apiserver.object(RC + "/gvisor")
+    edited["overhead"]["podFixed"]["memory"] = "1Gi"
+    edited["metadata"]["labels"]["team"] = "x"
+    apiserver.put_object(RC + "/gvisor", edited)
+    assert runtimeclass.converge(api, wanted)["gvisor"] == "updated"
+    fixed = apiserver.object(RC + "/gvisor")
+    assert fixed["overhead"]["podFixed"]["memory"] == "64Mi" and fixed["metadata"]["labels"]["team"] == "x"
+    # a handler change cannot be an update (immutable field): the object is replaced
+    settings.gvisor_handler = "runsc-new"
+    assert runtimeclass.converge(api, runtimeclass.manifests(settings, ["gvisor"])) == {"gvisor": "replaced"}
+    assert apiserver.object(RC + "/gvisor")["handler"] == "runsc-new"
+
+
+def test_foreign_runtimeclass_is_left_alone(apiserver, api):  # noqa: F811
+    apiserver.put_object(RC + "/gvisor", {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                                          "metadata": {"labels": {}}, "handler": "gvisor"})
+    assert runtimeclass.converge(api, runtimeclass.manifests(Settings(), ["gvisor"])) == {"gvisor": "foreign"}
+    assert apiserver.object(RC + "/gvisor")["handler"] == "gvisor"
+
+
+def test_create_race_with_another_node(apiserver, api):  # noqa: F811
+    """The first create hits 409 (another node won); the next look finds an identical object."""
+    wanted = runtimeclass.manifests(Settings(), ["kata"])
+    apiserver.put_object(RC + "/kata", wanted[0])
+    assert runtimeclass.converge(api, wanted) == {"kata": "unchanged"}
+
+
+def test_runtimeclasses_command(tmp_path, apiserver, kc):  # noqa: F811
+    text = run_cli("runtimeclasses")
+    assert text.returncode == 0 and "handler: runsc" in text.stdout and "\n---\n" in text.stdout
+    as_json = json.loads(run_cli("-o", "json", "runtimeclasses").stdout)
+    assert [i["metadata"]["name"] for i in as_json["items"]] == ["gvisor", "kata"]
+    cfg = tmp_path / "na.toml"
+    cfg.write_text('gvisor_runtimeclass = "sandboxed"\ngvisor_overhead_memory = "100Mi"\nruntime = "gvisor"\n')
+    proc = run_cli("-o", "json", "--config", str(cfg), "runtimeclasses", "--apply", "--kubeconfig", kc)
+    assert json.loads(proc.stdout)["applied"] == {"sandboxed": "created"}
+    assert apiserver.object(RC + "/sandboxed")["overhead"]["podFixed"]["memory"] == "100Mi"
+    again = run_cli("-o", "json", "--config", str(cfg), "runtimeclasses", "--apply", "--kubeconfig", kc)
+    assert json.loads(again.stdout)["applied"] == {"sandboxed": "unchanged"}
+    assert apiserver.count("POST") == 1 and apiserver.count("PUT") == 0
+
+
+def test_doctor_check_flags_the_name_vs_handler_mistake(apiserver, api):  # noqa: F811
+    seed_node(apiserver, {P + "gvisor": "true"})
+    settings = Settings(node_name="node-a")
+    assert runtimeclass_check(settings, ["runc", "runsc"], api)[0] == "ok"  # nothing defined yet
+    # the classic mistake: handler named after the RuntimeClass
+    apiserver.put_object(RC + "/gvisor", {"metadata": {"labels": {}}, "handler": "gvisor",
+                                          "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
+    apiserver.put_object(RC + "/gpu", {"metadata": {}, "handler": "nvidia",
+                                       "scheduling": {"nodeSelector": {"gpu": "true"}}})  # other nodes: ignored
+    status, summary, hint = runtimeclass_check(settings, ["runc", "runsc"], api)
+    assert status == "fail" and "gvisor (handler 'gvisor')" in summary and "gpu" not in summary
+    assert "runsc" in hint
+    apiserver.put_object(RC + "/gvisor", {"metadata": {}, "handler": "runsc",
+                                          "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
+    apiserver.put_object(RC + "/wasm", {"metadata": {}, "handler": "spin"})  # no nodeSelector: maybe elsewhere
+    status, summary, _ = runtimeclass_check(settings, ["runc", "runsc"], api)
+    assert status == "warn" and "wasm" in summary
+
+
+def test_doctor_check_without_credentials_skips(monkeypatch):
+    for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    assert runtimeclass_check(Settings(), ["runsc"])[0] == "skip"
+
+
+def test_node_events(apiserver, api):  # noqa: F811
+    created = events.record(api, "node-a", "ContainerdConfigRolledBack", "CRI did not serve runsc; restored config")
+    assert created["metadata"]["name"].startswith("node-a.nodeagent.")
+    stored = apiserver.object("/api/v1/namespaces/default/events/" + created["metadata"]["name"])
+    assert stored["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "node-a"}
+    assert stored["type"] == "Warning" and stored["source"]["component"] == "nodeagent"
+    apiserver.inject(403, times=10)
+    assert events.record(api, "node-a", "SandboxRuntimeInstalled", "ok") is None  # best effort, no raise
