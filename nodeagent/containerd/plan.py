@@ -19,6 +19,11 @@ from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 
 
+# containerd 1.x's built-in default handler (what `config dump` shows when none is configured)
+DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.containerd.runc.v2",
+                                 shim_binary="containerd-shim-runc-v2")
+
+
 @dataclass
 class FileChange:
     """One file's planned change; `old`/`new` None mean absent."""
@@ -220,11 +225,18 @@ def plan_install(
             _remove_everywhere(plan, files, chain, spec.name, existing)
             to_add.append(spec)
 
+    if to_add and major < 2 and not effective and chosen.kind == "inplace":
+        # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
+        # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
+        to_add.insert(0, DEFAULT_RUNC)
+        plan.notes.append("containerd 1.x drops its built-in runc handler once others are configured; "
+                          "nodeagent writes runc's default table explicitly")
     if to_add:
         chosen.prepare(files, plan)
         for spec in to_add:
             _edit_text(files, chosen.path, chosen.role, lambda text, style, s=spec: chosen.add(text, s, style))
-            plan.added.append(spec.name)
+            if spec in handlers:
+                plan.added.append(spec.name)
 
     if any(spec.runtime == "gvisor" for spec in handlers):
         raw = files.current(model.RUNSC_CONFIG_PATH)

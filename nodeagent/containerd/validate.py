@@ -89,16 +89,21 @@ def config_dump(binary: str, config_file: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read `containerd config dump` output: {exc}", None) from None
 
 
+def effective_dump(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], binary: str) -> dict[str, Any]:
+    """Handler tables as the real containerd reports them for a config chain (with candidates)."""
+    workdir = tempfile.mkdtemp(prefix="nodeagent-validate-")
+    try:
+        copy = _copy_chain(host, config_path, overrides, workdir)
+        return dump_runtimes(config_dump(binary, copy))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def validate_candidate(
     host: HostRoot, config_path: str, overrides: dict[str, bytes | None], handlers: list[str], binary: str
 ) -> dict[str, Any]:
     """Run the real `config dump` on the candidate; returns the effective runtimes it reports."""
-    workdir = tempfile.mkdtemp(prefix="nodeagent-validate-")
-    try:
-        copy = _copy_chain(host, config_path, overrides, workdir)
-        runtimes = dump_runtimes(config_dump(binary, copy))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    runtimes = effective_dump(host, config_path, overrides, binary)
     missing = [h for h in handlers if h not in runtimes]
     if missing:
         raise ConfigError(

@@ -1,0 +1,156 @@
+"""The config engine judged by REAL containerd 1.6 / 1.7 / 2.1: `config dump` of the result lists
+the handlers at the plugin that version reads, and a running daemon's CRI Status lists them with
+the CRI plugin healthy; uninstall brings the daemon back to exactly the old handler set."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from nodeagent.containerd import apply, model, validate
+from nodeagent.containerd.cri import cri_status
+from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.errors import ConfigError
+from nodeagent.host import HostRoot
+from tests.support.cli import run_cli
+from tests.support.containerd_daemon import minimal_config
+from tests.unit.containerd.scenarios import BINARIES, CORPUS, SCENARIOS, have_containerd, install_containerd
+
+pytestmark = pytest.mark.integration
+SPECS = [model.gvisor_handler(), model.kata_handler()]
+
+
+def meaningful(value):
+    """Drop zero values: containerd 1.x prints a runtime's options struct in full once it is explicit."""
+    if isinstance(value, dict):
+        return {k: meaningful(v) for k, v in value.items() if meaningful(v) not in ("", 0, False, None, {}, [])}
+    return value
+
+
+def needs(series: str) -> None:
+    if not have_containerd(series):
+        pytest.skip(f"containerd {series} is not installed (run scripts/setup-test-env)")
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_config_dump_of_result_lists_handlers(name, tmp_path):
+    scenario = SCENARIOS[name]
+    needs(scenario.containerd)
+    host = scenario.build(tmp_path)
+    install_containerd(tmp_path, scenario.containerd)
+    lookup = scenario.effective_path if scenario.flavor == "k0s" else scenario.config_path
+    binary = str(BINARIES[scenario.containerd])
+    before = {} if scenario.flavor == "k0s" else validate.effective_dump(host, lookup, {}, binary)
+
+    plan = plan_install(host, SPECS, scenario.facts())
+    outcome = apply.apply_install(host, plan)  # validates with the root's (real) containerd first
+    assert not [n for n in outcome.notes if "not validated" in n]
+
+    # judge the files now on disk with containerd itself (a k3s template is judged by what it renders)
+    overrides = plan.validation_overrides if scenario.flavor in ("k3s", "rke2") else {}
+    after = validate.validate_candidate(host, lookup, overrides, [s.name for s in SPECS],
+                                        str(BINARIES[scenario.containerd]))
+    for spec in SPECS:
+        assert compatible(after[spec.name], spec.table()), after[spec.name]
+    for handler, table in before.items():  # nobody else's handler changed (zero values are defaults)
+        assert meaningful(after[handler]) == meaningful(table), handler
+
+
+def test_validation_uses_real_containerd_and_catches_ignored_dropins(tmp_path):
+    """A v2 drop-in under a v3 config parses fine but containerd 2.x ignores it: the dump shows it."""
+    needs("2.1")
+    host = SCENARIOS["eks-nvidia-v3@2.1"].build(tmp_path)
+    main = host.path("/etc/containerd/config.toml").read_text()
+    candidate = {
+        "/etc/containerd/config.toml": ("imports = ['/etc/containerd/conf.d/x.toml']\n" + main).encode(),
+        "/etc/containerd/conf.d/x.toml": b'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\n'
+                                         b'runtime_type = "io.containerd.runsc.v1"\n',
+    }
+    with pytest.raises(ConfigError, match="would not serve handler"):
+        validate.validate_candidate(host, "/etc/containerd/config.toml", candidate, ["runsc"], str(BINARIES["2.1"]))
+    with pytest.raises(ConfigError, match="rejects"):
+        validate.validate_candidate(host, "/etc/containerd/config.toml",
+                                    {"/etc/containerd/config.toml": b'version = 3\noom_score = "high"\n'}, [],
+                                    str(BINARIES["2.1"]))
+
+
+def _daemon_config(host: HostRoot, outdir: Path) -> str:
+    """The host's config chain as one text the test daemon can load (imports point at copies)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    return Path(validate._copy_chain(host, "/etc/containerd/config.toml", {}, str(outdir))).read_text()
+
+
+@pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
+def test_running_daemon_serves_handlers_then_uninstall_restores(series, containerd_factory, tmp_path):
+    needs(series)
+    root = tmp_path / "root"
+    state: dict = {}
+
+    def installed(work: Path) -> str:
+        (root / "etc/containerd").mkdir(parents=True)
+        original = minimal_config(series, work).encode()
+        (root / "etc/containerd/config.toml").write_bytes(original)
+        host = HostRoot(root)
+        facts = {"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
+                 "runtimes": {"gvisor": {"platform": "systrap"}}}
+        plan = plan_install(host, SPECS, facts)
+        apply.apply_install(host, plan, containerd_bin=str(BINARIES[series]))
+        state.update(host=host, original=original, plan=plan, work=work)
+        return _daemon_config(host, work / "chain-installed")
+
+    daemon = containerd_factory(series, config=installed)
+    status = cri_status(daemon.socket)
+    assert status.ok, status.as_dict()
+    types = status.runtime_types()
+    assert types.get("runsc") == model.GVISOR_RUNTIME_TYPE and types.get("kata") == model.KATA_RUNTIME_TYPE, types
+    assert "runc" in types
+    # 1.x edits in place; 2.x writes a drop-in plus an imports entry
+    kinds = {c.path: c.action for c in state["plan"].files}
+    if series.startswith("2"):
+        assert kinds["/etc/containerd/conf.d/90-nodeagent.toml"] == "create"
+    else:
+        assert kinds["/etc/containerd/config.toml"] == "modify"
+
+    host = state["host"]
+    undo, new_state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, new_state)
+    assert (root / "etc/containerd/config.toml").read_bytes() == state["original"]
+    daemon.write_config(_daemon_config(host, state["work"] / "chain-restored"))
+    daemon.restart()
+    status = cri_status(daemon.socket)
+    assert status.ok, status.as_dict()
+    assert set(status.runtime_types()) == {"runc"}
+
+
+def test_cli_install_plan_uninstall_on_a_root_with_containerd_2(tmp_path):
+    needs("2.1")
+    root = tmp_path / "root"
+    (root / "etc/containerd").mkdir(parents=True)
+    original = (CORPUS / "eks-nodeadm-nvidia-v3.toml").read_bytes()
+    (root / "etc/containerd/config.toml").write_bytes(original)
+    install_containerd(root, "2.1")
+
+    planned = run_cli("--root", str(root), "plan", "--skip-eligibility", "-o", "json")
+    assert planned.returncode == 0, planned.stderr
+    data = json.loads(planned.stdout)
+    assert set(data) >= {"changed", "restart", "files", "artifacts"} and data["changed"] and data["restart"]
+    paths = {f["path"]: f["action"] for f in data["files"]}
+    assert paths == {"/etc/containerd/conf.d/90-nodeagent.toml": "create", "/etc/containerd/config.toml": "modify",
+                     "/etc/containerd/runsc.toml": "create"}
+    assert not (root / "etc/containerd/conf.d").exists()  # plan wrote nothing
+    dry = run_cli("--root", str(root), "install", "--dry-run", "--skip-eligibility", "-o", "json")
+    assert json.loads(dry.stdout) == data
+
+    first = run_cli("--root", str(root), "install", "--skip-eligibility", "-o", "json")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("--root", str(root), "install", "--skip-eligibility", "-o", "json")
+    assert json.loads(second.stdout)["changed"] is False and json.loads(second.stdout)["restart"] is False
+    gone = run_cli("--root", str(root), "uninstall", "-o", "json")
+    assert gone.returncode == 0, gone.stderr
+    assert (root / "etc/containerd/config.toml").read_bytes() == original
+    assert not (root / "etc/containerd/conf.d/90-nodeagent.toml").exists()
+    assert not (root / "etc/containerd/runsc.toml").exists()
