@@ -90,7 +90,10 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     if binary is None:
         binary = host.which("containerd")
 
-    config_path = settings.containerd_config or (process.flag("--config", "-c") if process else None) or flavor.config
+    process_config = process.flag("--config", "-c") if process else None
+    if process_config and process_config == flavor.rendered:
+        process_config = flavor.config  # edits belong in the source it is rendered from
+    config_path = settings.containerd_config or process_config or flavor.config
 
     version = None
     if binary and host.is_live:
@@ -141,6 +144,7 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "config_template": template,
         "config_template_candidates": list(flavor.templates),
         "config_dropin_dir": flavor.dropin_dir,
+        "config_rendered": flavor.rendered,
         "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
         "handlers": sorted(config.handlers),
         "flavor_evidence": flavor_facts.evidence,

@@ -68,4 +68,5 @@ def runc_systemd_cgroup(facts: ConfigFacts) -> bool | None:
 
 def grpc_address(facts: ConfigFacts) -> str | None:
     value = dig(facts.data or {}, ("grpc", "address"))
-    return value if isinstance(value, str) and value else None
+    # a template's unexpanded placeholder (microk8s' ${SNAP_COMMON}) is no socket path
+    return value if isinstance(value, str) and value and "${" not in value else None

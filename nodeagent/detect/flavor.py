@@ -18,11 +18,12 @@ _UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/
 @dataclass(frozen=True)
 class Flavor:
     name: str
-    config: str  # the file containerd reads
+    config: str  # the file to read and edit (what containerd reads, or the source it is rendered from)
     socket: str
     binaries: tuple[str, ...] = ()  # where its containerd lives (before PATH lookup)
     templates: tuple[str, ...] = ()  # the source it is rendered from, if generated
     dropin_dir: str | None = None
+    rendered: str | None = None  # the file containerd reads when `config` is rendered into it
     units: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     processes: tuple[str, ...] = ()
@@ -59,11 +60,14 @@ FLAVORS: dict[str, Flavor] = {
         files=("/var/lib/k0s", "/usr/local/bin/k0s", "/etc/k0s"),
         processes=("k0s",),
     ),
-    # microk8s renders args/containerd.toml from args/containerd-template.toml
+    # microk8s re-renders args/containerd.toml from args/containerd-template.toml (a sed of ${SNAP}
+    # and ${SNAP_DATA}) at every start (snap wrapper run-containerd-with-args): the template is
+    # plain TOML and the file that counts.
     "microk8s": Flavor(
-        "microk8s", "/var/snap/microk8s/current/args/containerd.toml", "/var/snap/microk8s/common/run/containerd.sock",
+        "microk8s", "/var/snap/microk8s/current/args/containerd-template.toml",
+        "/var/snap/microk8s/common/run/containerd.sock",
         binaries=("/snap/microk8s/current/bin/containerd",),
-        templates=("/var/snap/microk8s/current/args/containerd-template.toml",),
+        rendered="/var/snap/microk8s/current/args/containerd.toml",
         units=("snap.microk8s.daemon-containerd.service",),
         files=("/var/snap/microk8s", "/snap/microk8s"),
     ),

@@ -54,8 +54,9 @@ EXPECTED = {
     },
     "microk8s-node": {
         "containerd.flavor": "microk8s", "containerd.socket": "/var/snap/microk8s/common/run/containerd.sock",
-        "containerd.config_path": "/var/snap/microk8s/current/args/containerd.toml",
-        "containerd.config_template": "/var/snap/microk8s/current/args/containerd-template.toml",
+        "containerd.config_path": "/var/snap/microk8s/current/args/containerd-template.toml",
+        "containerd.config_rendered": "/var/snap/microk8s/current/args/containerd.toml",
+        "containerd.config_version": 2,
     },
     "containerd-v1": {
         "containerd.config_version": 1, "containerd.version": "1.4.13", "containerd.systemd_cgroup": False,
