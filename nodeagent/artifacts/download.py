@@ -226,6 +226,8 @@ class Fetcher:
             except Exception as exc:  # urllib3's ProtocolError / ReadTimeoutError: resume later
                 out.flush()
                 os.fsync(out.fileno())
+                if total is not None and "IncompleteRead" in repr(exc):
+                    raise _Retryable(f"connection closed after {offset + got} of {total} bytes") from None
                 raise _Retryable(_reason(exc)) from None
             out.flush()
             os.fsync(out.fileno())
