@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from nodeagent.detect import containerd_config, flavor as flavor_mod, procs
-from nodeagent.errors import CommandFailed
+from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
 from nodeagent.settings import Settings
@@ -64,7 +64,7 @@ def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, con
 def _binary_version(host: HostRoot, binary: str, reasons: list[str], under_root: bool = True) -> str | None:
     try:
         result = run([str(host.resolve(binary)) if under_root else binary, "--version"], timeout=10)
-    except CommandFailed as exc:
+    except (CommandFailed, HostError) as exc:
         reasons.append(f"`{binary} --version` failed: {exc.message}")
         return None
     version = parse_version(result.stdout)

@@ -59,7 +59,7 @@ def probe_device(host: HostRoot, path: str = "/dev/kvm") -> dict[str, Any]:
         reasons.append(f"{path} is {kind}, not the KVM character device")
         return facts
     try:
-        fd = os.open(real, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(real, os.O_RDWR | os.O_CLOEXEC | os.O_NOCTTY)  # NOCTTY: a wrong node may be a tty
     except OSError as exc:
         hint = " (run as root, or allow the device in the pod/cgroup)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
         reasons.append(f"cannot open {path}: {exc.strerror}{hint}")
