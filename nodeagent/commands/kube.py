@@ -6,35 +6,19 @@ from typing import Any
 
 import yaml
 
-from nodeagent.host import HostRoot
 from nodeagent.kube import labels as labels_mod
 from nodeagent.kube import runtimeclass
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.nodes import apply_labels, node_name
+from nodeagent.kube.runtime_status import node_labels
 from nodeagent.output import Result
 
 # A person at a shell would rather see the error than wait out the agent's longer retry budget.
 _CLI_RETRIES = 2
 
 
-def compute_labels(settings: Any, host: HostRoot | None = None) -> tuple[dict[str, str], dict[str, Any], str]:
-    """(desired labels, per-runtime status, state) for this node, from detect + containerd + CRI."""
-    from nodeagent.detect import detect_host
-    from nodeagent.kube.runtime_status import runtime_status
-
-    host = host or HostRoot(settings.root)
-    facts = detect_host(host, settings)
-    runtimes = runtime_status(host, settings, facts)
-    state = labels_mod.infer_state(runtimes)
-    desired = labels_mod.desired_labels(
-        facts, runtimes, state, prefix=settings.label_prefix, kata_compat=settings.kata_compat_label,
-        gvisor_platform=settings.gvisor_platform,
-    )
-    return desired, runtimes, state
-
-
 def labels(settings: Any, args: Any) -> Result:
-    desired, runtimes, state = compute_labels(settings)
+    desired, runtimes, state = node_labels(settings)
     data: dict[str, Any] = labels_mod.labels_view(desired)
     data["state"] = state
     data["runtimes"] = runtimes

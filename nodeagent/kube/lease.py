@@ -3,8 +3,9 @@
 N slot Leases (`coordination.k8s.io/v1`, named `<prefix>-0 .. <prefix>-(N-1)`) live in the
 agent's namespace. Taking a slot = creating its Lease, or writing ourselves into a free or
 expired one with its resourceVersion, so two nodes racing for one slot cannot both win
-(the loser gets 409 and tries another slot). The holder renews while it works and clears
-`holderIdentity` when done. At rest an agent makes no Lease requests at all.
+(the loser gets 409 and tries another slot). A waiting node looks at all slots with one LIST
+per poll. The holder renews while it works and clears `holderIdentity` when done. At rest an
+agent makes no Lease requests at all.
 
 Expiry is judged on our clock against the holder's renewTime (+ leaseDurationSeconds): keep
 node clocks in sync (NTP) and the duration well above the skew and a restart's length.

@@ -97,3 +97,23 @@ def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_
             "reason": why,
         }
     return out
+
+
+def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | None = None,
+                facts: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, dict[str, Any]], str]:
+    """(desired labels, per-runtime status, state) for this node from detect + containerd + CRI.
+
+    `state` overrides the inferred one (the agent says `installing` / `removing` while it works).
+    """
+    from nodeagent.detect import detect_host
+    from nodeagent.kube.labels import desired_labels, infer_state
+
+    host = host or HostRoot(settings.root)
+    facts = facts if facts is not None else detect_host(host, settings)
+    runtimes = runtime_status(host, settings, facts)
+    state = state or infer_state(runtimes)
+    desired = desired_labels(
+        facts, runtimes, state, prefix=settings.label_prefix, kata_compat=settings.kata_compat_label,
+        gvisor_platform=settings.gvisor_platform,
+    )
+    return desired, runtimes, state
