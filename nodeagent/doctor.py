@@ -294,10 +294,13 @@ def check_cri(ctx: Context) -> Check:
 
 
 def check_runtimeclasses(ctx: Context) -> Check:
-    """RuntimeClass name <-> handler consistency. Hook for the Kubernetes module to fill in."""
+    """RuntimeClass name <-> handler consistency, asked of the API server (nodeagent.kube.checks)."""
     if not (ctx.settings.kubeconfig or _in_cluster()):
         return Check("runtimeclasses", SKIP, "no Kubernetes API configured", None)
-    return Check("runtimeclasses", SKIP, "RuntimeClass check not available in this build", None)
+    from nodeagent.kube.checks import runtimeclass_check
+
+    status, summary, hint = runtimeclass_check(ctx.settings, sorted(ctx.notes["handlers"]))
+    return Check("runtimeclasses", status, summary, hint)
 
 
 def _in_cluster() -> bool:

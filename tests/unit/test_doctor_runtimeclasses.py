@@ -1,0 +1,34 @@
+"""doctor's RuntimeClass check end to end, against the loopback HTTPS STAND-IN API server
+(no kube-apiserver can be had here; see tests/support/fake_apiserver.py)."""
+
+import json
+
+from tests.support.cli import run_cli
+from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.unit.detect.hosttrees import HOSTS
+
+P = "sandbox.nodeagent.io/"
+RC = "/apis/node.k8s.io/v1/runtimeclasses"
+
+
+def _check(root, kubeconfig):
+    proc = run_cli("doctor", "--root", str(root), "-o", "json", "--kubeconfig", kubeconfig, "--node-name", "node-a")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return {c["id"]: c for c in json.loads(proc.stdout)["checks"]}["runtimeclasses"]
+
+
+def test_runtimeclass_naming_the_class_instead_of_the_handler_fails(tmp_path, apiserver, pki):  # noqa: F811
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
+                                          cluster_extra={"certificate-authority": str(pki.ca_cert)}))
+    apiserver.put_object("/api/v1/nodes/node-a", {"apiVersion": "v1", "kind": "Node",
+                                                  "metadata": {"labels": {P + "gvisor": "true"}}})
+    root = HOSTS / "containerd-v2"  # registers runc and runsc
+    apiserver.put_object(RC + "/gvisor", {"metadata": {}, "handler": "runsc",
+                                          "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
+    assert _check(root, str(kubeconfig))["status"] == "ok"
+    apiserver.put_object(RC + "/gvisor", {"metadata": {}, "handler": "gvisor",
+                                          "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
+    check = _check(root, str(kubeconfig))
+    assert check["status"] == "fail" and "gvisor (handler 'gvisor')" in check["summary"]
+    assert "runsc" in check["hint"]
