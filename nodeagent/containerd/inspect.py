@@ -95,9 +95,9 @@ def registered_handlers(
     """Handler name -> table as containerd would see it, following `imports`.
 
     `containerd_version` ("1.7.24", "2.1.9") picks the merge rules; without it the main
-    file's schema version decides (3+ means containerd 2.x). `overrides` lets a caller
+    highest schema version among the files decides (3+ means containerd 2.x). `overrides` lets a caller
     ask about candidate contents (host path -> bytes, None = deleted) without writing.
     Raises ConfigError (exit 2, with a hint) for unreadable or broken files.
     """
     chain = load_chain(host, config_path, overrides)
-    return effective_runtimes(chain, containerd_major(containerd_version, chain[0].version))
+    return effective_runtimes(chain, containerd_major(containerd_version, max(item.version for item in chain)))

@@ -126,9 +126,16 @@ def compatible(existing: dict[str, Any], wanted: dict[str, Any]) -> bool:
     return True
 
 
-def check_schema(chain: list[LoadedFile]) -> None:
-    """Refuse tables containerd would silently ignore (a v2 CRI table inside a v3 config)."""
+def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
+    """Refuse what containerd would silently ignore or refuse: a v2 CRI table inside a v3 config,
+    any version 3 file under containerd 1.x (1.6 drops its tables, 1.7 refuses to start)."""
     for item in chain:
+        if major < 2 and item.version >= 3:
+            raise ConfigError(
+                f"{item.path} is a version {item.version} config, but containerd 1.x only reads versions 1 and 2 "
+                "(1.6 silently drops v3 tables, 1.7 refuses to start)",
+                "use `version = 2` with plugins.\"io.containerd.grpc.v1.cri\" for containerd 1.x",
+            )
         if item.version >= 3:
             for old in (model.cri_runtime_plugin(1), model.cri_runtime_plugin(2)):
                 if isinstance(dig(item.data, ("plugins", old, "containerd")), dict):
@@ -199,8 +206,8 @@ def plan_install(
     flavor = cfacts.get("flavor") or "containerd"
     config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
     chain = load_chain(host, config_path)
-    major = containerd_major(cfacts.get("version"), chain[0].version)
-    check_schema(chain)
+    major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
+    check_schema(chain, major)
     chosen = layout.choose(host, flavor, config_path, chain, major)
     plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
     files = _Files(host)
@@ -284,7 +291,7 @@ def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
     """Re-read the planned files the way containerd will: every handler must come out as planned."""
     overrides = plan.validation_overrides or plan.overrides()
     chain = load_chain(host, plan.layout.validate_path or plan.config_path, overrides)
-    check_schema(chain)
+    check_schema(chain, major)
     result = effective_runtimes(chain, major)
     for spec in plan.handlers:
         if spec.name not in result or not compatible(result[spec.name], spec.table()):
