@@ -161,7 +161,7 @@ def check_containerd_running(ctx: Context) -> Check:
         return Check("containerd-running", SKIP, "containerd not found", None)
     if ctd["running"]:
         return Check("containerd-running", OK, f"running (pid {ctd['pid']}), socket {ctd['socket']}")
-    hint = "start it (systemctl start containerd)"
+    hint = f"start it (systemctl start {ctd.get('unit') or 'containerd'})"
     if not ctx.host.is_live:
         hint += "; in a pod, nodeagent needs hostPID to see the node's processes"
     return Check("containerd-running", WARN, "containerd is not running", hint)

@@ -148,5 +148,6 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
         "handlers": sorted(config.handlers),
         "flavor_evidence": flavor_facts.evidence,
+        "unit": flavor_facts.unit,
         "reasons": reasons,
     }

@@ -71,7 +71,8 @@ FLAVORS: dict[str, Flavor] = {
         units=("snap.microk8s.daemon-containerd.service",),
         files=("/var/snap/microk8s", "/snap/microk8s"),
     ),
-    "containerd": Flavor("containerd", "/etc/containerd/config.toml", "/run/containerd/containerd.sock"),
+    "containerd": Flavor("containerd", "/etc/containerd/config.toml", "/run/containerd/containerd.sock",
+                         units=("containerd.service",)),
 }
 
 
@@ -79,6 +80,14 @@ FLAVORS: dict[str, Flavor] = {
 class FlavorFacts:
     flavor: Flavor
     evidence: list[str] = field(default_factory=list)
+    unit: str | None = None  # the systemd unit that runs its containerd (to restart / start it)
+
+
+def _installed_unit(host: HostRoot, flavor: Flavor) -> str | None:
+    for unit in flavor.units:
+        if any(host.exists(f"{d}/{unit}") for d in _UNIT_DIRS):
+            return unit
+    return flavor.units[0] if flavor.units else None
 
 
 def detect(host: HostRoot) -> FlavorFacts:
@@ -93,7 +102,7 @@ def detect(host: HostRoot) -> FlavorFacts:
             if name in running:
                 score += 3
                 found.append(f"process {name}")
-        for unit in flavor.units:
+        for unit in flavor.units if flavor.name != "containerd" else ():
             for directory in _UNIT_DIRS:
                 if host.exists(f"{directory}/{unit}"):
                     score += 2
@@ -105,4 +114,5 @@ def detect(host: HostRoot) -> FlavorFacts:
                 found.append(f"file {path}")
         if score > best[0]:
             best = (score, flavor.name)
-    return FlavorFacts(FLAVORS[best[1]], evidence[best[1]])
+    chosen = FLAVORS[best[1]]
+    return FlavorFacts(chosen, evidence[best[1]], _installed_unit(host, chosen))

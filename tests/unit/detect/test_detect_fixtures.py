@@ -20,6 +20,7 @@ EXPECTED = {
         "virtualization.kvm_device": False, "virtualization.kvm_usable": False,
         "containerd.found": True, "containerd.version": "1.7.13", "containerd.flavor": "containerd",
         "containerd.config_version": 2, "containerd.systemd_cgroup": True, "cgroup_version": 2, "systemd": True,
+        "containerd.unit": "containerd.service",
     },
     "amd-vm-nested": {
         "virtualization.in_vm": True, "virtualization.cpu_flag": "svm", "virtualization.kvm_module": "kvm_amd",
@@ -42,21 +43,23 @@ EXPECTED = {
         "containerd.binary": "/var/lib/rancher/k3s/data/current/bin/containerd",
         "containerd.config_template": "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
         "containerd.config_version": 2, "containerd.systemd_cgroup": True, "containerd.found": True,
+        "containerd.unit": "k3s.service",
     },
     "rke2-node": {
         "containerd.flavor": "rke2", "containerd.config_path": "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
         "containerd.socket": "/run/k3s/containerd/containerd.sock", "containerd.binary": "/var/lib/rancher/rke2/bin/containerd",
-        "containerd.config_version": 2, "virtualization.in_vm": True,
+        "containerd.config_version": 2, "virtualization.in_vm": True, "containerd.unit": "rke2-agent.service",
     },
     "k0s-node": {
         "containerd.flavor": "k0s", "containerd.config_path": "/etc/k0s/containerd.toml",
         "containerd.socket": "/run/k0s/containerd.sock", "containerd.config_dropin_dir": "/etc/k0s/containerd.d",
+        "containerd.unit": "k0sworker.service",
     },
     "microk8s-node": {
         "containerd.flavor": "microk8s", "containerd.socket": "/var/snap/microk8s/common/run/containerd.sock",
         "containerd.config_path": "/var/snap/microk8s/current/args/containerd-template.toml",
         "containerd.config_rendered": "/var/snap/microk8s/current/args/containerd.toml",
-        "containerd.config_version": 2,
+        "containerd.config_version": 2, "containerd.unit": "snap.microk8s.daemon-containerd.service",
     },
     "containerd-v1": {
         "containerd.config_version": 1, "containerd.version": "1.4.13", "containerd.systemd_cgroup": False,
