@@ -1,0 +1,275 @@
+"""systemd/*.service and *.timer: verified by systemd-analyze, then run under a real systemd.
+
+The node is this machine's own systemd booted in namespaces (tests/support/systemd_node.py) with
+Debian's containerd.service; nodeagent is pip-installed into the unit's virtualenv path inside it.
+Nothing here touches the real host's /etc/systemd or /usr/local.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from tests.support import node_venv
+from tests.support.systemd_node import SystemdNode
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT_DIR = REPO / "systemd"
+AGENT_UNIT = UNIT_DIR / "nodeagent.service"
+UNITS = sorted(UNIT_DIR.glob("*.service")) + sorted(UNIT_DIR.glob("*.timer"))
+ROLE_UNIT_TEMPLATE = REPO / "ansible/roles/nodeagent/templates/nodeagent.service.j2"
+EXEC = f"{node_venv.VENV}/bin/nodeagent"
+
+# systemd-analyze verify insists that ExecStart binaries exist. Provide the unit's venv path as a
+# stub on a tmpfs in a private mount namespace, so the real unit files are verified unchanged.
+_VERIFY_SCRIPT = f"""set -e
+mount -t tmpfs nodeagent-verify /usr/local/lib
+mkdir -p {node_venv.VENV}/bin
+printf '#!/bin/sh\\n' > {EXEC}
+chmod +x {EXEC}
+cd "$1"; shift
+exec systemd-analyze verify "$@"
+"""
+
+
+def _verify(directory: Path, names: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _VERIFY_SCRIPT, "sh", str(directory), *names],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_every_unit_passes_systemd_analyze_verify():
+    assert {u.name for u in UNITS} >= {"nodeagent.service", "nodeagent-converge.service", "nodeagent-converge.timer"}
+    proc = _verify(UNIT_DIR, [u.name for u in UNITS])
+    # no warnings either: unknown keys or bad values only warn, with exit 0
+    assert (proc.returncode, proc.stderr, proc.stdout) == (0, "", "")
+
+
+def test_verify_would_catch_a_broken_unit(tmp_path):
+    """The check above can fail: a misspelt hardening key and a missing binary are reported."""
+    text = AGENT_UNIT.read_text()
+    (tmp_path / "nodeagent.service").write_text(text.replace("ProtectSystem=strict", "ProtectSytem=strict"))
+    typo = _verify(tmp_path, ["nodeagent.service"])
+    assert "Unknown key 'ProtectSytem'" in typo.stderr
+    (tmp_path / "nodeagent.service").write_text(text.replace(EXEC, "/usr/local/lib/nodeagent/nope/nodeagent"))
+    missing = _verify(tmp_path, ["nodeagent.service"])
+    assert missing.returncode != 0 and "is not executable" in missing.stderr
+
+
+def _directives(unit: Path, section_marker: str = "# --- sandboxing") -> list[str]:
+    text = unit.read_text()
+    start = text.index(section_marker)
+    end = text.find("\n[", start)
+    body = text[start:] if end < 0 else text[start:end]
+    return [line for line in body.splitlines() if re.match(r"^[A-Z][A-Za-z]+=", line)]
+
+
+def test_one_shot_converge_unit_has_the_agents_sandbox():
+    agent = _directives(AGENT_UNIT)
+    assert len(agent) > 20
+    assert _directives(UNIT_DIR / "nodeagent-converge.service") == agent
+
+
+def test_role_template_renders_exactly_this_unit():
+    # Ansible renders templates with Jinja2 and trim_blocks=True
+    env = jinja2.Environment(trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    rendered = env.from_string(ROLE_UNIT_TEMPLATE.read_text()).render(nodeagent_venv=node_venv.VENV)
+    assert rendered == AGENT_UNIT.read_text()
+
+
+# --- under a real systemd ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node():
+    """A node with nodeagent in the unit's virtualenv and systemd/nodeagent.service installed."""
+    node = SystemdNode().boot()
+    try:
+        node.wait_active("containerd.service")
+        node.path("/usr/local/lib/nodeagent").mkdir(parents=True, exist_ok=True)
+        node_venv.install_in_node(node)
+        node.path("/etc/systemd/system/nodeagent.service").write_text(AGENT_UNIT.read_text())
+        node.systemctl("daemon-reload")
+        yield node
+    finally:
+        node.shutdown()
+
+
+# Runs as the unit's main process (a drop-in swaps ExecStart) to do, under the unit's exact
+# sandbox, each thing the agent must be able to do, and to prove what it must not.
+_DUTIES = r'''
+import fcntl, json, os, subprocess, time
+RUNSCS = ("/usr/bin/runsc", "/opt/nodeagent-testenv/runsc-2024/usr/bin/runsc")
+from nodeagent import sdnotify
+from nodeagent.containerd import cri
+
+out = {}
+
+def check(name, fn):
+    try:
+        value = fn()
+        out[name] = "ok" if value is None else value
+    except Exception as exc:
+        out[name] = f"{type(exc).__name__}: {exc}"
+
+def write_probe(directory):
+    path = os.path.join(directory, ".nodeagent-unit-probe")
+    os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write("x")
+    os.unlink(path)
+
+for d in ("/etc/containerd", "/opt/nodeagent/gvisor", "/usr/local/bin", "/var/lib/nodeagent/cache"):
+    check("write " + d, lambda d=d: write_probe(d))
+
+def swap_opt_symlink():  # how /opt/kata is replaced: new link under a temp name, rename over
+    os.symlink("/opt/nodeagent/kata/x", "/opt/.nodeagent-tmp-kata")
+    os.replace("/opt/.nodeagent-tmp-kata", "/opt/nodeagent-unit-probe")
+    os.unlink("/opt/nodeagent-unit-probe")
+check("swap /opt symlink", swap_opt_symlink)
+
+def lock():
+    fd = os.open("/run/nodeagent.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(fd)
+check("lock /run/nodeagent.lock", lock)
+
+for d in ("/usr/bin", "/etc", "/var/lib", "/run", "/usr/local/lib/nodeagent/venv", "/boot"):
+    check("denied " + d, lambda d=d: write_probe(d))
+check("home hidden", lambda: os.listdir("/root"))
+
+def config_dump():
+    proc = subprocess.run(["containerd", "config", "dump"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "io.containerd.grpc.v1.cri" in proc.stdout, proc.stderr
+check("containerd config dump", config_dump)
+
+def restart_containerd():
+    show = ["systemctl", "show", "-p", "MainPID", "--value", "containerd"]
+    before = subprocess.run(show, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["systemctl", "restart", "containerd"], check=True, capture_output=True)
+    after = subprocess.run(show, capture_output=True, text=True).stdout.strip()
+    assert before != after and after != "0", (before, after)
+check("systemctl restart containerd", restart_containerd)
+
+def cri_status():
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            status = cri.cri_status("/run/containerd/containerd.sock")
+            if status.ok:
+                return sorted(status.handlers)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+check("cri status", cri_status)
+
+# runsc as root creates its sandbox cgroups (the node's cgroup hierarchies are like the host's)
+for runsc in RUNSCS:
+    check("runsc do " + runsc, lambda r=runsc: (lambda p: p.stdout.strip() or p.stderr.strip()[-300:])(
+        subprocess.run([r, "--network=none", "do", "uname", "-r"], capture_output=True, text=True, timeout=60)))
+
+def kvm():
+    fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(fd, 0xAE00)  # KVM_GET_API_VERSION
+    finally:
+        os.close(fd)
+check("kvm api version", kvm)
+check("mem device blocked", lambda: os.open("/dev/mem", os.O_RDONLY))
+
+detect = subprocess.run(["/usr/local/lib/nodeagent/venv/bin/nodeagent", "-o", "json", "detect"],
+                        capture_output=True, text=True)
+out["detect"] = json.loads(detect.stdout) if detect.returncode == 0 else detect.stderr
+out["no_new_privs"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
+out["cap_bnd"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapBnd")][0]
+
+with open("/var/lib/nodeagent/unit-duties.json", "w") as fh:
+    json.dump(out, fh)
+sdnotify.notify("READY=1")
+'''
+
+
+def _status(node, unit: str = "nodeagent.service") -> str:
+    status = node.systemctl("status", "--no-pager", "-n", "40", unit, check=False).stdout
+    return status + node.run(["journalctl", "-u", unit, "--no-pager", "-n", "40"], check=False).stdout
+
+
+def _detect_outside(node, executable: str) -> dict:
+    return json.loads(node.run([executable, "-o", "json", "detect"]).stdout)
+
+
+def test_agent_duties_work_inside_the_units_sandbox(node):
+    # Real character devices for the probes: KVM (allowed) and /dev/mem (must stay blocked).
+    node.run(["sh", "-c", "[ -e /dev/kvm ] || mknod -m 0660 /dev/kvm c 10 232; [ -e /dev/mem ] || mknod -m 0640 /dev/mem c 1 1"])
+    node.path("/srv").mkdir(exist_ok=True)
+    node.path("/srv/unit-duties.py").write_text(_DUTIES)
+    dropin = node.path("/etc/systemd/system/nodeagent.service.d")
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "50-duties.conf").write_text(textwrap.dedent(f"""\
+        [Service]
+        ExecStart=
+        ExecStart={node_venv.VENV}/bin/python /srv/unit-duties.py
+        Restart=no
+    """))
+    node.systemctl("daemon-reload")
+    try:
+        proc = node.systemctl("start", "nodeagent.service", check=False)
+        assert proc.returncode == 0, _status(node)
+        result = json.loads(node.path("/var/lib/nodeagent/unit-duties.json").read_text())
+    finally:
+        (dropin / "50-duties.conf").unlink()
+        node.systemctl("daemon-reload")
+        node.systemctl("reset-failed", "nodeagent.service", check=False)
+
+    for path in ("/etc/containerd", "/opt/nodeagent/gvisor", "/usr/local/bin", "/var/lib/nodeagent/cache"):
+        assert result[f"write {path}"] == "ok", result
+    assert result["swap /opt symlink"] == "ok"
+    assert result["lock /run/nodeagent.lock"] == "ok"
+    for path in ("/usr/bin", "/etc", "/var/lib", "/run", "/usr/local/lib/nodeagent/venv", "/boot"):
+        assert "Read-only file system" in result[f"denied {path}"], (path, result[f"denied {path}"])
+    assert result["home hidden"] == [] or "Permission denied" in str(result["home hidden"])
+    assert result["containerd config dump"] == "ok"
+    assert result["systemctl restart containerd"] == "ok"
+    assert "runc" in result["cri status"], result["cri status"]
+    for key in ("runsc do /usr/bin/runsc", "runsc do /opt/nodeagent-testenv/runsc-2024/usr/bin/runsc"):
+        assert result[key] == "4.4.0", result[key]  # gVisor's kernel, not the host's
+    assert result["kvm api version"] == 12
+    assert "Operation not permitted" in result["mem device blocked"]
+    assert result["no_new_privs"] == "1"
+    assert int(result["cap_bnd"], 16) != int("1ffffffffff", 16)
+    # detection sees the same host under the sandbox as outside it
+    outside = _detect_outside(node, EXEC)
+    assert isinstance(result["detect"], dict), result["detect"]
+    for key in ("virtualization", "containerd", "runtimes", "systemd"):
+        inside, out = result["detect"][key], outside[key]
+        if key == "containerd":  # containerd was restarted by the probe above: new pid
+            inside, out = {**inside, "pid": None}, {**out, "pid": None}
+        assert inside == out, key
+    node.wait_active("containerd.service")
+
+
+@pytest.mark.parametrize("extra", [None, "ProtectControlGroups=yes", "RestrictNamespaces=yes", "MemoryDenyWriteExecute=yes"])
+def test_hardening_left_off_is_exactly_what_runsc_needs(node, extra):
+    """The unit's sandbox runs `runsc do`; each option the unit leaves off would break it."""
+    argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect"]
+    for directive in _directives(AGENT_UNIT):
+        argv += ["-p", directive]
+    if extra:
+        argv += ["-p", extra]
+    proc = node.run([*argv, "/usr/bin/runsc", "--network=none", "do", "uname", "-r"], check=False, timeout=60)
+    if extra is None:
+        assert (proc.returncode, proc.stdout.strip()) == (0, "4.4.0"), proc.stderr
+    else:
+        assert proc.returncode != 0 and proc.stdout.strip() != "4.4.0", (extra, proc.stdout, proc.stderr)
