@@ -179,3 +179,25 @@ def test_node_events(apiserver, api):  # noqa: F811
     assert stored["type"] == "Warning" and stored["source"]["component"] == "nodeagent"
     apiserver.inject(403, times=10)
     assert events.record(api, "node-a", "SandboxRuntimeInstalled", "ok") is None  # best effort, no raise
+
+
+@pytest.mark.parametrize("case", ["insecure", "missing", "no-context", "exec"])
+def test_bad_kubeconfig_is_one_error_and_hint_and_nothing_is_written(tmp_path, apiserver, pki, case):  # noqa: F811
+    path = tmp_path / "kc"
+    cluster = {"certificate-authority": str(pki.ca_cert)}
+    user = {"token": TOKEN}
+    if case == "insecure":
+        cluster = {"insecure-skip-tls-verify": True}
+    elif case == "exec":
+        user = {"exec": {"command": "get-token"}}
+    if case != "missing":
+        path.write_text(kubeconfig_text(apiserver.url, user=user, cluster_extra=cluster))
+    if case == "no-context":
+        doc = json.loads(path.read_text())
+        doc["current-context"] = ""
+        path.write_text(json.dumps(doc))
+    proc = run_cli("runtimeclasses", "--apply", "--kubeconfig", str(path))
+    message = assert_known_error(proc)
+    assert {"insecure": "insecure-skip-tls-verify", "missing": "does not exist", "no-context": "no current-context",
+            "exec": "`exec` credentials"}[case] in message
+    assert apiserver.count() == 0
