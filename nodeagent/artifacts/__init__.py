@@ -19,29 +19,26 @@ that the verified runsc reports (`runsc --version`), else under `latest-<digest 
 so a moving `latest` never overwrites a directory in place.
 """
 
-from nodeagent.artifacts.api import (
-    ArtifactPlan,
-    ArtifactResult,
-    RemoveResult,
-    artifacts_in_use,
-    ensure_artifact,
-    fetch_options,
-    plan_artifact,
-    prune_artifact,
-    remove_artifact,
-)
-from nodeagent.artifacts.bundle import BundleResult, write_bundle
+# Imported lazily (PEP 562) so `import nodeagent.artifacts.download` stays cheap.
+_EXPORTS = {
+    "ArtifactPlan": "api",
+    "ArtifactResult": "api",
+    "RemoveResult": "api",
+    "artifacts_in_use": "api",
+    "ensure_artifact": "api",
+    "fetch_options": "api",
+    "plan_artifact": "api",
+    "prune_artifact": "api",
+    "remove_artifact": "api",
+    "BundleResult": "bundle",
+    "write_bundle": "bundle",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "ArtifactPlan",
-    "ArtifactResult",
-    "RemoveResult",
-    "BundleResult",
-    "artifacts_in_use",
-    "ensure_artifact",
-    "fetch_options",
-    "plan_artifact",
-    "prune_artifact",
-    "remove_artifact",
-    "write_bundle",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f"nodeagent.artifacts.{_EXPORTS[name]}"), name)

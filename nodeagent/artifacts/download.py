@@ -7,6 +7,8 @@ renamed only after the digest matched. Memory stays constant (1 MiB chunks).
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,22 +217,19 @@ class Fetcher:
 
     def _stream(self, resp, partial: Path, mode: str, hasher, offset: int, total, progress) -> int:
         got = 0
-        with open(partial, mode) as out:
+        with _Writer(partial, mode) as out:
             try:
                 for block in resp.raw.stream(CHUNK, decode_content=False):
-                    hasher.update(block)
+                    hasher.update(block)  # releases the GIL: overlaps with the writer thread
                     out.write(block)
                     got += len(block)
                     if progress:
                         progress(offset + got, total)
             except Exception as exc:  # urllib3's ProtocolError / ReadTimeoutError: resume later
-                out.flush()
-                os.fsync(out.fileno())
+                out.close()
                 if total is not None and "IncompleteRead" in repr(exc):
                     raise _Retryable(f"connection closed after {offset + got} of {total} bytes") from None
                 raise _Retryable(_reason(exc)) from None
-            out.flush()
-            os.fsync(out.fileno())
         return got
 
     # -- HTTP plumbing ----------------------------------------------------------------------
@@ -287,6 +286,76 @@ class Fetcher:
                         f"fetching {loc} failed after {failures} attempts: {_reason(exc)}", NETWORK_HINT
                     ) from None
                 time.sleep(min(self.options.max_backoff, self.options.backoff * 2 ** (failures - 1)))
+
+
+class _Writer:
+    """Writes blocks to a file from a second thread, so disk writes overlap receiving and hashing.
+
+    The queue is bounded (constant memory). Every WRITEBACK bytes it asks the kernel to
+    flush what it has (fdatasync), so the final fsync before the rename is short instead of
+    flushing the whole artifact at once.
+    """
+
+    DEPTH = 8
+    WRITEBACK = 32 << 20
+
+    def __init__(self, path: Path, mode: str):
+        self._file = open(path, mode)
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="nodeagent-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        since_sync = 0
+        while True:
+            block = self._queue.get()
+            if block is None:
+                break
+            if self._error is not None:
+                continue
+            try:
+                self._file.write(block)
+                since_sync += len(block)
+                if since_sync >= self.WRITEBACK:
+                    self._file.flush()
+                    os.fdatasync(self._file.fileno())
+                    since_sync = 0
+            except BaseException as exc:  # disk full etc.: reported by write()/close()
+                self._error = exc
+
+    def write(self, block: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(block)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        try:
+            if self._error is None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.close()
+            except OSError:
+                pass
 
 
 def _check_scheme(url: str, allow_http: bool) -> None:
