@@ -201,3 +201,12 @@ def test_bad_kubeconfig_is_one_error_and_hint_and_nothing_is_written(tmp_path, a
     assert {"insecure": "insecure-skip-tls-verify", "missing": "does not exist", "no-context": "no current-context",
             "exec": "`exec` credentials"}[case] in message
     assert apiserver.count() == 0
+
+
+def test_label_patch_survives_throttling_and_a_5xx(apiserver, api):  # noqa: F811
+    seed_node(apiserver, {"zone": "a"})
+    apiserver.inject(429, times=1, method="PATCH", retry_after="0")
+    apiserver.inject(503, times=1, method="PATCH")
+    assert apply_labels(api, "node-a", {P + "state": "ready"})
+    assert [r.status for r in apiserver.records if r.method == "PATCH"] == [429, 503, 200]
+    assert apiserver.object(NODE)["metadata"]["labels"] == {"zone": "a", P + "state": "ready"}
