@@ -146,7 +146,11 @@ def ensure_artifact(
         raise
     finally:
         fetcher.close()
-    pruned, kept = install.prune(host, runtime)
+    try:
+        pruned, kept = install.prune(host, runtime)
+    except OSError as exc:  # the install itself succeeded; an old version just stays for now
+        log.warning("could not prune old versions", runtime=runtime, error=str(exc))
+        pruned, kept = [], {}
     log.info("artifact ready", runtime=runtime, version=dirname, action=action)
     return ArtifactResult(runtime, dirname, action, f"{install.runtime_dir(runtime)}/{dirname}", pruned, kept)
 
@@ -216,7 +220,13 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
             restored.append(link)
     rdir = host.path(install.runtime_dir(runtime))
     for name in install.installed_dirnames(host, runtime):
-        install.remove_tree(rdir / name)
+        try:
+            install.remove_tree(rdir / name)
+        except OSError as exc:
+            raise ArtifactError(
+                f"could not remove {install.runtime_dir(runtime)}/{name}: {exc.strerror or exc}",
+                "check the filesystem is writable and run again; removal resumes where it stopped",
+            ) from None
         removed.append(f"{install.runtime_dir(runtime)}/{name}")
     for d in (rdir, rdir.parent):
         try:

@@ -201,6 +201,8 @@ def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, roo
             assert res.version == "3.11.0"
             assert res.kept_in_use == {"/opt/nodeagent/kata/3.10.0": [proc.pid]}
             assert old_shim.exists() and os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+            # going back to the kept version only moves the links
+            assert plan_artifact(host, settings(root, srv.url, kata_version="3.10.0"), "kata", "amd64").action == "installed"
             before = snapshot(root)
             with pytest.raises(ArtifactError, match=f"in use by process\\(es\\) {proc.pid}"):
                 remove_artifact(host, "kata")
@@ -296,3 +298,16 @@ def test_directory_and_file_url_mirrors(tmp_path, root):
     root.mkdir()
     res = ensure_artifact(HostRoot(root), settings(root, f"file://{tmp_path / 'm'}"), "kata", "amd64")
     assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+
+
+def test_stalled_server_times_out_and_fails_bounded(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.11.0", [*M.kata_members(), M.Member("./opt/kata/blob", data=os.urandom(300_000))])
+    host = HostRoot(root)
+    before = snapshot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        srv.fault("kata/3.11.0/kata-static-3.11.0-amd64.tar.zst", delay=2.0)  # 64 KiB, then a long pause
+        t0 = time.monotonic()
+        with pytest.raises(ArtifactError, match="failed after 2 attempts.*timed out"):
+            ensure_artifact(host, settings(root, srv.url, retries=1, download_timeout=0.3), "kata", "amd64")
+        assert time.monotonic() - t0 < 5
+    assert diff_snapshots(before, snapshot(root)) == []
