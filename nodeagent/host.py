@@ -80,7 +80,18 @@ class HostRoot:
         """File text, or None if missing/unreadable; never raises for an absent file."""
         try:
             with open(self.path(host_path), "rb") as fh:
-                return fh.read(limit).decode("utf-8", errors="replace")
+                # Modest reads: one read(4 MiB) of a /proc/sys file fails with ENOMEM (the
+                # kernel allocates a buffer of the requested size), which under --root /host
+                # made /proc/sys/kernel/osrelease look missing.
+                chunks: list[bytes] = []
+                size = 0
+                while size < limit:
+                    chunk = fh.read(min(1 << 16, limit - size))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                return b"".join(chunks).decode("utf-8", errors="replace")
         except OSError:
             return None
 
