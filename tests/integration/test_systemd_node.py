@@ -16,40 +16,40 @@ from tests.support.systemd_node import SystemdNode
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 
-def test_node_runs_containerd_service_reachable_through_cri(systemd_node):
-    assert systemd_node.state() in ("running", "degraded")
-    assert systemd_node.systemctl("is-active", "containerd.service").stdout.strip() == "active"
+def test_node_runs_containerd_service_reachable_through_cri(clean_node):
+    assert clean_node.state() in ("running", "degraded")
+    assert clean_node.systemctl("is-active", "containerd.service").stdout.strip() == "active"
     # the node's own containerd, reached from outside through /proc/<pid>/root
-    status = cri.cri_status(systemd_node.containerd_socket)
+    status = cri.cri_status(clean_node.containerd_socket)
     assert status.ok, status.as_dict()
     assert status.runtime_version.startswith("1.6.")
     assert status.config["restrictOOMScoreAdj"] is True
     # the node is another PID namespace: its containerd is not a process we see as PID 1's child
-    assert systemd_node.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
-    assert systemd_node.run(["hostname"]).stdout.strip() == "nodeagent-node"
+    assert clean_node.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
+    assert clean_node.run(["hostname"]).stdout.strip() == "nodeagent-node"
 
 
-def test_systemctl_restart_changes_main_pid_and_pods_survive(systemd_node):
-    systemd_node.import_test_images()
-    with cri.CriClient(systemd_node.containerd_socket) as client:
+def test_systemctl_restart_changes_main_pid_and_pods_survive(clean_node):
+    clean_node.import_test_images()
+    with cri.CriClient(clean_node.containerd_socket) as client:
         start = time.monotonic()
         pod = client.run_pod("runc", name="survivor")
         ready_after = time.monotonic() - start
         try:
             assert client.pod_state(pod.id) == cri.SANDBOX_READY
-            before = systemd_node.main_pid()
+            before = clean_node.main_pid()
             start = time.monotonic()
-            systemd_node.systemctl("restart", "containerd")
+            clean_node.systemctl("restart", "containerd")
             restart_took = time.monotonic() - start
-            systemd_node.wait_active()
-            after = systemd_node.main_pid()
+            clean_node.wait_active()
+            after = clean_node.main_pid()
             assert before and after and before != after
         finally:
             pass
     # a new channel: the old daemon is gone. The sandbox (its shim) outlived the restart.
-    with cri.CriClient(systemd_node.containerd_socket) as client:
+    with cri.CriClient(clean_node.containerd_socket) as client:
         deadline = time.monotonic() + 10
-        while not cri.cri_status(systemd_node.containerd_socket).ok and time.monotonic() < deadline:
+        while not cri.cri_status(clean_node.containerd_socket).ok and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.pod_state(pod.id) == cri.SANDBOX_READY
         run = client.run_container(pod, TEST_IMAGE, ["uname", "-r"])
@@ -58,14 +58,14 @@ def test_systemctl_restart_changes_main_pid_and_pods_survive(systemd_node):
     assert ready_after < 5 and restart_took < 5, (ready_after, restart_took)
 
 
-def test_writes_in_the_node_stay_in_the_node(systemd_node):
+def test_writes_in_the_node_stay_in_the_node(clean_node):
     marker = f"/etc/nodeagent-node-marker-{os.getpid()}"
-    systemd_node.run(["sh", "-c", f"echo inside > {marker}"])
-    assert systemd_node.path(marker).read_text() == "inside\n"
+    clean_node.run(["sh", "-c", f"echo inside > {marker}"])
+    assert clean_node.path(marker).read_text() == "inside\n"
     assert not Path(marker).exists()
-    systemd_node.run(["rm", marker])
+    clean_node.run(["rm", marker])
     # Debian's policy-rc.d (which blocks package scripts from starting services) is gone in the node only
-    assert not systemd_node.path("/usr/sbin/policy-rc.d").exists()
+    assert not clean_node.path("/usr/sbin/policy-rc.d").exists()
 
 
 def test_teardown_leaves_nothing_on_the_host():

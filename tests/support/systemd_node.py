@@ -315,6 +315,46 @@ class SystemdNode:
             raise NodeError(f"{argv} in the node exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
 
+    def pod_argv(self, argv: list[str], *, host_pid: bool = False) -> list[str]:
+        """argv run like a DaemonSet pod on this node: node's network/UTS/IPC, its own mount namespace.
+
+        The pod's files are this machine's (where nodeagent is installed, as in its image); the
+        node's root is reachable at $NODEAGENT_ROOT, which nodeagent reads as --root:
+        - host_pid=False: a child PID namespace of the node's (any pod); the node's root was opened
+          before /proc was remounted and is held as fd 9 of the pod's PID 1: /proc/1/fd/9
+        - host_pid=True: the node's PID namespace (hostPID): /proc/1 is the node's systemd, the
+          root is /proc/1/root and `nsenter -t 1` reaches the node.
+        """
+        root = "/proc/1/root" if host_pid else "/proc/1/fd/9"
+        script = (
+            'set -e; exec 9< "/proc/$0/root"; mount -n -t proc proc /proc; '
+            f'export NODEAGENT_ROOT={root}; exec "$@"'
+        )
+        return [
+            "nsenter", "-t", str(self.pid), "-p", "-n", "-u", "-i", "--",
+            "unshare", "--mount", "--propagation", "private", "--fork", *([] if host_pid else ["--pid"]), "--",
+            "sh", "-c", script, str(self.pid), *argv,
+        ]
+
+    def run_pod(self, argv: list[str], *, host_pid: bool = False, check: bool = True, timeout: float = 120,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run argv as a DaemonSet-like pod (see pod_argv); the environment is ours plus `env`."""
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
+        full_env.update(env or {})
+        proc = subprocess.run(self.pod_argv(argv, host_pid=host_pid), capture_output=True, text=True,
+                              timeout=timeout, env=full_env)
+        if check and proc.returncode != 0:
+            raise NodeError(f"{argv} in a pod exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def hit_start_limit(self, unit: str = "containerd.service", tries: int = 12) -> int:
+        """Restart `unit` back to back until systemd refuses (start-limit-hit); returns the restarts done."""
+        for n in range(1, tries + 1):
+            self.systemctl("restart", unit, check=False)
+            if self.unit_property(unit, "Result") == "start-limit-hit":
+                return n
+        raise NodeError(f"{unit} never hit its start limit in {tries} restarts")
+
     def systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(["systemctl", *args], check=check)
 
@@ -357,3 +397,15 @@ def systemd_node():
         yield node
     finally:
         node.shutdown()
+
+
+@pytest.fixture
+def clean_node(systemd_node):
+    """The shared node, handed back in shape after the test: containerd's start-rate counter reset
+    (several tests restarting it within 10 s would otherwise trip systemd's start limit for the
+    next one) and containerd active again."""
+    yield systemd_node
+    systemd_node.systemctl("reset-failed", "containerd.service", check=False)
+    if systemd_node.systemctl("is-active", "containerd.service", check=False).stdout.strip() != "active":
+        systemd_node.systemctl("start", "containerd.service", check=False)
+    systemd_node.wait_active()

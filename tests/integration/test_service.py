@@ -1,0 +1,161 @@
+"""Restarting containerd through a real systemd: live root, a DaemonSet-like pod (D-Bus private
+socket, no hostPID), a hostPID pod (nsenter), and systemd's start limit.
+
+Everything runs against the booted systemd node (tests/support/clean_node.py); nodeagent runs
+inside the node (live root) or in a pod-like process next to it, exactly where it would on a node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from nodeagent import service
+from nodeagent.host import HostRoot
+from nodeagent.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Runs where nodeagent would run; prints the RestartResult (or the error) as JSON.
+SNIPPET = textwrap.dedent("""
+    import json, os, sys
+    from nodeagent.errors import NodeagentError
+    from nodeagent.host import HostRoot
+    from nodeagent.settings import Settings
+    from nodeagent import service
+    host = HostRoot(os.environ.get("NODEAGENT_ROOT", "/"))
+    kind = os.environ.get("TRANSPORT")
+    transport = None
+    if kind == "nsenter":
+        transport = service.SystemctlTransport(["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"], name="nsenter")
+    try:
+        chosen = service.choose_transport(host).name
+        if os.environ.get("UNIT"):
+            r = service.restart_unit(transport or service.choose_transport(host), os.environ["UNIT"], timeout=20)
+        else:
+            r = service.restart_containerd(host, Settings(restart=os.environ.get("MODE", "auto")),
+                                           os.environ.get("FLAVOR", "containerd"), timeout=20, transport=transport)
+        print(json.dumps({"chosen": chosen, "live": host.is_live, **r.as_dict()}))
+    except NodeagentError as exc:
+        print(json.dumps({"error": exc.message, "hint": exc.hint}))
+""")
+
+
+def _env(**extra) -> dict[str, str]:
+    return {"PYTHONPATH": REPO, "NODEAGENT_LOG_FORMAT": "json", **extra}
+
+
+def _in_node(node, **extra) -> dict:
+    proc = node.run([sys.executable, "-c", SNIPPET], env=_env(**extra), timeout=60)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _in_pod(node, host_pid: bool = False, **extra) -> dict:
+    proc = node.run_pod([sys.executable, "-c", SNIPPET], host_pid=host_pid, env=_env(**extra), timeout=60)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _assert_restarted(node, result: dict, method: str, before: int) -> None:
+    assert "error" not in result, result
+    assert result["method"] == method and result["unit"] == "containerd.service"
+    assert result["restarted"] and not result["pending"]
+    assert result["old_pid"] == before != result["new_pid"] == node.main_pid()
+    node.wait_active()
+
+
+def test_live_root_restarts_with_systemctl(clean_node):
+    before = clean_node.main_pid()
+    result = _in_node(clean_node)
+    assert result["live"] and result["chosen"] == "systemctl"
+    _assert_restarted(clean_node, result, "systemctl", before)
+    assert result["elapsed"] < 5
+
+
+def test_daemonset_pod_without_host_pid_uses_systemd_private_socket(clean_node):
+    """The least-privileged way: the node's /run under --root, uid 0, no hostPID, no nsenter."""
+    before = clean_node.main_pid()
+    result = _in_pod(clean_node, host_pid=False)
+    assert not result["live"] and result["chosen"] == "dbus"
+    _assert_restarted(clean_node, result, "dbus", before)
+
+
+def test_host_pid_pod_can_also_nsenter_into_the_node(clean_node):
+    before = clean_node.main_pid()
+    result = _in_pod(clean_node, host_pid=True, TRANSPORT="nsenter")
+    assert result["chosen"] == "dbus"  # still preferred when the socket is there
+    _assert_restarted(clean_node, result, "nsenter", before)
+
+
+def test_start_limit_hit_before_us_is_reset(clean_node):
+    """A crash loop (here: back-to-back restarts) left containerd failed with start-limit-hit."""
+    restarts = clean_node.hit_start_limit()
+    assert restarts <= 6
+    assert clean_node.unit_property("containerd.service", "ActiveState") == "failed"
+    result = _in_pod(clean_node)
+    assert "error" not in result, result
+    assert result["restarted"] and result["start_limit_resets"] == 1 and result["old_pid"] is None
+    assert result["new_pid"] == clean_node.main_pid()
+    clean_node.wait_active()
+
+
+def test_start_limit_hit_by_our_own_restart_is_reset_and_retried(clean_node):
+    """A unit with StartLimitBurst=2: our restart is the 3rd start, systemd refuses it, we recover."""
+    unit = "nodeagent-limit-test.service"
+    clean_node.path(f"/etc/systemd/system/{unit}").write_text(textwrap.dedent("""
+        [Unit]
+        StartLimitIntervalSec=60
+        StartLimitBurst=2
+        [Service]
+        ExecStart=/bin/sleep infinity
+    """))
+    try:
+        clean_node.systemctl("daemon-reload")
+        clean_node.systemctl("start", unit)
+        clean_node.systemctl("restart", unit)  # 2 starts: the burst is used up
+        before = clean_node.main_pid(unit)
+        result = _in_pod(clean_node, UNIT=unit)
+        assert "error" not in result, result
+        assert result["restarted"] and result["attempts"] == 2 and result["start_limit_resets"] == 1
+        assert result["old_pid"] == before != result["new_pid"] == clean_node.main_pid(unit)
+    finally:
+        clean_node.systemctl("stop", unit, check=False)
+        clean_node.systemctl("reset-failed", unit, check=False)
+        clean_node.path(f"/etc/systemd/system/{unit}").unlink()
+        clean_node.systemctl("daemon-reload")
+
+
+def test_unit_of_another_flavor_missing_on_the_node(clean_node):
+    result = _in_pod(clean_node, FLAVOR="k3s")
+    assert "none of the units k3s.service, k3s-agent.service exists" in result["error"]
+    assert "--restart none" in result["hint"]
+
+
+def test_restart_none_and_k0s_auto_touch_nothing(tmp_path):
+    """No systemd needed: --restart none only reports; k0s reloads its drop-ins by itself."""
+    host = HostRoot(tmp_path)
+    pending = service.restart_containerd(host, Settings(restart="none"), "containerd")
+    assert pending.pending and not pending.restarted and pending.method == "none" and pending.reason
+    k0s = service.restart_containerd(host, Settings(restart="auto"), "k0s")
+    assert not k0s.pending and not k0s.restarted and "k0s" in k0s.reason
+
+
+def test_no_way_to_the_nodes_systemd_says_what_the_daemonset_needs(tmp_path):
+    with pytest.raises(service.ServiceError) as err:
+        service.choose_transport(HostRoot(tmp_path))
+    assert "cannot reach the node's systemd" in err.value.message
+    assert "hostPID" in err.value.hint and "/run/systemd/private" in err.value.hint
+
+
+def test_live_root_without_systemd_is_refused():
+    """This machine itself: PID 1 is not systemd here, so nothing may be restarted through it."""
+    if os.path.isdir("/run/systemd/system"):
+        assert service.choose_transport(HostRoot("/")).name == "systemctl"
+    else:
+        with pytest.raises(service.ServiceError, match="systemd is not running"):
+            service.choose_transport(HostRoot("/"))
