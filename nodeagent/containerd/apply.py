@@ -9,6 +9,7 @@ fails). The caller holds the run lock (fsutil.RunLock at /run/nodeagent.lock).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def _real(host: HostRoot, path: str) -> Path:
     return host.resolve(path)
 
 
+def _is_mount_point(path: Path) -> bool:
+    """True when `path` itself is mounted over (e.g. a bind-mounted file), per /proc/self/mountinfo.
+
+    Comparing st_dev with the parent's cannot tell: overlayfs (kind nodes, container roots, the
+    test harness) reports the underlying layer's device for files and its own for directories.
+    """
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                fields = line.split(" ")
+                if len(fields) < 5:
+                    continue
+                if re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]) == target:
+                    return True
+    except OSError:
+        return os.stat(path).st_dev != os.stat(path.parent).st_dev
+    return False
+
+
 def preflight(host: HostRoot, changes: list[FileChange]) -> None:
     """Refuse before touching anything when a target cannot be replaced atomically."""
     for change in changes:
@@ -60,7 +81,7 @@ def preflight(host: HostRoot, changes: list[FileChange]) -> None:
         if real.exists():
             if os.statvfs(real).f_flag & os.ST_RDONLY:
                 problems.append("it is on a read-only mount")
-            elif os.stat(real).st_dev != os.stat(real.parent).st_dev:
+            elif _is_mount_point(real):
                 problems.append("it is a mount point (bind-mounted file) and cannot be replaced atomically")
         if problems:
             raise HostError(
