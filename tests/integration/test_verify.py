@@ -1,0 +1,138 @@
+"""`nodeagent verify` with real gVisor (`runsc do`, Debian's 2022 and 2024 builds) and real CRI pods."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nodeagent import verify
+from nodeagent.host import HostRoot
+from tests.support.cli import assert_known_error, run_cli
+from tests.support.containerd_daemon import TESTENV, minimal_config
+from tests.support.oci_image import TEST_IMAGE, import_test_images
+from tests.support.tree import diff_snapshots, snapshot
+
+pytestmark = pytest.mark.integration
+
+HOST_KERNEL = os.uname().release
+RUNSC_2022 = Path("/usr/bin/runsc")
+RUNSC_2024 = TESTENV / "runsc-2024/usr/bin/runsc"
+
+
+def _root_with_runsc(tmp_path: Path, runsc: Path | None) -> Path:
+    """A fake node root holding `runsc` where nodeagent installs it (a hard link: same file, no copy)."""
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+    if runsc is not None:
+        try:
+            os.link(runsc, root / "usr/local/bin/runsc")
+        except OSError:
+            shutil.copy2(runsc, root / "usr/local/bin/runsc")
+    return root
+
+
+def _write_exe(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_live_root_gvisor_sandbox_kernel_differs_from_host():
+    proc = run_cli("verify", "--runtime", "gvisor", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    gvisor = json.loads(proc.stdout)["runtimes"]["gvisor"]
+    assert gvisor["ok"] and gvisor["method"] == "runsc-do"
+    assert gvisor["sandbox_kernel"] == "4.4.0" != gvisor["host_kernel"] == HOST_KERNEL
+    assert gvisor["dmesg"][0].endswith("Starting gVisor...")
+
+
+@pytest.mark.skipif(not RUNSC_2024.exists(), reason="runsc 2024 not installed (scripts/setup-test-env)")
+def test_installed_runsc_under_root_is_used_and_nothing_is_written(tmp_path):
+    root = _root_with_runsc(tmp_path, RUNSC_2024)
+    before = snapshot(root)
+    proc = run_cli("verify", "--root", str(root), "--runtime", "gvisor")
+    assert proc.returncode == 0, proc.stderr
+    assert "gvisor  ok    sandbox kernel 4.4.0 (host " in proc.stdout
+    assert "dmesg: [    0.000000] Starting gVisor..." in proc.stdout
+    assert diff_snapshots(before, snapshot(root)) == []
+    check = verify.verify_gvisor(HostRoot(root))
+    assert check.detail["runsc"] == str(root / "usr/local/bin/runsc")
+
+
+def test_missing_runsc_is_a_known_error_and_all_skips_it(tmp_path):
+    root = _root_with_runsc(tmp_path, None)
+    before = snapshot(root)
+    proc = run_cli("verify", "--root", str(root), "--runtime", "gvisor")
+    assert "not installed" in assert_known_error(proc)
+    proc = run_cli("verify", "--root", str(root), "-o", "json")
+    assert "nothing was verified" in assert_known_error(proc)
+    report = json.loads(proc.stdout)
+    assert report["runtimes"]["gvisor"]["skipped"] and report["runtimes"]["kata"]["skipped"]
+    assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_a_runsc_that_runs_on_the_host_kernel_fails(tmp_path):
+    """Stand-in for a broken install: a "runsc" that just execs the command on the host (what a
+    handler silently falling back to runc looks like). verify must call it not isolated."""
+    root = _root_with_runsc(tmp_path, None)
+    _write_exe(root / "usr/local/bin/runsc",
+               '#!/bin/sh\nwhile [ "$1" != do ]; do shift; done; shift; exec "$@"\n')
+    proc = run_cli("verify", "--root", str(root), "--runtime", "gvisor", "-o", "json")
+    error = assert_known_error(proc)
+    assert "not isolated" in error and HOST_KERNEL in error
+    assert json.loads(proc.stdout)["runtimes"]["gvisor"]["sandbox_kernel"] == HOST_KERNEL
+
+
+def test_a_failing_runsc_is_reported_and_its_leaked_cgroup_removed(tmp_path):
+    """runsc that dies after creating its runsc-NNNNNN cgroup (as a failed `runsc do` can leave)."""
+    hierarchy = Path("/sys/fs/cgroup/pids")
+    if not os.access(hierarchy, os.W_OK):
+        pytest.skip("no writable v1 pids hierarchy to create a cgroup in")
+    leaked = hierarchy / f"runsc-{uuid.uuid4().int % 1000000:06d}"
+    root = _root_with_runsc(tmp_path, None)
+    _write_exe(root / "usr/local/bin/runsc", f"#!/bin/sh\nmkdir {leaked}\necho 'creating sandbox: boom' >&2\nexit 1\n")
+    try:
+        proc = run_cli("verify", "--root", str(root), "--runtime", "gvisor")
+        error = assert_known_error(proc)
+        assert "gVisor could not start a sandbox" in error and "boom" in error
+        assert not leaked.exists()
+    finally:
+        if leaked.exists():
+            leaked.rmdir()
+
+
+def test_cri_handler_that_is_really_runc_is_not_isolated(containerd_factory):
+    """Through CRI: a `kata` handler whose runtime is runc (a stand-in: no Kata VM can run here,
+    the VM lacks host-side vsock). The pod starts, but reports the host kernel: verify fails."""
+    extra = "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.kata]\n  runtime_type = 'io.containerd.runc.v2'\n"
+    daemon = containerd_factory("2.1", lambda work: minimal_config("2.1", work, extra=extra))
+    import_test_images(daemon)
+    proc = run_cli("verify", "--runtime", "kata", "--containerd-socket", str(daemon.socket),
+                   "--image", TEST_IMAGE, "-o", "json")
+    error = assert_known_error(proc)
+    assert "not isolated" in error
+    kata = json.loads(proc.stdout)["runtimes"]["kata"]
+    assert kata["method"] == "cri" and kata["handler"] == "kata"
+    assert kata["sandbox_kernel"] == HOST_KERNEL and kata["sandbox_ready_after"] < 10
+    from nodeagent.containerd.cri import CriClient
+
+    with CriClient(daemon.socket) as client:
+        assert client.list_pods() == []  # the probe pod was removed
+
+
+def test_cri_checks_need_the_handler_and_an_image(containerd_factory):
+    daemon = containerd_factory("1.7")
+    sock = str(daemon.socket)
+    error = assert_known_error(run_cli("verify", "--runtime", "kata", "--containerd-socket", sock, "--image", TEST_IMAGE))
+    assert "does not serve a 'kata' handler" in error
+    extra = '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]\n  runtime_type = "io.containerd.runc.v2"\n'
+    daemon2 = containerd_factory("1.7", lambda work: minimal_config("1.7", work, extra=extra))
+    proc = run_cli("verify", "--runtime", "kata", "--containerd-socket", str(daemon2.socket))
+    assert "needs an image" in assert_known_error(proc)
+    proc = run_cli("verify", "--runtime", "kata", "--containerd-socket", str(daemon2.socket), "--image", "absent:1")
+    assert "image absent:1 is not present" in assert_known_error(proc)
