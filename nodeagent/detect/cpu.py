@@ -113,7 +113,8 @@ def probe(host: HostRoot) -> dict[str, Any]:
         value = _first_line(host.read_text(f"/sys/class/dmi/id/{name}"))
         if value and any(marker in value.lower() for marker in _VM_DMI):
             evidence.append(f"DMI {name} = {value}")
-    # arm64 guests carry no cpuinfo flag; the device tree names the hypervisor (e.g. KVM's "linux,kvm")
+    # non-x86 guests have no cpuinfo flag; a device-tree /hypervisor node marks e.g. Xen guests
+    # (KVM/QEMU arm64 guests are caught by DMI above)
     if host.exists("/proc/device-tree/hypervisor") or host.exists("/sys/firmware/devicetree/base/hypervisor"):
         evidence.append("device tree has a /hypervisor node")
 
