@@ -77,6 +77,7 @@ def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp
         assert sidecar.read_text() == f"{hashlib.new(algo, (out / rel).read_bytes()).hexdigest()}  {Path(rel).name}\n"
         assert (out / rel).read_bytes() == (mirror / rel).read_bytes()
     assert snapshot(root) == {}  # bundle writes no host files
+    assert "MiB" not in proc.stderr  # progress only on a terminal, never into logs
     # the bundle is a mirror: install from the directory with no server at all
     res = ensure_artifact(HostRoot(root), Settings(root=str(root), mirror=str(out)), "kata", "amd64")
     assert res.action == "download" and (root / "opt/nodeagent/kata/3.11.0/bin/containerd-shim-kata-v2").exists()
@@ -204,3 +205,16 @@ def test_redirect_from_https_to_http_is_refused(world, tmp_path):
         _, root, out = world
         proc = bundle(secure.url, root, out, "--runtime", "gvisor", "--gvisor-version", V, env=env)
         assert proc.returncode == 0, proc.stderr
+
+
+def test_proxy_from_the_environment_is_used(world):
+    """HTTP_PROXY is honoured (requests' trust_env): the mirror's own port is closed, the proxy serves."""
+    mirror, root, out = world
+    M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
+    gone = LoopbackServer(mirror).start()
+    gone.stop()  # nothing listens at the mirror URL any more
+    with LoopbackServer(mirror) as proxy:  # answers absolute-URI requests like a forward proxy
+        proc = bundle(gone.url, root, out, "--runtime", "gvisor", "--gvisor-version", V,
+                      env={"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""})
+        assert proc.returncode == 0, proc.stderr
+        assert proxy.requests_for(f"{GDIR}/gvisor.tar.bz2")

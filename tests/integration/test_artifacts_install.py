@@ -311,3 +311,27 @@ def test_stalled_server_times_out_and_fails_bounded(tmp_path, root):
             ensure_artifact(host, settings(root, srv.url, retries=1, download_timeout=0.3), "kata", "amd64")
         assert time.monotonic() - t0 < 5
     assert diff_snapshots(before, snapshot(root)) == []
+
+
+@pytest.mark.parametrize("leftover", ["good-prefix", "garbage-prefix", "longer-than-file"])
+def test_partial_left_by_a_killed_run_is_resumed_or_discarded(tmp_path, root, leftover):
+    """A SIGKILLed run leaves <cache>/<digest>.partial; the next run resumes it only if it verifies."""
+    M.gvisor_files_release(tmp_path / "m", "20221219.0")
+    runsc = M.REAL_RUNSC.read_bytes()
+    hexval = (tmp_path / "m/gvisor/20221219.0/x86_64/runsc.sha512").read_text().split()[0]
+    cache = root / "var/lib/nodeagent/cache"
+    cache.mkdir(parents=True)
+    prefix = {"good-prefix": runsc[:5_000_000], "garbage-prefix": b"\0" * 5_000_000, "longer-than-file": runsc + b"x" * 10}[leftover]
+    (cache / f"{hexval}.partial").write_bytes(prefix)
+    host = HostRoot(root)
+    with LoopbackServer(tmp_path / "m") as srv:
+        ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
+        ranges = [s.range for s in srv.requests_for("gvisor/20221219.0/x86_64/runsc") if s.method == "GET"]
+    expected = {
+        "good-prefix": ["bytes=5000000-"],  # resumed, verified, done
+        "garbage-prefix": ["bytes=5000000-", None],  # resumed, digest mismatch, once more from zero
+        "longer-than-file": [f"bytes={len(prefix)}-", None],  # 416, started over
+    }[leftover]
+    assert ranges == expected
+    assert (cache / hexval).read_bytes() == runsc and not (cache / f"{hexval}.partial").exists()
+    assert (root / "opt/nodeagent/gvisor/20221219.0/runsc").read_bytes() == runsc
