@@ -200,6 +200,8 @@ class ContainerdDaemon:
             d.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         argv = [
+            # SIGTERM to containerd if the test process dies without teardown
+            "setpriv", "--pdeathsig", "TERM",
             "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _NS_WRAPPER, "sh",
             str(self.binary), "--config", str(self.config_path), "--address", str(self.socket),
             "--root", str(self.root), "--state", str(self.state),

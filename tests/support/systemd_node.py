@@ -180,8 +180,12 @@ class SystemdNode:
         enter = "; ".join(f'echo $$ > "{cg}/cgroup.procs"' for cg in self.cgroups)
         argv = [
             "sh", "-c", f'set -e; {enter}; exec "$@"', "sh",
+            # pdeathsig twice: if the test process dies without teardown, unshare gets SIGKILL, and
+            # so does the node's PID 1 when unshare goes: the whole PID namespace ends with it
+            "setpriv", "--pdeathsig", "KILL",
             "unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--cgroup",
-            "--propagation", "private", "--", "sh", str(self.work / "boot.sh"), str(self.work),
+            "--propagation", "private", "--",
+            "setpriv", "--pdeathsig", "KILL", "sh", str(self.work / "boot.sh"), str(self.work),
         ]
         start = time.monotonic()
         self.launcher = subprocess.Popen(argv, stdout=console, stderr=console, stdin=subprocess.DEVNULL,
