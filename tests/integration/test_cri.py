@@ -160,11 +160,14 @@ def test_wait_healthy_reports_missing_handler_then_broken_plugin(containerd_fact
 
 def test_wait_healthy_waits_for_a_daemon_that_comes_up_late(containerd_factory):
     daemon = containerd_factory("2.1", start=False)
-    starter = threading.Timer(0.4, daemon.start)
-    starter.start()
-    try:
-        report = health.wait_healthy(str(daemon.socket), ["runc"], timeout=10)
-    finally:
-        starter.join()
+    reports = []
+    # the waiter runs in a thread: the daemon must be started from the main thread, because it
+    # dies with the thread that started it (pdeathsig)
+    waiter = threading.Thread(target=lambda: reports.append(health.wait_healthy(str(daemon.socket), ["runc"], timeout=10)))
+    waiter.start()
+    time.sleep(0.4)
+    daemon.start()
+    waiter.join()
+    report = reports[0]
     assert report.healthy, report.reason
     assert report.attempts > 1 and report.elapsed >= 0.3

@@ -190,7 +190,11 @@ class ContainerdDaemon:
             return False
 
     def start(self, timeout: float = 10.0) -> "ContainerdDaemon":
-        """Start the daemon and wait until it answers on its socket (polled every 50 ms)."""
+        """Start the daemon and wait until it answers on its socket (polled every 50 ms).
+
+        Call it from a thread that lives as long as the daemon should: the daemon gets SIGTERM
+        when that thread ends (pdeathsig, so a killed test run leaves no daemon behind).
+        """
         if self.pid:
             raise DaemonError("daemon already running")
         self._check_opt_path()
