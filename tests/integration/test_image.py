@@ -11,10 +11,13 @@ commands run directly on this machine.
 How the container is run, and why:
 - `--privileged`: the DaemonSet is privileged (it edits the host's containerd and opens
   /dev/kvm); without it the devices cgroup refuses /dev/kvm and KVM would look unusable.
-- the host's PID namespace (`--with-ns pid:...`, the DaemonSet's hostPID): nodeagent needs it to
-  see the node's containerd process (and to nsenter into PID 1 for a restart). The test process's
-  own PID namespace is used because on these VMs /proc/1/ns is not readable, even by root.
-  One test runs without it on purpose, to pin down what a pod without hostPID still knows.
+- with and without the host's PID namespace (`--with-ns pid:...` = a pod's hostPID). With it,
+  nodeagent sees the node's containerd process exactly as on the host, and everything must match.
+  deploy/daemonset.yaml ships *without* hostPID (restarts go through systemd's D-Bus socket), so
+  that case is run too: node facts must still match; seeing the containerd process through
+  /host/proc is not implemented yet (a strict xfail below names the gap). The test process's own
+  PID namespace stands for the host's because on these VMs /proc/1/ns is not readable, even by
+  root.
 - `--containerd-config` names the test daemon's config on both sides, so both pick the same
   containerd process even when other tests' daemons run at the same moment.
 - `ctr run` goes through `nsenter` into the daemon's mount namespace: the harness gives the
@@ -210,18 +213,35 @@ def test_doctor_in_the_image_matches_the_host(daemon):
     assert cri and cri["status"] == "ok" and "runc" in cri["summary"], cri
 
 
-def test_without_host_pid_the_image_still_knows_the_node_but_not_its_processes(daemon):
-    """A pod without hostPID: host facts identical, containerd found (package db) but not seen running."""
-    inside = run_in_image(daemon, "nohostpid", "nodeagent", "detect", "--root", "/host", "-o", "json",
-                          "--containerd-config", str(daemon.config_path), host_pid=False)
-    host = on_host("detect", "-o", "json", "--containerd-config", str(daemon.config_path))
-    got, want = _json(inside), _json(host)
+@pytest.fixture(scope="module")
+def detect_without_host_pid(daemon) -> tuple[dict, dict]:
+    """detect in a pod without hostPID (deploy/daemonset.yaml as shipped) and on the host."""
+    pin = ["--containerd-config", str(daemon.config_path)]
+    inside = run_in_image(daemon, "nohostpid", "nodeagent", "detect", "--root", "/host", "-o", "json", *pin, host_pid=False)
+    host = on_host("detect", "-o", "json", *pin)
+    return _json(inside), _json(host)
+
+
+def test_without_host_pid_the_image_still_knows_the_node(detect_without_host_pid):
+    """Node facts come from /host/proc, /host/sys, /host/dev: no PID namespace needed for them."""
+    got, want = detect_without_host_pid
     for key in ("arch", "kernel", "virtualization", "runtimes", "systemd"):
         assert got[key] == want[key], key
     assert want["containerd"]["running"] is True
-    assert got["containerd"]["running"] is False and got["containerd"]["pid"] is None
     assert got["containerd"]["found"] is True
     assert got["containerd"]["version"] == want["containerd"]["version"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "deploy/daemonset.yaml runs without hostPID and says host processes are read from /host/proc, "
+    "but nodeagent/detect/procs.py lists processes with psutil through the pod's own /proc, so the "
+    "node's containerd looks not running (and its socket/pid unknown). Pointing psutil at "
+    "host.path('/proc') when the root is not live fixes it (checked by hand: /host/proc/<pid>/root "
+    "and /exe resolve from the pod). Remove this marker when that lands."))
+def test_without_host_pid_the_image_sees_the_node_containerd_through_host_proc(detect_without_host_pid, daemon):
+    got, want = detect_without_host_pid
+    assert got["containerd"]["pid"] == daemon.pid
+    assert got["containerd"] == want["containerd"]
 
 
 def test_bad_root_in_the_image_is_one_error_and_one_hint(daemon):
