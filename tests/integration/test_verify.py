@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -136,3 +137,16 @@ def test_cri_checks_need_the_handler_and_an_image(containerd_factory):
     assert "needs an image" in assert_known_error(proc)
     proc = run_cli("verify", "--runtime", "kata", "--containerd-socket", str(daemon2.socket), "--image", "absent:1")
     assert "image absent:1 is not present" in assert_known_error(proc)
+
+
+@pytest.mark.root
+def test_from_a_daemonset_pod_on_the_node(clean_node):
+    """The DaemonSet's view: its own mount and PID namespaces, the node's root as --root
+    (NODEAGENT_ROOT), the node's runsc found and run from there."""
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = clean_node.run_pod([sys.executable, "-m", "nodeagent", "verify", "--runtime", "gvisor", "-o", "json"],
+                              env={"PYTHONPATH": repo, "NODEAGENT_LOG_FORMAT": "json"}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    gvisor = json.loads(proc.stdout)["runtimes"]["gvisor"]
+    assert gvisor["ok"] and gvisor["sandbox_kernel"] == "4.4.0" and gvisor["host_kernel"] == HOST_KERNEL
+    assert gvisor["runsc"] == "/proc/1/fd/9/usr/bin/runsc"

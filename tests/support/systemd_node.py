@@ -68,6 +68,12 @@ MASKED_UNITS = (
     "dev-hugepages.mount", "dev-mqueue.mount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
     "sys-fs-fuse-connections.mount", "sys-kernel-config.mount", "systemd-journald-audit.socket",
     "systemd-networkd.service", "systemd-resolved.service", "cron.service", "ssh.service", "rsyslog.service",
+    # boot-time chores of a real machine, on the critical path to `running` and pointless here
+    "systemd-modules-load.service", "modprobe@.service", "systemd-remount-fs.service", "systemd-sysctl.service",
+    "systemd-sysusers.service", "systemd-journal-flush.service", "systemd-user-sessions.service",
+    "systemd-random-seed.service", "systemd-firstboot.service", "systemd-machine-id-commit.service",
+    "systemd-update-done.service", "ldconfig.service", "systemd-hwdb-update.service", "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount", "systemd-ask-password-wall.path", "systemd-ask-password-console.path",
 )
 
 
