@@ -42,7 +42,7 @@ def check_archive(release: Release, path: Path, limits: extract.Limits = extract
         extract.find_unique(entries, catalog.RUNSC, release.files[0].name)
         extract.find_unique(entries, catalog.GVISOR_SHIM, release.files[0].name)
     elif release.layout == KATA_LAYOUT:
-        entries = extract.scan(path, limits, release.files[0].name)
+        entries = extract.scan(path, limits, release.files[0].name, host_trees=("/opt/kata",))
         tree = extract.find_tree(entries, ("opt", "kata"), release.files[0].name)
         if not any(e.name == f"{tree}/bin/{catalog.KATA_SHIM}" for e in entries):
             raise ArtifactError(

@@ -77,9 +77,10 @@ def open_stream(path: Path, label: str | None = None) -> Iterator[tarfile.TarFil
 class _Checker:
     """Validates members in archive order, remembering what came before."""
 
-    def __init__(self, archive: str, limits: Limits):
+    def __init__(self, archive: str, limits: Limits, host_trees: tuple[str, ...] = ()):
         self.archive = archive
         self.limits = limits
+        self.host_trees = host_trees
         self.seen: dict[str, Entry] = {}
         self.total = 0
 
@@ -115,7 +116,11 @@ class _Checker:
         elif m.issym():
             target = m.linkname
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-            if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            if target.startswith("/") and self._within_host_tree(target):
+                resolved = target.lstrip("/")
+            elif target.startswith("/"):
+                resolved = "../"
+            if resolved == ".." or resolved.startswith("../"):
                 raise _refuse(self.archive, f"symlink {name!r} -> {target!r} points outside the archive")
             entry = Entry(name, "symlink", link=target)
         elif m.islnk():
@@ -135,10 +140,17 @@ class _Checker:
         self.seen[name] = entry
         return entry
 
+    def _within_host_tree(self, target: str) -> bool:
+        """An absolute link into the tree's own host location (e.g. /opt/kata/...) stays inside:
+        on the node /opt/kata is our symlink to this very version directory."""
+        norm = posixpath.normpath(target)
+        return any(norm == t or norm.startswith(t + "/") for t in self.host_trees)
 
-def _members(path: Path, limits: Limits, write_to: Path | None, label: str | None) -> list[Entry]:
+
+def _members(path: Path, limits: Limits, write_to: Path | None, label: str | None,
+             host_trees: tuple[str, ...] = ()) -> list[Entry]:
     label = label or path.name
-    checker = _Checker(label, limits)
+    checker = _Checker(label, limits, host_trees)
     try:
         with open_stream(path, label) as tf:
             for m in tf:
@@ -159,17 +171,20 @@ def _members(path: Path, limits: Limits, write_to: Path | None, label: str | Non
     return list(checker.seen.values())
 
 
-def scan(path: Path, limits: Limits = Limits(), label: str | None = None) -> list[Entry]:
+def scan(path: Path, limits: Limits = Limits(), label: str | None = None, host_trees: tuple[str, ...] = ()) -> list[Entry]:
     """Check every member without writing anything (bundles are checked before they travel).
 
     `label` names the archive in errors (the cache stores files under their digest).
+    `host_trees` are absolute paths that symlinks may point into because, on the node,
+    they lead back into the installed tree (Kata's /opt/kata); any other absolute link is refused.
     """
-    return _members(Path(path), limits, None, label)
+    return _members(Path(path), limits, None, label, host_trees)
 
 
-def extract(path: Path, dest: Path, limits: Limits = Limits(), label: str | None = None) -> list[Entry]:
+def extract(path: Path, dest: Path, limits: Limits = Limits(), label: str | None = None,
+            host_trees: tuple[str, ...] = ()) -> list[Entry]:
     """Extract into the existing, empty directory `dest`; the caller removes it on failure."""
-    return _members(Path(path), limits, Path(dest), label)
+    return _members(Path(path), limits, Path(dest), label, host_trees)
 
 
 def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, entry: Entry, dest: Path, limits: Limits, archive: str) -> None:

@@ -192,7 +192,7 @@ def _stage_kata(release: Release, cache: Cache, staging: Path, limits: extract.L
     f = release.files[0]
     raw = staging / "raw"
     raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name)
+    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, host_trees=(KATA_LINK,))
     tree = extract.find_tree(entries, ("opt", "kata"), f.name)
     shim = f"{tree}/bin/{catalog.KATA_SHIM}"
     if not any(e.name == shim and e.kind in ("file", "hardlink") for e in entries):

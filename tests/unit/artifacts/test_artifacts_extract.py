@@ -116,3 +116,15 @@ def test_find_tree_locates_opt_kata_anywhere_and_refuses_two(tmp_path):
     two = extract.scan(build_tar(tmp_path / "3.tar", [Member("opt/kata/x", data=b"1"), Member("b/opt/kata/y", data=b"2")], ""))
     with pytest.raises(ArtifactError, match="several opt/kata"):
         extract.find_tree(two, ("opt", "kata"), "3.tar")
+
+
+def test_absolute_links_into_the_trees_own_host_location_are_allowed_only_there(tmp_path):
+    """Kata's tree lives at /opt/kata on the node (our symlink to the version dir)."""
+    ok = build_tar(tmp_path / "k.tar", [Member("opt/kata/bin/x", data=b"1"), Member("opt/kata/bin/y", "symlink", link="/opt/kata/bin/x")], "")
+    assert [e.link for e in extract.scan(ok, host_trees=("/opt/kata",)) if e.kind == "symlink"] == ["/opt/kata/bin/x"]
+    with pytest.raises(ArtifactError, match="points outside"):
+        extract.scan(ok)  # without the allowance: refused like any absolute link
+    for bad in ("/opt/kata/../../etc/shadow", "/opt/katax/bin", "/etc/passwd"):
+        tarball = build_tar(tmp_path / "b.tar", [Member("opt/kata/bin/z", "symlink", link=bad)], "")
+        with pytest.raises(ArtifactError, match="points outside"):
+            extract.scan(tarball, host_trees=("/opt/kata",))

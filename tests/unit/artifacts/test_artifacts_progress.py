@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 
 from nodeagent.artifacts.progress import tty_progress
 
@@ -20,7 +21,11 @@ def test_progress_on_a_terminal_ends_with_a_newline():
             assert show is not None
             show(1 << 20, 4 << 20)
             show(4 << 20, 4 << 20)
-        out = os.read(master, 4096).decode()
+        out = ""
+        while select.select([master], [], [], 0.5)[0]:  # a pty may hand the text over in pieces
+            out += os.read(master, 4096).decode()
+            if out.endswith("\n"):
+                break
     finally:
         os.close(master)
         os.close(slave)
