@@ -63,7 +63,7 @@ class _Writer:
             inner_sig, inner = value
             self.write("g", inner_sig)
             self.write(inner_sig, inner)
-        elif code == "(":
+        elif code in "({":
             for part_sig, part in zip(_split(sig[1:-1]), value):
                 self.write(part_sig, part)
         elif code == "a":

@@ -159,3 +159,19 @@ def test_live_root_without_systemd_is_refused():
     else:
         with pytest.raises(service.ServiceError, match="systemd is not running"):
             service.choose_transport(HostRoot("/"))
+
+
+def test_dbus_marshalling_round_trip():
+    """Our D-Bus encoder against our decoder, with the alignment cases systemd's replies use."""
+    from nodeagent import sdbus
+
+    data = sdbus.encode_call(7, "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", "RestartUnit",
+                             "ss", ("containerd.service", "replace"))
+    msg_type, fields, body, used = sdbus.decode_message(data + b"trailing")
+    assert (msg_type, used) == (sdbus.METHOD_CALL, len(data))
+    assert fields[1] == "/org/freedesktop/systemd1" and fields[3] == "RestartUnit" and fields[8] == "ss"
+    assert body == ["containerd.service", "replace"]
+    w = sdbus._Writer()
+    w.write("a{sv}", [("MainPID", ("u", 4242)), ("Names", ("as", ["a.service", "b"])), ("T", ("t", 2**40))])
+    assert sdbus._Reader(bytes(w.buf)).read("a{sv}") == {"MainPID": 4242, "Names": ["a.service", "b"], "T": 2**40}
+    assert sdbus._split("sa{sv}(us)ao") == ["s", "a{sv}", "(us)", "ao"]
