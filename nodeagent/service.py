@@ -11,7 +11,9 @@ How we reach the node's systemd (first that works):
 2. `<root>/run/systemd/private` exists: systemd's private D-Bus socket, peer to peer
    (nodeagent.sdbus). From a DaemonSet this needs the node's /run (or the whole root) mounted and
    uid 0, but no hostPID and no privileged container. (systemd drops peers whose PID it cannot
-   see, so the agent must run in the node's PID namespace or a child of it — any pod does.)
+   see, so the agent must run in the node's PID namespace or a child of it — any pod does. When
+   that systemd instead runs in a PID namespace nested below ours, e.g. a node container seen from
+   its host, we nsenter its PID, found through the socket's SO_PEERCRED.)
 3. PID 1 in our PID namespace is the node's init (`hostPID: true`): `nsenter -t 1 -m -u -i -n -p
    systemctl` (needs `privileged: true` as well).
 
@@ -22,6 +24,8 @@ systemd refuses a 6th start within 10 s (start-limit-hit, StartLimitBurst/Interv
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -193,6 +197,31 @@ def _pid1_is_hosts_init(host: HostRoot) -> bool:
         return False
 
 
+def _systemd_below_us(socket_path: str) -> int | None:
+    """systemd's PID (in our namespace) when it lives in a PID namespace nested below ours, else None.
+
+    SO_PEERCRED names the listening systemd: pid 0 means it is above us (it sees us: a pod),
+    a single NSpid entry means the same namespace (hostPID); more entries mean it is below us.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(2)
+        sock.connect(socket_path)
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])
+    except OSError:
+        return None
+    return pid if len(nspid) > 1 else None
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as fh:
@@ -210,6 +239,12 @@ def choose_transport(host: HostRoot) -> Transport:
         return SystemctlTransport()
     private = host.path("/run/systemd/private")
     if private.is_socket():
+        nested_pid = _systemd_below_us(str(private))
+        if nested_pid:
+            # systemd runs in a PID namespace nested inside ours (a test harness, a node container
+            # seen from its host): it drops peers it cannot see, but we can enter its namespaces
+            return SystemctlTransport(["nsenter", "-t", str(nested_pid), "-m", "-u", "-i", "-n", "-p", "--"],
+                                      name="nsenter")
         return DbusTransport(str(private))
     if _pid1_is_hosts_init(host):
         return SystemctlTransport(["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"], name="nsenter")

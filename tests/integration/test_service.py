@@ -175,3 +175,14 @@ def test_dbus_marshalling_round_trip():
     w.write("a{sv}", [("MainPID", ("u", 4242)), ("Names", ("as", ["a.service", "b"])), ("T", ("t", 2**40))])
     assert sdbus._Reader(bytes(w.buf)).read("a{sv}") == {"MainPID": 4242, "Names": ["a.service", "b"], "T": 2**40}
     assert sdbus._split("sa{sv}(us)ao") == ["s", "a{sv}", "(us)", "ao"]
+
+
+def test_from_the_machine_hosting_the_node_we_enter_its_namespaces(clean_node):
+    """Our test process is outside the node's PID namespace (above it): systemd would drop our
+    D-Bus connection, so nodeagent finds systemd's PID through the socket and nsenters it."""
+    host = HostRoot(clean_node.root)
+    transport = service.choose_transport(host)
+    assert transport.name == "nsenter" and str(clean_node.pid) in transport.prefix
+    before = clean_node.main_pid()
+    result = service.restart_containerd(host, Settings(restart="systemd"), "containerd", timeout=20)
+    assert result.restarted and result.old_pid == before != result.new_pid == clean_node.main_pid()
