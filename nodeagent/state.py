@@ -37,6 +37,8 @@ class FileRecord:
     written_sha256: str | None
     handlers: list[str] = field(default_factory=list)
     imports_added: list[str] = field(default_factory=list)
+    imports_line_created: bool = False
+    defaults_added: list[str] = field(default_factory=list)  # e.g. runc, made explicit on containerd 1.x
     replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -142,7 +142,10 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
         if hosts_ours:  # the file with our tables, or the one importing it: both stay ours while they serve
             record.handlers = sorted(set(record.handlers) | set(plan.added))
             record.replaced.update(plan.replaced)
+            if change.path == plan.layout.path:
+                record.defaults_added = sorted(set(record.defaults_added) | set(plan.defaults_added))
         record.imports_added += [entry for (path, entry) in plan.imports_added if path == change.path]
+        record.imports_line_created |= change.path in plan.imports_line_created
     for spec in plan.handlers:
         if spec.name in plan.added:
             state.handlers[spec.name] = spec.runtime
@@ -204,8 +207,10 @@ def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "
         text, style = edit.decode(current, path)
         new_text = _remove_ours(text, style, record, {h for h in record.handlers if h in removing})
         if not ours_left:
+            if record.defaults_added:  # back to containerd's implicit default
+                new_text = _remove_ours(new_text, style, record, set(record.defaults_added))
             for entry in record.imports_added:
-                new_text = edit.remove_import(new_text, entry, path)
+                new_text = edit.remove_import(new_text, entry, path, drop_empty_line=record.imports_line_created)
             if not unchanged:
                 notes.append(f"{path} was changed after nodeagent wrote it: removed only nodeagent's handlers")
             if record.replaced:

@@ -152,6 +152,11 @@ def remove_runtime(text: str, version: int, name: str, style: TextStyle, path: s
     for spec_text in _our_block_candidates(text, version, name, style):
         if spec_text in text:
             return _cut_block(text, spec_text)
+    expected = parse(text, path)
+    del runtimes_of(expected, version)[name]
+    new = _remove_tables_textually(text, model.runtimes_table_path(version) + (name,))
+    if new is not None and _parses_to(new, expected):
+        return new
     try:
         doc = tomlkit.parse(text)
         node: Any = doc
@@ -168,8 +173,53 @@ def remove_runtime(text: str, version: int, name: str, style: TextStyle, path: s
     return new
 
 
+_HEADER = re.compile(r"^[ \t]*\[(?!\[)[^\n]*\][ \t]*(?:#[^\n]*)?$")
+
+
+def _header_path(line: str) -> tuple[str, ...] | None:
+    try:
+        node: Any = tomllib.loads(line.strip() + "\n")
+    except tomllib.TOMLDecodeError:
+        return None
+    keys = []
+    while isinstance(node, dict) and len(node) == 1:
+        key = next(iter(node))
+        keys.append(key)
+        node = node[key]
+    return tuple(keys)
+
+
+def _remove_tables_textually(text: str, prefix: tuple[str, ...]) -> str | None:
+    """Drop `[prefix]` and `[prefix.*]` tables line by line; comments before the next table stay."""
+    lines = text.splitlines(keepends=True)
+    headers = [(i, _header_path(line)) for i, line in enumerate(lines) if _HEADER.match(line.rstrip("\r\n"))]
+    doomed: set[int] = set()
+    for index, (row, keys) in enumerate(headers):
+        if keys is None or keys[: len(prefix)] != prefix:
+            continue
+        end = headers[index + 1][0] if index + 1 < len(headers) else len(lines)
+        while end > row + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+            end -= 1  # blank and comment lines right before the next header belong to it
+        doomed.update(range(row, end))
+    if not doomed:
+        return None
+    return "".join(line for i, line in enumerate(lines) if i not in doomed)
+
+
+def _parses_to(text: str, expected: dict[str, Any]) -> bool:
+    try:
+        return tomllib.loads(text) == expected
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+# containerd 1.x's built-in default handler (what `config dump` shows when none is configured)
+DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.containerd.runc.v2",
+                                 shim_binary="containerd-shim-runc-v2")
+
+
 def _our_block_candidates(text: str, version: int, name: str, style: TextStyle) -> list[str]:
-    out = []
+    out = [render_runtime(version, DEFAULT_RUNC, style)] if name == DEFAULT_RUNC.name else []
     for factory in (model.gvisor_handler, model.kata_handler, model.kata_hypervisor_handler):
         try:
             spec = factory(name)
@@ -191,19 +241,56 @@ def _cut_block(text: str, block: str) -> str:
 
 
 # -- imports ---------------------------------------------------------------------------------------
+# Edited as text, not with tomlkit: tomlkit refuses some valid files (it reports a duplicate key
+# for a sub-table declared after an unrelated table that shares a prefix), and only the one
+# array has to change.
+
+_TOP_KEY = re.compile(r"""^[ \t]*(?:imports|"imports"|'imports')[ \t]*=[ \t]*\[""", re.M)
 
 
-def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
-    """Add `entry` to the top-level `imports` array (created before the first table if absent)."""
-    data = parse(text, path)
-    if entry in data.get("imports", []):
-        return text
-    doc = tomlkit.parse(text)
-    if "imports" in doc:
-        array = doc["imports"]
-        array.append(entry)
-        return doc.as_string()
-    line = f"imports = [{format_value(entry, style)}]\n"
+def _top_level(text: str) -> str:
+    match = re.search(r"^[ \t]*\[", text, re.M)
+    return text if match is None else text[: match.start()]
+
+
+def imports_span(text: str) -> tuple[int, int] | None:
+    """(start, end) of the top-level `imports` array literal, brackets included."""
+    key = _TOP_KEY.search(_top_level(text))
+    if key is None:
+        return None
+    start = key.end() - 1
+    depth, i = 0, start
+    while i < len(text):
+        c = text[i]
+        if c == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        if c in "\"'":
+            i += 1
+            while i < len(text) and text[i] != c:
+                i += 2 if (c == '"' and text[i] == "\\") else 1
+        elif c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+            if depth == 0:
+                return start, i + 1
+        i += 1
+    return None
+
+
+def set_imports(text: str, entries: list[str], style: TextStyle) -> str:
+    """Replace the `imports` array with `entries` (used on validation copies only)."""
+    array = "[" + ", ".join(format_value(e, style) for e in entries) + "]"
+    span = imports_span(text)
+    if span is None:
+        return add_import_line(text, array)
+    return text[: span[0]] + array + text[span[1]:]
+
+
+def add_import_line(text: str, array: str) -> str:
+    line = f"imports = {array}\n"
     # before the first table header so it stays a top-level key
     match = re.search(r"^[ \t]*\[", text, re.M)
     if match is None:
@@ -212,16 +299,49 @@ def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
     return text[:at] + line + "\n" + text[at:]
 
 
-def remove_import(text: str, entry: str, path: str) -> str:
+def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
+    """Add `entry` to the top-level `imports` array (created before the first table if absent)."""
     data = parse(text, path)
-    if entry not in data.get("imports", []):
+    if entry in data.get("imports", []):
         return text
-    doc = tomlkit.parse(text)
-    array = doc["imports"]
-    for index, value in enumerate(list(array)):
-        if value == entry:
-            del array[index]
-            break
-    if len(array) == 0:
-        del doc["imports"]
-    return doc.as_string()
+    literal = format_value(entry, style)
+    span = imports_span(text)
+    if span is None:
+        return add_import_line(text, f"[{literal}]")
+    inner = text[span[0] + 1: span[1] - 1]
+    body = inner.rstrip()
+    trailing = inner[len(body):]
+    if body.strip():
+        body += ("" if body.endswith(",") else ",") + " " + literal
+    else:
+        body, trailing = literal, ""
+    new = text[: span[0] + 1] + body + trailing + text[span[1] - 1:]
+    if entry not in parse(new, path).get("imports", []):
+        raise ConfigError(f"could not add {entry} to `imports` in {path}", "add it by hand, then run again")
+    return new
+
+
+def remove_import(text: str, entry: str, path: str, drop_empty_line: bool = False) -> str:
+    """Take `entry` out of `imports`; with drop_empty_line, an emptied `imports = []` line we added goes too."""
+    if entry not in parse(text, path).get("imports", []):
+        return text
+    if drop_empty_line:
+        for literal in (format_value(entry, TextStyle()), format_value(entry, TextStyle(single_quotes=True))):
+            line = f"imports = [{literal}]\n"
+            at = text.find(line)
+            if at >= 0 and at < len(_top_level(text)):
+                end = at + len(line)
+                if text[end:end + 1] == "\n" and (at == 0 or text[at - 1] == "\n"):
+                    end += 1  # the blank line add_import_line put after it
+                return text[:at] + text[end:]
+    span = imports_span(text)
+    inner = text[span[0] + 1: span[1] - 1]
+    for quote in ('"', "'"):
+        literal = re.escape(quote + entry + quote)
+        for pattern in (r"[ \t]*,[ \t]*" + literal, literal + r"[ \t]*,?[ \t]*", literal):
+            new_inner, count = re.subn(pattern, "", inner, count=1)
+            if count:
+                new = text[: span[0] + 1] + new_inner + text[span[1] - 1:]
+                if entry not in parse(new, path).get("imports", []):
+                    return new
+    raise ConfigError(f"could not remove {entry} from `imports` in {path}", "remove it by hand")

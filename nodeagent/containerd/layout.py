@@ -87,6 +87,8 @@ class Layout:
             if new != text:
                 files.set(self.import_into, edit.encode(new, style), "config")
                 plan.imports_added.append((self.import_into, self.path))
+                if edit.imports_span(text) is None:
+                    plan.imports_line_created.add(self.import_into)
 
     def validation_overrides(self, files, plan) -> dict[str, bytes | None]:
         """Files to check with containerd: for a template, the config it will render to."""

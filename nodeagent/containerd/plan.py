@@ -19,11 +19,6 @@ from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 
 
-# containerd 1.x's built-in default handler (what `config dump` shows when none is configured)
-DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.containerd.runc.v2",
-                                 shim_binary="containerd-shim-runc-v2")
-
-
 @dataclass
 class FileChange:
     """One file's planned change; `old`/`new` None mean absent."""
@@ -74,6 +69,8 @@ class Plan:
     added: list[str] = field(default_factory=list)  # handler names written by this plan
     replaced: dict[str, dict[str, Any]] = field(default_factory=dict)  # --force: name -> old table
     imports_added: list[tuple[str, str]] = field(default_factory=list)  # (file, entry)
+    imports_line_created: set[str] = field(default_factory=set)  # files that had no `imports` key
+    defaults_added: list[str] = field(default_factory=list)  # containerd defaults we made explicit (runc)
     notes: list[str] = field(default_factory=list)
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
 
@@ -235,7 +232,7 @@ def plan_install(
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
-        to_add.insert(0, DEFAULT_RUNC)
+        to_add.insert(0, edit.DEFAULT_RUNC)
         plan.notes.append("containerd 1.x drops its built-in runc handler once others are configured; "
                           "nodeagent writes runc's default table explicitly")
     if to_add:
@@ -244,6 +241,8 @@ def plan_install(
             _edit_text(files, chosen.path, chosen.role, lambda text, style, s=spec: chosen.add(text, s, style))
             if spec in handlers:
                 plan.added.append(spec.name)
+            else:
+                plan.defaults_added.append(spec.name)
 
     if any(spec.runtime == "gvisor" for spec in handlers):
         raw = files.current(model.RUNSC_CONFIG_PATH)

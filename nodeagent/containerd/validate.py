@@ -16,9 +16,7 @@ import tempfile
 import tomllib
 from typing import Any
 
-import tomlkit
-
-from nodeagent.containerd import model
+from nodeagent.containerd import edit, model
 from nodeagent.containerd.imports import expand_import, load_chain, read_host_file
 from nodeagent.detect.flavor import FLAVORS
 from nodeagent.errors import CommandFailed, ConfigError
@@ -56,12 +54,10 @@ def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | N
         raw = overrides[item.path] if item.path in overrides else read_host_file(host, item.path)
         text = (raw or b"").decode("utf-8")
         if item.imports:
-            doc = tomlkit.parse(text)
             targets: list[str] = []
             for entry in item.imports:
                 targets += [copies[m] for m in expand_import(host, entry, item.path, overrides) if m in copies]
-            doc["imports"] = targets
-            text = doc.as_string()
+            text = edit.set_imports(text, targets, edit.TextStyle())
         with open(copies[item.path], "w", encoding="utf-8") as fh:
             fh.write(text)
     return copies[config_path]
