@@ -6,7 +6,11 @@ of order as kind does). TOML allows a sub-table header after its parent was clos
 so `[plugins."…".containerd.runtimes.runsc]` at the end is valid wherever the parent
 lives. New text follows the file's own conventions: CRLF or LF, single or double
 quoted plugin keys (EKS uses single quotes), the indentation of the runtime tables.
-Removing uses tomlkit, which drops exactly one table and keeps everything else.
+Removing cuts our own block byte for byte when it is still there as we wrote it; an
+operator's table (replaced with --force) is cut line by line from its header, and only
+if that leaves exactly the expected document is tomlkit asked to do it instead.
+tomlkit is not the first choice for whole documents: it rejects some valid files (a
+sub-table declared after an unrelated table sharing a prefix; found by the property test).
 """
 
 from __future__ import annotations

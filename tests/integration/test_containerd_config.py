@@ -5,7 +5,6 @@ the CRI plugin healthy; uninstall brings the daemon back to exactly the old hand
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest

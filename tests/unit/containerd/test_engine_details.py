@@ -8,14 +8,14 @@ import tomllib
 
 import pytest
 
-from nodeagent.containerd import apply, edit, model
+from nodeagent.containerd import apply, model
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 from tests.support.cli import run_cli
-from tests.unit.containerd.scenarios import CORPUS, K3S_DIR, OURS, SCENARIOS
+from tests.unit.containerd.scenarios import CORPUS, SCENARIOS, Scenario
 
 SPECS = [model.gvisor_handler(), model.kata_handler()]
 RUNSC = model.RUNSC_CONFIG_PATH
@@ -183,3 +183,40 @@ def test_cli_runtime_all_skips_ineligible_runtimes(tmp_path):
     assert "skipping kata" in proc.stderr
     assert b"runtimes.runsc]" in (root / "etc/containerd/config.toml").read_bytes()
     assert b"kata" not in (root / "etc/containerd/config.toml").read_bytes()
+
+
+def test_valid_file_that_tomlkit_rejects_is_still_handled(tmp_path):
+    """Found by the property test: tomlkit reports a duplicate key for this valid TOML."""
+    text = (CORPUS / "eks-nodeadm-nvidia-v3.toml").read_text()
+    text = text.replace("[plugins.'io.containerd.cri.v1.images']",
+                        "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.a]\n"
+                        "runtime_type = \"io.containerd.runc.v2\"\n[nodeagent-prop-test.a]\n"
+                        "[plugins.'io.containerd.cri.v1.images']", 1)
+    tomllib.loads(text)
+    scenario = Scenario("tomlkit", "2.1", {"/etc/containerd/config.toml": text.encode()})
+    host = scenario.build(tmp_path)
+    apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))
+    assert {"a", "nvidia", "runsc", "kata"} <= set(registered_handlers(host, scenario.config_path, "2.1.9"))
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    assert host.path(scenario.config_path).read_text() == text
+
+
+def test_uninstall_without_anything_installed_is_a_no_op(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes((CORPUS / "kind-node-v2.toml").read_bytes())
+    proc = run_cli("--root", str(root), "uninstall", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"changed": False, "restart": False, "files": [], "artifacts": []}
+
+
+def test_plan_text_output_through_cli(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes((CORPUS / "eks-al2-v2.toml").read_bytes())
+    proc = run_cli("--root", str(root), "plan", "--skip-eligibility", "--runtime", "gvisor")
+    assert proc.returncode == 0, proc.stderr
+    assert "+++ /etc/containerd/config.toml" in proc.stdout and "+[runsc_config]" in proc.stdout
+    assert "containerd restart: yes" in proc.stdout and "kata" not in proc.stdout
+    assert not (root / "etc/containerd/runsc.toml").exists()
