@@ -95,12 +95,15 @@ def load_file(host: HostRoot, path: str, raw: bytes | None = None) -> LoadedFile
     return LoadedFile(path=path, data=data, version=version, imports=list(imports))
 
 
-def load_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None] | None = None) -> list[LoadedFile]:
+def load_chain(
+    host: HostRoot, config_path: str, overrides: dict[str, bytes | None] | None = None, *, missing_ok: bool = False
+) -> list[LoadedFile]:
     """The main config and every imported file, in containerd's load order.
 
     `overrides` maps host paths to candidate contents (None = the file is deleted), so the
     planner can ask "what would containerd load after this change" without writing anything.
-    A plain (non-glob) import of a missing file is an error, as it is for containerd 1.x.
+    A plain (non-glob) import of a missing file is an error, as it is for containerd 1.x;
+    containerd 2.x skips it (`missing_ok`).
     """
     overrides = overrides or {}
 
@@ -121,6 +124,8 @@ def load_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | No
             continue
         seen.add(path)
         raw = read(path)
+        if raw is None and missing_ok and importer is not None:
+            continue
         if raw is None:
             raise ConfigError(
                 f"{importer} imports {path}, which does not exist",

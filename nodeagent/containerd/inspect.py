@@ -99,5 +99,5 @@ def registered_handlers(
     ask about candidate contents (host path -> bytes, None = deleted) without writing.
     Raises ConfigError (exit 2, with a hint) for unreadable or broken files.
     """
-    chain = load_chain(host, config_path, overrides)
+    chain = load_chain(host, config_path, overrides, missing_ok=containerd_major(containerd_version, 1) >= 2)
     return effective_runtimes(chain, containerd_major(containerd_version, max(item.version for item in chain)))

@@ -202,7 +202,8 @@ def plan_install(
     cfacts = facts.get("containerd") or {}
     flavor = cfacts.get("flavor") or "containerd"
     config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
-    chain = load_chain(host, config_path)
+    missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
+    chain = load_chain(host, config_path, missing_ok=missing_ok)
     major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
     check_schema(chain, major)
     chosen = layout.choose(host, flavor, config_path, chain, major)
@@ -289,7 +290,7 @@ def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name:
 def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
     """Re-read the planned files the way containerd will: every handler must come out as planned."""
     overrides = plan.validation_overrides or plan.overrides()
-    chain = load_chain(host, plan.layout.validate_path or plan.config_path, overrides)
+    chain = load_chain(host, plan.layout.validate_path or plan.config_path, overrides, missing_ok=major >= 2)
     check_schema(chain, major)
     result = effective_runtimes(chain, major)
     for spec in plan.handlers:

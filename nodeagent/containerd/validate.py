@@ -47,7 +47,7 @@ def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) ->
 
 
 def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:
-    chain = load_chain(host, config_path, overrides)
+    chain = load_chain(host, config_path, overrides, missing_ok=True)  # containerd itself judges a missing one
     copies = {item.path: os.path.join(workdir, f"{index:03d}-{os.path.basename(item.path)}")
               for index, item in enumerate(chain)}
     for item in chain:

@@ -3,6 +3,8 @@ REAL containerd 1.6 / 1.7 / 2.1 report in `config dump` for the same files and i
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from nodeagent.containerd import model, validate
@@ -49,6 +51,7 @@ CASES = {
         "config.toml": config(2, ["runc"], ["conf.d/a.toml"]),
         "conf.d/a.toml": config(2, ["runc", "runsc"], ["/etc/containerd/more/*.toml"]),
         "more/b.toml": config(2, ["runc", "runsc", "kata"])},
+    "missing-plain-import": {"config.toml": config(2, ["runc", "runsc"], ["/etc/containerd/nowhere.toml"])},
 }
 
 
@@ -62,6 +65,14 @@ def test_registered_handlers_match_config_dump(case, series, tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
     host = HostRoot(tmp_path)
+    if case == "missing-plain-import" and series.startswith("1"):
+        # 1.x refuses to start; 2.x skips the missing file. registered_handlers says the same.
+        with pytest.raises(ConfigError, match="does not exist"):
+            registered_handlers(host, "/etc/containerd/config.toml", VERSIONS[series])
+        proc = subprocess.run([str(BINARIES[series]), "--config", str(tmp_path / "etc/containerd/config.toml"),
+                               "config", "dump"], capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0 and "no such file" in proc.stderr
+        return
     ours = set(registered_handlers(host, "/etc/containerd/config.toml", VERSIONS[series]))
     if series == "1.7" and "v3-dropin" in case:
         # 1.7 refuses to start with any version 3 file (1.6 ignores its v3 tables): the planner refuses too
