@@ -429,9 +429,20 @@ def _check_digest(actual: str, digest: Digest, loc: Location) -> None:
         )
 
 
+_REASONS = (  # requests nests urllib3's message several levels deep; say what it means
+    (("NameResolutionError", "Failed to resolve", "Name or service not known"), "cannot resolve the host name"),
+    (("Connection refused",), "connection refused"),
+    (("CERTIFICATE_VERIFY_FAILED",), "TLS certificate verification failed (is the CA in REQUESTS_CA_BUNDLE?)"),
+    (("timed out", "Timeout"), "timed out"),
+    (("Connection reset",), "connection reset"),
+)
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    # requests nests urllib3's message several levels deep; keep the line short.
+    for needles, meaning in _REASONS:
+        if any(n in text for n in needles):
+            return meaning
     return text.splitlines()[0][:200]
 
 
