@@ -28,6 +28,7 @@ class Outcome:
     files: list[FileChange]
     restart: bool
     notes: list[str] = field(default_factory=list)
+    previous_state: bytes | None = None  # state.json before apply_install (for rollback_install)
 
     @property
     def changed(self) -> bool:
@@ -125,6 +126,7 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
         else:
             outcome.notes.append("no containerd binary found: the config was not validated with `config dump`")
     preflight(host, plan.files)
+    outcome.previous_state = host.read_bytes(state_mod.STATE_FILE)
     state = state_mod.load(host)
     for change in plan.files:
         if change.action == "none":
@@ -152,6 +154,17 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
     state_mod.save(host, state)  # ownership first: a crash mid-write leaves uninstall able to clean up
     _write_all(host, plan.files)
     return outcome
+
+
+def rollback_install(host: HostRoot, outcome: Outcome) -> None:
+    """Undo an apply_install whose result containerd did not accept (e.g. unhealthy after restart):
+    every file back to its bytes before, state.json as it was. The caller restarts containerd again."""
+    undo = [FileChange(c.path, c.role, c.new, c.old) for c in outcome.files if c.action != "none"]
+    _write_all(host, undo)
+    if outcome.previous_state is None:
+        fsutil.remove_file(host.path(state_mod.STATE_FILE))
+    else:
+        fsutil.atomic_write(host.path(state_mod.STATE_FILE), outcome.previous_state, mode=0o600)
 
 
 # -- uninstall ------------------------------------------------------------------------------------

@@ -220,3 +220,33 @@ def test_plan_text_output_through_cli(tmp_path):
     assert "+++ /etc/containerd/config.toml" in proc.stdout and "+[runsc_config]" in proc.stdout
     assert "containerd restart: yes" in proc.stdout and "kata" not in proc.stdout
     assert not (root / "etc/containerd/runsc.toml").exists()
+
+
+def test_rollback_install_restores_files_and_state(tmp_path):
+    scenario = SCENARIOS["eks-nvidia-v2@2.1"]
+    host = scenario.build(tmp_path)
+    first = apply.apply_install(host, plan_install(host, [model.gvisor_handler()], scenario.facts()))
+    state_before = host.path("/var/lib/nodeagent/state.json").read_bytes()
+    files_before = {p: host.read_bytes(p) for p in ("/etc/containerd/config.toml", "/etc/containerd/conf.d/90-nodeagent.toml")}
+    outcome = apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))  # adds kata
+    assert outcome.changed and first.changed
+    apply.rollback_install(host, outcome)  # e.g. containerd came back unhealthy
+    assert host.path("/var/lib/nodeagent/state.json").read_bytes() == state_before
+    assert {p: host.read_bytes(p) for p in files_before} == files_before
+
+
+def test_extra_kata_handlers_from_settings(tmp_path):
+    from nodeagent.commands.install import handler_specs
+    from nodeagent.settings import Settings
+
+    specs = handler_specs(Settings(kata_extra_handlers=["kata-qemu", "kata-fc"]), ["kata"])
+    assert [s.name for s in specs] == ["kata", "kata-qemu", "kata-fc"]
+    scenario = SCENARIOS["default-1.7"]
+    host = scenario.build(tmp_path)
+    apply.apply_install(host, plan_install(host, specs, scenario.facts()))
+    handlers = registered_handlers(host, scenario.config_path, scenario.version)
+    assert handlers["kata-qemu"]["runtime_type"] == "io.containerd.kata-qemu.v2"
+    assert handlers["kata-fc"]["options"]["ConfigPath"].endswith("configuration-fc.toml")
+    assert not host.exists(RUNSC)  # no gVisor handler, no runsc.toml
+    with pytest.raises(ConfigError, match="unknown extra Kata handler"):
+        handler_specs(Settings(kata_extra_handlers=["kata-xyz"]), ["kata"])
