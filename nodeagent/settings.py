@@ -83,6 +83,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind = _TYPES[name]
     text = str(kind)
     try:
+        if "bool" in text and isinstance(value, bool):
+            return value  # a TOML boolean (else it would fall through to str(): "False" is truthy)
         if "bool" in text and not isinstance(value, bool):
             lowered = str(value).strip().lower()
             if lowered in ("1", "true", "yes", "on"):
