@@ -48,6 +48,7 @@ class Settings:
     health_timeout: float = 60.0
     download_timeout: float = 30.0
     download_retries: int = 4
+    download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
