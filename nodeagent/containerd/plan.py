@@ -203,12 +203,21 @@ def plan_install(
     flavor = cfacts.get("flavor") or "containerd"
     config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
     missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
-    chain = load_chain(host, config_path, missing_ok=missing_ok)
+    files = _Files(host)
+    created_main = flavor == "containerd" and read_host_file(host, config_path) is None
+    if created_main:
+        # No config file: containerd runs on built-in defaults. Start one (schema of that version)
+        # and put the handlers straight into it; uninstall deletes it again.
+        files.set(config_path, (
+            "# containerd config created by nodeagent: none existed, so containerd ran on its defaults\n"
+            f"version = {3 if missing_ok else 2}\n").encode(), "config")
+    chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
     major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
     check_schema(chain, major)
     chosen = layout.choose(host, flavor, config_path, chain, major)
+    if created_main:
+        chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
     plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
-    files = _Files(host)
     effective = effective_runtimes(chain, major)
     if chosen.validate_path:  # k0s: its drop-ins are merged by k0s, not through `imports`
         effective.update(_dropin_dir_runtimes(host, chosen.path))

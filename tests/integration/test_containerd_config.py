@@ -153,3 +153,21 @@ def test_cli_install_plan_uninstall_on_a_root_with_containerd_2(tmp_path):
     assert (root / "etc/containerd/config.toml").read_bytes() == original
     assert not (root / "etc/containerd/conf.d/90-nodeagent.toml").exists()
     assert not (root / "etc/containerd/runsc.toml").exists()
+
+
+@pytest.mark.parametrize("series", ["1.6", "2.1"])
+def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
+    """No config.toml at all (containerd on defaults): one is created with the handlers, runc kept."""
+    needs(series)
+    host = HostRoot(tmp_path)
+    install_containerd(tmp_path, series)
+    facts = {"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
+                            "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}}
+    plan = plan_install(host, SPECS, facts)
+    assert {f.path: f.action for f in plan.files}["/etc/containerd/config.toml"] == "create"
+    apply.apply_install(host, plan)
+    dumped = validate.effective_dump(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
+    assert {"runc", "runsc", "kata"} <= set(dumped)
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    assert not host.exists("/etc/containerd/config.toml") and not host.exists(model.RUNSC_CONFIG_PATH)
