@@ -39,6 +39,7 @@ class FileRecord:
     imports_added: list[str] = field(default_factory=list)
     imports_line_created: bool = False
     defaults_added: list[str] = field(default_factory=list)  # e.g. runc, made explicit on containerd 1.x
+    created_dirs: list[str] = field(default_factory=list)  # parent dirs we made for it (removed if empty)
     replaced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 

@@ -136,7 +136,7 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
             record = state_mod.FileRecord(
                 path=change.path, role=change.role, created=change.old is None,
                 backup=None if change.old is None else state_mod.backup(host, change.path, change.old),
-                written_sha256=None,
+                written_sha256=None, created_dirs=_missing_dirs(host, change.path),
             )
             state.files[change.path] = record
         record.written_sha256 = state_mod.sha256(change.new)
@@ -247,9 +247,32 @@ def _only_skeleton(text: str) -> bool:
                for line in body)
 
 
+def _missing_dirs(host: HostRoot, path: str) -> list[str]:
+    """Host dirs above `path` that do not exist yet, deepest first."""
+    missing = []
+    parent = path.rsplit("/", 1)[0]
+    while parent and not host.exists(parent):
+        missing.append(parent)
+        parent = parent.rsplit("/", 1)[0]
+    return missing
+
+
+def _remove_empty_dirs(host: HostRoot, dirs: list[str]) -> None:
+    for directory in dirs:  # deepest first; stop at the first one someone else put files in
+        try:
+            os.rmdir(host.path(directory))
+        except OSError:
+            return
+
+
 def apply_uninstall(host: HostRoot, outcome: Outcome, new_state: state_mod.State) -> None:
     preflight(host, outcome.files)
     _write_all(host, outcome.files)
+    old_state = state_mod.load(host)
+    for change in outcome.files:
+        record = old_state.files.get(change.path)
+        if change.action == "delete" and record is not None:
+            _remove_empty_dirs(host, record.created_dirs)
     if new_state.files or new_state.handlers:
         state_mod.save(host, new_state)
     else:
