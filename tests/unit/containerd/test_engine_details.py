@@ -250,3 +250,23 @@ def test_extra_kata_handlers_from_settings(tmp_path):
     assert not host.exists(RUNSC)  # no gVisor handler, no runsc.toml
     with pytest.raises(ConfigError, match="unknown extra Kata handler"):
         handler_specs(Settings(kata_extra_handlers=["kata-xyz"]), ["kata"])
+
+
+def test_force_on_containerd_2_moves_the_handler_into_our_dropin(tmp_path):
+    scenario = SCENARIOS["eks-nvidia-v3@2.1"]
+    host = scenario.build(tmp_path)
+    config = host.path(scenario.config_path)
+    config.write_text(config.read_text() + "\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runsc]\n"
+                      "runtime_type = 'io.containerd.runsc.v1'\n[plugins.'io.containerd.cri.v1.runtime'"
+                      ".containerd.runtimes.runsc.options]\nBinaryName = '/opt/old/runsc'\n")
+    original = config.read_bytes()
+    with pytest.raises(ConflictError):
+        plan_install(host, SPECS, scenario.facts())
+    plan = plan_install(host, SPECS, scenario.facts(), force=True)
+    assert plan.replaced["runsc"]["options"] == {"BinaryName": "/opt/old/runsc"}
+    apply.apply_install(host, plan)
+    runsc = registered_handlers(host, scenario.config_path, scenario.version)["runsc"]
+    assert runsc == model.gvisor_handler().table()  # deep merge left no stale BinaryName behind
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    assert config.read_bytes() == original
