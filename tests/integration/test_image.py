@@ -58,6 +58,14 @@ TIMINGS: dict[str, float] = {}  # seconds, printed at teardown for the report
 SIZES: dict[str, float] = {}  # MB
 
 
+NET: dict[str, tuple] = {}
+
+
+def _host_networking() -> tuple:
+    """What a private build network would change: IP forwarding and the interface list."""
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text(), tuple(sorted(os.listdir("/sys/class/net")))
+
+
 def _build_image(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "NODEAGENT_TESTENV": str(TESTENV)}
     return subprocess.run(
@@ -71,9 +79,11 @@ def archive():
     """The image built from this checkout, as an OCI archive; podman's leftovers cleaned after."""
     out_dir = Path(tempfile.mkdtemp(prefix="na-image-"))
     out = out_dir / "nodeagent.oci.tar"
+    NET["before"] = _host_networking()
     start = time.monotonic()
     build = _build_image("--out", str(out))
     TIMINGS["build (incl. base and save)"] = time.monotonic() - start
+    NET["after"] = _host_networking()
     assert build.returncode == 0, f"scripts/build-image failed:\n{build.stdout}\n{build.stderr[-4000:]}"
     yield out
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -171,6 +181,18 @@ def test_image_metadata_size_and_no_build_secrets_in_layers(archive):
     assert not leaked, leaked
     assert "opt/nodeagent/bin/nodeagent" in names
     assert "usr/bin/nsenter" in names
+
+
+def test_build_left_host_networking_alone(archive):
+    # --network host: netavark/CNI would otherwise add a bridge, iptables chains and ip_forward=1.
+    assert NET["after"] == NET["before"]
+
+
+def test_build_image_rejects_unknown_arguments():
+    proc = _build_image("--bogus")
+    assert proc.returncode == 64
+    lines = [line.split(":")[0] for line in proc.stderr.splitlines()]
+    assert lines == ["error", "hint"], proc.stderr
 
 
 def test_detect_in_the_image_matches_the_host(daemon):
