@@ -111,4 +111,31 @@ def import_test_images(daemon: ContainerdDaemon, names: tuple[str, ...] = (TEST_
     if missing:
         raise AssertionError(f"ctr import did not create {missing}; it lists {listed}")
     archive.unlink()
+    wait_until_cri_sees(daemon.socket, names)
     return time.monotonic() - start
+
+
+def wait_until_cri_sees(socket: str | os.PathLike, names, timeout: float = 15.0) -> None:
+    """Wait until CRI's image store knows the imported images.
+
+    containerd 2.x updates CRI's store from image events, asynchronously: under load a pod started
+    right after `ctr images import` can still miss its sandbox image and try to pull it. A daemon
+    whose CRI plugin is broken (fault tests) is not waited for.
+    """
+    from nodeagent.containerd.cri import CriClient, CriError
+
+    deadline = time.monotonic() + timeout
+    with CriClient(socket, timeout=5) as client:
+        if not client.status().plugin_ok:
+            return
+        pending = list(names)
+        while pending:
+            try:
+                pending = [n for n in pending if not client.image_present(n)]
+            except CriError:
+                pass
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"CRI does not see imported images {pending} after {timeout}s")
+            time.sleep(0.05)

@@ -382,6 +382,9 @@ class SystemdNode:
         build_oci_archive(self.path("/tmp/nodeagent-test-images.tar"), [TEST_IMAGE, SANDBOX_IMAGE])
         self.run(["ctr", "-n", "k8s.io", "images", "import", "/tmp/nodeagent-test-images.tar"])
         self.path("/tmp/nodeagent-test-images.tar").unlink()
+        from tests.support.oci_image import wait_until_cri_sees
+
+        wait_until_cri_sees(self.containerd_socket, [TEST_IMAGE, SANDBOX_IMAGE])
 
     def wait_active(self, unit: str = "containerd.service", timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
