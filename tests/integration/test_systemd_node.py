@@ -83,3 +83,43 @@ def test_teardown_leaves_nothing_on_the_host():
     assert "nodeagent-node" not in Path("/proc/self/mountinfo").read_text()
     assert str(work) not in Path("/proc/self/mountinfo").read_text()
     assert not Path("/run/containerd").exists()
+
+
+def test_stand_in_kata_shim_serves_a_kata_pod_in_the_node(clean_node):
+    """The recipe the install tests use for Kata's plumbing. Stand-in: Kata VMs cannot run on these
+    machines (no host-side vsock), so a copy of the runc shim plays containerd-shim-kata-v2; the pod
+    is real, and verify rightly reports it as not isolated (it runs on the host kernel)."""
+    from nodeagent import verify
+    from nodeagent.host import HostRoot
+    from tests.support.systemd_node import NODE_CONTAINERD_CONFIG
+
+    node = clean_node
+    node.import_test_images()
+    config = node.path("/etc/containerd/config.toml")
+    shim = node.path("/usr/local/bin/containerd-shim-kata-v2")
+    shim.write_bytes(node.path("/usr/bin/containerd-shim-runc-v2").read_bytes())
+    shim.chmod(0o755)
+    config.write_text(NODE_CONTAINERD_CONFIG + (
+        '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]\n'
+        '  runtime_type = "io.containerd.kata.v2"\n  privileged_without_host_devices = true\n'
+    ))
+    try:
+        node.systemctl("restart", "containerd")
+        node.wait_active()
+        from nodeagent.containerd import health
+
+        report = health.wait_healthy(str(node.containerd_socket), ["runc", "kata"], timeout=10)
+        assert report.healthy, report.reason
+        with cri.CriClient(node.containerd_socket) as client:
+            pod = client.run_pod("kata", name="kata-plumbing")
+            try:
+                assert client.pod_state(pod.id) == cri.SANDBOX_READY
+            finally:
+                client.destroy_pod(pod)
+        check = verify.verify_cri("kata", "kata", str(node.containerd_socket), TEST_IMAGE, HostRoot(node.root))
+        assert not check.ok and check.sandbox_kernel == os.uname().release and "not isolated" in check.reason
+    finally:
+        config.write_text(NODE_CONTAINERD_CONFIG)
+        shim.unlink()
+        node.systemctl("restart", "containerd")
+        node.wait_active()
