@@ -15,8 +15,15 @@ from typing import Any
 import structlog
 
 from nodeagent.containerd.cri import CriStatus, cri_status
+from nodeagent.errors import NodeagentError
 
 log = structlog.get_logger(__name__)
+
+
+class Unhealthy(NodeagentError):
+    """containerd did not become healthy in time (the installer rolls back on this)."""
+
+    default_hint = "see containerd's log (journalctl -u containerd); nodeagent restores the previous config on this"
 
 
 @dataclass
@@ -84,3 +91,11 @@ def wait_healthy(socket: str, expected_handlers: Iterable[str] = (), timeout: fl
             return report
         time.sleep(delay)
         delay = min(1.0, delay * 1.5)
+
+
+def ensure_healthy(socket: str, expected_handlers: Iterable[str] = (), timeout: float = 60.0) -> HealthReport:
+    """wait_healthy, raising Unhealthy (with the reason) when containerd does not get there."""
+    report = wait_healthy(socket, expected_handlers, timeout)
+    if not report.healthy:
+        raise Unhealthy(f"containerd is not healthy: {report.reason}")
+    return report
