@@ -186,3 +186,25 @@ def test_from_the_machine_hosting_the_node_we_enter_its_namespaces(clean_node):
     before = clean_node.main_pid()
     result = service.restart_containerd(host, Settings(restart="systemd"), "containerd", timeout=20)
     assert result.restarted and result.old_pid == before != result.new_pid == clean_node.main_pid()
+
+
+def test_containerd_that_does_not_come_back_is_reported_within_the_timeout(clean_node):
+    """Broken TOML: containerd exits at once and systemd retries it every 5 s (Restart=always):
+    the restart must give up at our deadline with the unit's state, not hang."""
+    import time
+
+    from tests.support.systemd_node import NODE_CONTAINERD_CONFIG
+
+    config = clean_node.path("/etc/containerd/config.toml")
+    config.write_text("version = 2\n[plugins\n")
+    try:
+        transport = service.choose_transport(HostRoot(clean_node.root))
+        start = time.monotonic()
+        with pytest.raises(service.ServiceError) as err:
+            service.restart_unit(transport, "containerd.service", timeout=2.5)
+        took = time.monotonic() - start
+        assert "did not come back after a restart within 2s" in err.value.message
+        assert "journalctl -u containerd.service" in err.value.hint
+        assert 2.0 < took < 8, took
+    finally:
+        config.write_text(NODE_CONTAINERD_CONFIG)
