@@ -300,7 +300,11 @@ def add_import_line(text: str, array: str) -> str:
     if match is None:
         return append_block(text, line) if text.strip() else line
     at = match.start()
-    return text[:at] + line + "\n" + text[at:]
+    if at == 0:
+        return line + "\n" + text
+    while at > 0 and text[:at].endswith("\n\n"):
+        at -= 1  # right after the last top-level line, before the blank lines ahead of the first table
+    return text[:at] + line + text[at:]
 
 
 def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
@@ -335,7 +339,7 @@ def remove_import(text: str, entry: str, path: str, drop_empty_line: bool = Fals
             at = text.find(line)
             if at >= 0 and at < len(_top_level(text)):
                 end = at + len(line)
-                if text[end:end + 1] == "\n" and (at == 0 or text[at - 1] == "\n"):
+                if at == 0 and text[end:end + 1] == "\n":
                     end += 1  # the blank line add_import_line put after it
                 return text[:at] + text[end:]
     span = imports_span(text)

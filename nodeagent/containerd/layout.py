@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from nodeagent.containerd import edit, model
-from nodeagent.containerd.imports import LoadedFile, absolute_import, glob_matches, is_glob
+from nodeagent.containerd.imports import LoadedFile, absolute_import, glob_matches, is_glob, read_host_file
 from nodeagent.containerd.inspect import cri_table_v1x
 from nodeagent.detect.flavor import FLAVORS
 from nodeagent.errors import ConfigError
@@ -54,6 +54,7 @@ class Layout:
     validate_path: str | None = None  # config to validate instead of the main one
     rendered_path: str | None = None  # template kind: the config rendered from it
     notes: list[str] = field(default_factory=list)
+    main_style: edit.TextStyle | None = None  # a new drop-in writes like the main config does
 
     def describe(self) -> str:
         text = {"inplace": "edit in place", "dropin": "drop-in", "template": "template"}[self.kind]
@@ -64,6 +65,9 @@ class Layout:
         if self.kind == "template":
             # a Go template is not TOML: append the same block; the rendered result is checked instead
             return edit.append_block(text, edit.render_runtime(self.version, spec, style))
+        if self.main_style is not None and "[plugins." not in text:
+            style = edit.TextStyle(crlf=style.crlf, bom=style.bom, single_quotes=self.main_style.single_quotes,
+                                   indent=self.main_style.indent)
         return edit.add_runtime(text, self.version, spec, style, self.path)
 
     def prepare(self, files, plan) -> None:
@@ -141,13 +145,14 @@ def choose(host: HostRoot, flavor: str, config_path: str, chain: list[LoadedFile
         return Layout("inplace", config_path, main.version, "config")
     if major >= 2:
         version = max(2, merged_version)
+        main_style = edit.decode(read_host_file(host, main.path) or b"", main.path)[1]
         for entry in main.imports:
             pattern = absolute_import(entry, main.path)
             candidate = posixpath.join(posixpath.dirname(pattern), DROPIN_NAME)
             if is_glob(pattern) and not is_glob(posixpath.dirname(pattern)) and glob_matches(pattern, candidate):
-                return Layout("dropin", candidate, version, "dropin")
+                return Layout("dropin", candidate, version, "dropin", main_style=main_style)
         candidate = posixpath.join(posixpath.dirname(config_path), "conf.d", DROPIN_NAME)
-        return Layout("dropin", candidate, version, "dropin", import_into=config_path)
+        return Layout("dropin", candidate, version, "dropin", import_into=config_path, main_style=main_style)
     # containerd 1.x: in place, in the file whose CRI section wins
     if main.version >= 3:
         raise ConfigError(
