@@ -80,16 +80,18 @@ def archive():
     out_dir = Path(tempfile.mkdtemp(prefix="na-image-"))
     out = out_dir / "nodeagent.oci.tar"
     NET["before"] = _host_networking()
-    start = time.monotonic()
-    build = _build_image("--out", str(out))
-    TIMINGS["build (incl. base and save)"] = time.monotonic() - start
-    NET["after"] = _host_networking()
-    assert build.returncode == 0, f"scripts/build-image failed:\n{build.stdout}\n{build.stderr[-4000:]}"
-    yield out
-    shutil.rmtree(out_dir, ignore_errors=True)
-    clean = _build_image("--clean")
+    try:
+        start = time.monotonic()
+        build = _build_image("--out", str(out))
+        TIMINGS["build (incl. base and save)"] = time.monotonic() - start
+        NET["after"] = _host_networking()
+        assert build.returncode == 0, f"scripts/build-image failed:\n{build.stdout}\n{build.stderr[-4000:]}"
+        yield out
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        clean = _build_image("--clean")
+        _report()
     assert clean.returncode == 0, clean.stderr
-    _report()
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +116,9 @@ def _report() -> None:
                                               *(f"{k} {v:.1f}s" for k, v in TIMINGS.items())]) + "\n")
 
 
-def run_in_image(d: ContainerdDaemon, name: str, *argv: str, host_pid: bool = True, privileged: bool = True) -> subprocess.CompletedProcess:
-    """`ctr run --rm` the image with the node's / at /host (read-only), as the DaemonSet would."""
-    opts = ["--rm", "--mount", "type=bind,src=/,dst=/host,options=rbind:ro"]
-    if privileged:
-        opts.append("--privileged")
+def run_in_image(d: ContainerdDaemon, name: str, *argv: str, host_pid: bool = True) -> subprocess.CompletedProcess:
+    """`ctr run --rm` the image privileged with the node's / at /host (read-only), as the DaemonSet would."""
+    opts = ["--rm", "--privileged", "--mount", "type=bind,src=/,dst=/host,options=rbind:ro"]
     if host_pid:
         opts += ["--with-ns", f"pid:/proc/{os.getpid()}/ns/pid"]
     start = time.monotonic()
