@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
-GVISOR_VERSION = "20221219.0"
+GVISOR_VERSION = node_venv.GVISOR_VERSION
 VENV = node_venv.VENV
 AGENT_AVAILABLE = importlib.util.find_spec("nodeagent.commands.agent") is not None
 # `nodeagent install` places artifacts once nodeagent/commands/install.py calls the artifact API.
@@ -65,20 +65,8 @@ class NsenterBackend(testinfra_base.BaseBackend):
         return out
 
 
-def _sha512(path: Path) -> str:
-    return hashlib.sha512(path.read_bytes()).hexdigest()
-
-
 def _make_mirror(node) -> str:
-    """The older gVisor release layout (INTERFACE.md) in a directory inside the node."""
-    release = node.path(f"/srv/mirror/gvisor/{GVISOR_VERSION}/x86_64")
-    release.mkdir(parents=True)
-    shutil.copy2("/usr/bin/runsc", release / "runsc")  # Debian's real runsc
-    # Stand-in: no real containerd-shim-runsc-v1 exists on Debian (see shared/notes/test-environment.md);
-    # registration is judged through CRI status, the sandbox itself with `runsc do`.
-    shutil.copy2("/usr/bin/containerd-shim-runc-v2", release / "containerd-shim-runsc-v1")
-    for name in ("runsc", "containerd-shim-runsc-v1"):
-        (release / f"{name}.sha512").write_text(f"{_sha512(release / name)}  {name}\n")
+    node_venv.make_gvisor_mirror(node.path("/srv/mirror"))
     return "/srv/mirror"
 
 

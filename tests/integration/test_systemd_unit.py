@@ -7,6 +7,7 @@ Nothing here touches the real host's /etc/systemd or /usr/local.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -29,6 +30,7 @@ AGENT_UNIT = UNIT_DIR / "nodeagent.service"
 UNITS = sorted(UNIT_DIR.glob("*.service")) + sorted(UNIT_DIR.glob("*.timer"))
 ROLE_UNIT_TEMPLATE = REPO / "ansible/roles/nodeagent/templates/nodeagent.service.j2"
 EXEC = f"{node_venv.VENV}/bin/nodeagent"
+AGENT_AVAILABLE = importlib.util.find_spec("nodeagent.commands.agent") is not None
 
 # systemd-analyze verify insists that ExecStart binaries exist. Provide the unit's venv path as a
 # stub on a tmpfs in a private mount namespace, so the real unit files are verified unchanged.
@@ -273,3 +275,112 @@ def test_hardening_left_off_is_exactly_what_runsc_needs(node, extra):
         assert (proc.returncode, proc.stdout.strip()) == (0, "4.4.0"), proc.stderr
     else:
         assert proc.returncode != 0 and proc.stdout.strip() != "4.4.0", (extra, proc.stdout, proc.stderr)
+
+
+# --- the real agent under the real unit --------------------------------------------------------
+
+# A mirror on 127.0.0.1 inside the node's network namespace that holds every request until the
+# test opens the gate: the agent's first converge (which fetches digests and artifacts from it)
+# then takes exactly as long as the test wants, with no knob in the agent.
+_GATED_MIRROR = r'''
+import functools, http.server, os, sys, time
+root, gate, port, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def _hold(self):
+        with open(log, "a") as fh:
+            fh.write(self.command + " " + self.path + "\n")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    def do_GET(self):
+        self._hold()
+        super().do_GET()
+    def do_HEAD(self):
+        self._hold()
+        super().do_HEAD()
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(Handler, directory=root))
+server.daemon_threads = True
+server.serve_forever()
+'''
+MIRROR_PORT = 18080
+
+
+def _wait(predicate, timeout: float, what: str, node=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + ("\n" + _status(node) if node else ""))
+
+
+@pytest.fixture(scope="module")
+def agent(node, tmp_path_factory):
+    """The real `nodeagent agent` configured against the gated mirror; the gate starts closed."""
+    if not AGENT_AVAILABLE:
+        pytest.skip("`nodeagent agent` (nodeagent/commands/agent.py) is not in the tree yet")
+    work = tmp_path_factory.mktemp("gated-mirror")
+    node_venv.make_gvisor_mirror(node.path("/srv/mirror"))
+    gate, log = work / "open", work / "requests.log"
+    log.touch()
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(node.pid), "-n", "--", sys.executable, "-c", _GATED_MIRROR,
+         str(node.path("/srv/mirror")), str(gate), str(MIRROR_PORT), str(log)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        node.path("/etc/nodeagent").mkdir(parents=True, exist_ok=True)
+        node.path("/etc/nodeagent/config.toml").write_text(textwrap.dedent(f"""\
+            runtime = "gvisor"
+            mirror = "http://127.0.0.1:{MIRROR_PORT}"
+            gvisor_version = "{node_venv.GVISOR_VERSION}"
+            restart = "systemd"
+            listen = "127.0.0.1:9101"
+            interval = 3600
+        """))
+        yield node, gate, log
+    finally:
+        gate.touch()
+        node.systemctl("stop", "nodeagent.service", check=False)
+        server.kill()
+        server.wait(10)
+
+
+def test_unit_is_active_only_after_the_agent_signals_ready(agent):
+    node, gate, log = agent
+    node.systemctl("start", "--no-block", "nodeagent.service")
+    # the agent's first converge is under way: it is waiting for the mirror
+    _wait(lambda: log.read_text().strip(), 60, "the agent's first request to the mirror", node)
+    held_since = time.monotonic()
+    while time.monotonic() - held_since < 1.5:
+        state = (node.unit_property("nodeagent.service", "ActiveState"), node.unit_property("nodeagent.service", "SubState"))
+        assert state == ("activating", "start"), state
+        time.sleep(0.1)
+    main_pid = node.main_pid("nodeagent.service")
+    assert main_pid > 0
+    gate.touch()
+    _wait(lambda: node.unit_property("nodeagent.service", "ActiveState") == "active", 120, "READY=1", node)
+    # the same process became ready (Type=notify), it was not restarted into readiness
+    assert node.main_pid("nodeagent.service") == main_pid
+    assert node.unit_property("nodeagent.service", "StatusText"), _status(node)
+    requests = log.read_text()
+    assert f"/gvisor/{node_venv.GVISOR_VERSION}/" in requests, requests
+
+
+def test_unit_restarts_the_agent_after_a_crash(agent):
+    node, gate, _ = agent
+    gate.touch()
+    if node.unit_property("nodeagent.service", "ActiveState") != "active":
+        node.systemctl("start", "nodeagent.service")
+    before = node.main_pid("nodeagent.service")
+    restarts = int(node.unit_property("nodeagent.service", "NRestarts"))
+    node.run(["kill", "-SEGV", str(before)])
+    # RestartSec=10s, then a new process that must signal READY again
+    _wait(lambda: node.main_pid("nodeagent.service") not in (0, before)
+          and node.unit_property("nodeagent.service", "ActiveState") == "active", 60, "a restarted agent", node)
+    # systemd's Restart=on-failure did it (not a manual start)
+    assert int(node.unit_property("nodeagent.service", "NRestarts")) == restarts + 1

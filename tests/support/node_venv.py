@@ -85,3 +85,23 @@ def install_in_node(node, venv: str = VENV) -> str:
         timeout=300, env={"PIP_CONFIG_FILE": "/dev/null", "HOME": "/root"},
     )
     return f"{venv}/bin/nodeagent"
+
+
+GVISOR_VERSION = "20221219.0"  # the directory name in the test mirror; Debian bookworm's runsc build
+
+
+def make_gvisor_mirror(directory: str | os.PathLike) -> Path:
+    """gVisor's older release layout (INTERFACE.md "Mirror layout") under `directory`.
+
+    runsc is Debian's real build. containerd-shim-runsc-v1 is a stand-in (a copy of runc's shim):
+    no real one can be had on Debian (shared/notes/test-environment.md), so tests judge the
+    handler through CRI status and the sandbox itself with `runsc do`.
+    """
+    release = Path(directory) / "gvisor" / GVISOR_VERSION / "x86_64"
+    release.mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/bin/runsc", release / "runsc")
+    shutil.copy2("/usr/bin/containerd-shim-runc-v2", release / "containerd-shim-runsc-v1")
+    for name in ("runsc", "containerd-shim-runsc-v1"):
+        digest = hashlib.sha512((release / name).read_bytes()).hexdigest()
+        (release / f"{name}.sha512").write_text(f"{digest}  {name}\n")
+    return Path(directory)
