@@ -122,7 +122,7 @@ class Agent:
             self.last_error = exc.message
             self.ready = False
             self.metrics.inc("nodeagent_converge_failures_total")
-            if "roll" in exc.message and "back" in exc.message:
+            if getattr(exc, "rolled_back", False):
                 self.metrics.inc("nodeagent_rollbacks_total")
             log.error("converge failed", error=exc.message, hint=exc.hint)
             return False

@@ -21,9 +21,9 @@ from nodeagent.output import emit
 # command -> "module:function"; the function takes (Settings, argparse.Namespace) -> Result
 COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("nodeagent.commands.detect:run", "host facts: CPU, KVM, nesting, containerd, flavor, eligibility"),
-    "plan": ("nodeagent.commands.install:plan", "show what install would do (diffs, artifacts, restart)"),
-    "install": ("nodeagent.commands.install:install", "install runtimes and register their containerd handlers"),
-    "uninstall": ("nodeagent.commands.install:uninstall", "remove what nodeagent installed; restore edited files"),
+    "plan": ("nodeagent.commands.converge:plan", "show what install would do (diffs, artifacts, restart)"),
+    "install": ("nodeagent.commands.converge:install", "install runtimes and register their containerd handlers"),
+    "uninstall": ("nodeagent.commands.converge:uninstall", "remove what nodeagent installed; restore edited files"),
     "doctor": ("nodeagent.commands.doctor:run", "checks with ok/warn/fail and a hint each"),
     "verify": ("nodeagent.commands.verify:run", "start a sandbox per runtime and compare its kernel with the host's"),
     "labels": ("nodeagent.commands.kube:labels", "print (or --apply) the node labels this node should carry"),

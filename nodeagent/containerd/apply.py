@@ -114,9 +114,20 @@ def _write_all(host: HostRoot, changes: list[FileChange]) -> None:
 
 
 def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> Outcome:
-    outcome = Outcome(plan.files, plan.restart, list(plan.notes))
+    """Validate, then write: prepare_install followed by commit_install."""
+    notes = prepare_install(host, plan, containerd_bin=containerd_bin)
+    outcome = commit_install(host, plan)
+    outcome.notes += [n for n in notes if n not in outcome.notes]
+    return outcome
+
+
+def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> list[str]:
+    """Everything that can refuse the plan, with nothing written: the real containerd's
+    `config dump` of the candidate, and a writability check of every target. The installer
+    runs this before fetching artifacts, so bad input leaves the host byte-identical."""
+    notes: list[str] = []
     if not plan.changed:
-        return outcome
+        return notes
     overrides = plan.validation_overrides
     if overrides:
         binary = find_containerd(host, plan.flavor, containerd_bin)
@@ -124,8 +135,16 @@ def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = No
             validate_candidate(host, plan.layout.validate_path or plan.config_path, overrides,
                                [h.name for h in plan.handlers], binary)
         else:
-            outcome.notes.append("no containerd binary found: the config was not validated with `config dump`")
+            notes.append("no containerd binary found: the config was not validated with `config dump`")
     preflight(host, plan.files)
+    return notes
+
+
+def commit_install(host: HostRoot, plan: Plan) -> Outcome:
+    """Back up, record ownership, write atomically (a plan already checked by prepare_install)."""
+    outcome = Outcome(plan.files, plan.restart, list(plan.notes))
+    if not plan.changed:
+        return outcome
     outcome.previous_state = host.read_bytes(state_mod.STATE_FILE)
     state = state_mod.load(host)
     for change in plan.files:

@@ -10,6 +10,11 @@ import sys
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
     full_env.setdefault("NODEAGENT_LOG_FORMAT", "json")
+    # installs fetch artifacts: by default from the suite's directory mirror (real runsc,
+    # stand-in shims; see tests/support/mirror.py), never from the internet
+    from tests.support.mirror import default_mirror
+
+    full_env.setdefault("NODEAGENT_MIRROR", str(default_mirror()))
     if env:
         full_env.update(env)
     return subprocess.run(

@@ -56,7 +56,9 @@ def test_loop_backs_off_then_becomes_ready_and_counts_drift(notify_socket, monke
         calls.append(time.monotonic())
         n = len(calls)
         if n == 1:
-            raise NodeagentError("containerd unhealthy, rolled back", "see logs")
+            exc = NodeagentError("containerd unhealthy, rolled back", "see logs")
+            exc.rolled_back = True
+            raise exc
         if n == 2:
             return ConvergeOutcome(changed=True, restarted=True)
         if n == 3:

@@ -1,0 +1,273 @@
+"""The install and uninstall pipelines: the one place that ties the steps together.
+
+install:   lock -> detect -> plan (pure; refuses bad input before anything is written)
+           -> validate the candidate config with the real containerd -> fetch + install
+           artifacts -> write config -> restart containerd only if what it loads changed
+           (or it does not yet serve handlers its config already has) -> wait until CRI is
+           healthy and serves the handlers -> else roll back files, restart, confirm health.
+uninstall: lock -> restore/remove config -> restart -> healthy -> remove artifacts no shim
+           uses -> forget state. Artifacts go only after containerd stopped referring to them.
+
+SIGTERM/SIGINT are held back while files are being switched and containerd restarted, so an
+interrupted run leaves the node in the old or the new state, never in between; SIGKILL cannot
+be held back, which is why a re-run also restarts containerd when its config already names
+handlers that CRI does not serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Iterator
+
+import structlog
+
+from nodeagent import state as state_mod
+from nodeagent.containerd import apply
+from nodeagent.containerd.plan import FileChange
+from nodeagent.errors import ConfigError, NodeagentError
+from nodeagent.host import HostRoot
+from nodeagent.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_SOCKET = "/run/containerd/containerd.sock"
+
+
+class RolledBack(NodeagentError):
+    """containerd did not become healthy on the new config; the old one is back in effect."""
+
+    default_hint = "see the reason above; the node runs its previous configuration"
+    rolled_back = True
+
+
+@dataclass
+class Report:
+    """What a converge did: the contract's plan/install JSON plus restart/health details."""
+
+    changed: bool = False
+    restart: bool = False
+    files: list[FileChange] = field(default_factory=list)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    restarted: dict[str, Any] | None = None
+    restart_pending: bool = False
+    health: dict[str, Any] | None = None
+    verify: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)
+    handlers: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "changed": self.changed,
+            "restart": self.restart,
+            "files": [f.to_json() for f in self.files if f.action != "none"],
+            "artifacts": self.artifacts,
+            "runtimes": self.runtimes,
+            "handlers": self.handlers,
+            "restart_pending": self.restart_pending,
+        }
+        for key in ("restarted", "health", "verify"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.warnings:
+            data["warnings"] = self.warnings
+        if self.notes:
+            data["notes"] = self.notes
+        return data
+
+    def render_text(self) -> str:
+        out = [f.diff.rstrip("\n") for f in self.files if f.action != "none"]
+        for f in self.files:
+            if f.action != "none":
+                out.append(f"  {f.action:7} {f.path}")
+        for a in self.artifacts:
+            out.append(f"  {a['action']:9} {a['runtime']} {a['version']}")
+        restart = "pending (--restart none)" if self.restart_pending else ("yes" if self.restart else "no")
+        out.append(f"changed: {'yes' if self.changed else 'no'}; containerd restart: {restart}")
+        if self.restarted and self.restarted.get("unit"):
+            r = self.restarted
+            out.append(f"restarted {r['unit']} via {r['method']}: pid {r.get('old_pid')} -> {r.get('new_pid')}")
+        if self.health is not None:
+            out.append("containerd healthy; CRI serves: " + ", ".join(self.health.get("served", [])))
+        out += [f"note: {n}" for n in self.notes]
+        out += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(line for line in out if line)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT until the block ends (they are delivered right after)."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def socket_path(host: HostRoot, settings: Settings, facts: dict[str, Any]) -> str:
+    """The containerd socket as reachable from here (under --root)."""
+    host_path = settings.containerd_socket or (facts.get("containerd") or {}).get("socket") or DEFAULT_SOCKET
+    return str(host.path(host_path))
+
+
+def _flavor(facts: dict[str, Any]) -> str:
+    return (facts.get("containerd") or {}).get("flavor") or "containerd"
+
+
+def _cri_status(sock: str):
+    """CRI status, or None when nothing answers (containerd stopped, or a node image being baked)."""
+    from nodeagent.containerd.cri import cri_status
+
+    status = cri_status(sock, timeout=5)
+    return status if status.answers else None
+
+
+def _restart_and_wait(host, settings, facts, sock: str, handlers: list[str], report: Report) -> None:
+    """Restart containerd (per --restart) and wait for CRI health with `handlers` served."""
+    from nodeagent import service
+    from nodeagent.containerd.health import wait_healthy
+
+    result = service.restart_containerd(host, settings, _flavor(facts))
+    report.restarted = result.as_dict()
+    if result.pending:
+        report.restart_pending = True
+        report.notes.append(result.reason or "containerd must be restarted for the change to take effect")
+        return
+    if result.method == "none":  # k0s: its containerd reloads drop-ins by itself
+        report.notes.append(result.reason or "no restart needed")
+    health = wait_healthy(sock, handlers, timeout=settings.health_timeout)
+    if not health.healthy:
+        raise ConfigError(health.reason or "containerd is not healthy", None)
+    report.health = {"served": sorted(health.status.handlers), "elapsed": round(health.elapsed, 3)}
+
+
+def _rollback(host, settings, facts, sock, outcome: apply.Outcome, reason: str) -> RolledBack:
+    """Restore the old files, restart, and confirm the old config is healthy again."""
+    log.error("rolling back", reason=reason)
+    apply.rollback_install(host, outcome)
+    old_handlers: list[str] = []
+    try:
+        _restart_and_wait(host, settings, facts, sock, old_handlers, Report())
+        confirmed = "containerd is healthy on the previous configuration"
+    except NodeagentError as exc:
+        confirmed = f"containerd is NOT healthy after the rollback either: {exc.message}"
+    return RolledBack(
+        f"containerd did not become healthy with the new handlers ({reason}); rolled back: {confirmed}",
+        "check `journalctl -u containerd` on the node and `nodeagent doctor`; nothing of ours is in effect",
+    )
+
+
+def _build(settings: Settings, host: HostRoot):
+    from nodeagent.commands.install import build_plan, detect_facts, handler_specs, select_runtimes
+
+    facts = detect_facts(host, settings)
+    plan, warnings = build_plan(settings, facts)
+    runtimes, _ = select_runtimes(settings, facts) if plan is not None else ([], [])
+    handlers = [s.name for s in handler_specs(settings, runtimes)] if runtimes else []
+    return facts, plan, warnings, runtimes, handlers
+
+
+def plan(settings: Settings) -> Report:
+    """What install would do; writes nothing (artifact plans read digest files at most)."""
+    from nodeagent.artifacts import plan_artifact
+
+    host = HostRoot(settings.root)
+    facts, config_plan, warnings, runtimes, handlers = _build(settings, host)
+    report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)
+    if config_plan is None:
+        return report
+    report.files = config_plan.files
+    report.notes = list(config_plan.notes)
+    for runtime in runtimes:
+        report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
+    report.restart = config_plan.restart or _served_missing(socket_path(host, settings, facts), handlers)
+    report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
+    return report
+
+
+def _served_missing(sock: str, handlers: list[str]) -> bool:
+    """containerd runs but does not serve handlers its config already has (restart pending)."""
+    if not handlers:
+        return False
+    status = _cri_status(sock)
+    return status is not None and status.ok and not set(handlers) <= status.handlers
+
+
+def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
+    """Converge the node; `restart_guard` is held around a containerd restart (fleet slots)."""
+    from nodeagent.artifacts import ensure_artifact
+
+    host = HostRoot(settings.root)
+    _build(settings, host)  # refuse bad input before the lock file is even created
+    with apply.lock(host):
+        facts, config_plan, warnings, runtimes, handlers = _build(settings, host)
+        report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)
+        if config_plan is None:
+            return report
+        apply.prepare_install(host, config_plan)  # validate with containerd before any write
+        for runtime in runtimes:
+            result = ensure_artifact(host, settings, runtime, facts.get("arch"))
+            report.artifacts.append(result.as_dict())
+        sock = socket_path(host, settings, facts)
+        report.files = config_plan.files
+        report.notes = list(config_plan.notes)
+        running = _cri_status(sock) is not None
+        # a stopped containerd (or a node image being baked) picks the change up when it starts
+        needs_restart = running and (config_plan.restart or _served_missing(sock, handlers))
+        report.restart = needs_restart
+        guard = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
+        with guard, signals_deferred():
+            outcome = apply.commit_install(host, config_plan)
+            report.notes += [n for n in outcome.notes if n not in report.notes]
+            if needs_restart:
+                try:
+                    _restart_and_wait(host, settings, facts, sock, handlers, report)
+                except NodeagentError as exc:
+                    raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
+            elif not running and config_plan.restart:
+                report.notes.append("containerd is not running: the handlers take effect when it starts")
+        report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
+        return report
+
+
+def uninstall(settings: Settings) -> Report:
+    from nodeagent.artifacts import remove_artifact
+
+    host = HostRoot(settings.root)
+    runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
+    with apply.lock(host):
+        from nodeagent.commands.install import detect_facts
+
+        try:
+            facts = detect_facts(host, settings)
+        except NodeagentError:
+            facts = {}
+        state_before = host.read_bytes(state_mod.STATE_FILE)
+        outcome, new_state = apply.plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
+        report = Report(files=outcome.files, notes=list(outcome.notes), runtimes=runtimes,
+                        handlers=sorted(new_state.handlers))
+        sock = socket_path(host, settings, facts)
+        with signals_deferred():
+            apply.apply_uninstall(host, outcome, new_state)
+            report.restart = outcome.restart and _cri_status(sock) is not None
+            if report.restart:
+                try:
+                    _restart_and_wait(host, settings, facts, sock, sorted(new_state.handlers), report)
+                except NodeagentError as exc:
+                    outcome.previous_state = state_before
+                    raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
+        if report.restart_pending:
+            report.notes.append("artifacts kept: containerd still runs with the old handlers until restarted")
+        else:
+            for runtime in runtimes:
+                if runtime in new_state.handlers.values():
+                    continue
+                removed = remove_artifact(host, runtime, force=settings.force)
+                if removed.removed or removed.restored:
+                    report.artifacts.append({"runtime": runtime, "version": "", "action": "removed"})
+        report.changed = outcome.changed or bool(report.artifacts)
+        return report
