@@ -43,6 +43,15 @@ def default_config(flavor: str) -> str:
     return FLAVORS.get(flavor, FLAVORS["containerd"]).config
 
 
+def source_of(host: HostRoot, flavor: str, config_path: str) -> str:
+    """microk8s regenerates args/containerd.toml from its TOML template: the template is the config to edit."""
+    spec = FLAVORS.get("microk8s")
+    if flavor == "microk8s" and spec is not None and config_path == getattr(spec, "rendered", None):
+        if host.exists(spec.config):  # detection normally reports the template already
+            return spec.config
+    return config_path
+
+
 @dataclass
 class Layout:
     kind: str  # inplace | dropin | template

@@ -202,6 +202,7 @@ def plan_install(
     cfacts = facts.get("containerd") or {}
     flavor = cfacts.get("flavor") or "containerd"
     config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
+    config_path = layout.source_of(host, flavor, config_path)
     missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
     files = _Files(host)
     created_main = flavor == "containerd" and read_host_file(host, config_path) is None

@@ -40,7 +40,7 @@ def test_config_dump_of_result_lists_handlers(name, tmp_path):
     needs(scenario.containerd)
     host = scenario.build(tmp_path)
     install_containerd(tmp_path, scenario.containerd)
-    lookup = scenario.effective_path if scenario.flavor == "k0s" else scenario.config_path
+    lookup = scenario.effective_path if scenario.flavor in ("k0s", "microk8s") else scenario.config_path
     binary = str(BINARIES[scenario.containerd])
     before = {} if scenario.flavor == "k0s" else validate.effective_dump(host, lookup, {}, binary)
 

@@ -100,9 +100,14 @@ def all_scenarios() -> list[Scenario]:
             "/run/k0s/containerd-cri.toml": (o / "cri-in-dropin-10-cri.toml").read_bytes(),
         }, flavor="k0s", config_path="/etc/k0s/containerd.toml",
             effective_path="/etc/k0s/containerd.d/nodeagent.toml", expect_restart=False),
+        # detection reports the rendered args/containerd.toml; the template is what must change
         Scenario("microk8s", "1.7", {
             f"{MICROK8S_ARGS}/containerd-template.toml": (o / "microk8s-containerd-template.toml").read_bytes(),
-        }, flavor="microk8s", config_path=f"{MICROK8S_ARGS}/containerd-template.toml"),
+            f"{MICROK8S_ARGS}/containerd.toml": (o / "microk8s-containerd-template.toml").read_bytes()
+            .replace(b"${SNAP_DATA}", b"/var/snap/microk8s/123").replace(b"${SNAPSHOTTER}", b"overlayfs")
+            .replace(b"${RUNTIME_TYPE}", b"io.containerd.runc.v2").replace(b"${RUNTIME}", b"runc"),
+        }, flavor="microk8s", config_path=f"{MICROK8S_ARGS}/containerd.toml",
+            effective_path=f"{MICROK8S_ARGS}/containerd-template.toml"),
     ]
     return out
 
@@ -139,3 +144,15 @@ def install_containerd(root: Path, series: str, host_path: str = "/usr/bin/conta
 
 def have_containerd(series: str) -> bool:
     return BINARIES[series].is_file()
+
+
+def config_command(verb: str, root: Path, **settings):
+    """Run the config-only command layer (nodeagent.commands.install) in-process, with real detection.
+
+    The CLI's install/uninstall also fetch artifacts and restart containerd (nodeagent.converge);
+    these tests are about the config part, so they call it directly. Returns the command's Result.
+    """
+    from nodeagent.commands import install as commands
+    from nodeagent.settings import Settings
+
+    return getattr(commands, verb)(Settings(root=str(root), **settings))

@@ -46,7 +46,7 @@ def test_install_is_additive_idempotent_and_uninstall_restores(name, tmp_path):
     before = host_snapshot(tmp_path)
     facts = scenario.facts()
 
-    lookup = scenario.effective_path if scenario.flavor == "k0s" else scenario.config_path
+    lookup = scenario.effective_path if scenario.flavor in ("k0s", "microk8s") else scenario.config_path
     handlers_before = {} if scenario.flavor == "k0s" else registered_handlers(host, lookup, scenario.version)
 
     plan = plan_install(host, SPECS, facts)
@@ -73,7 +73,7 @@ def test_install_is_additive_idempotent_and_uninstall_restores(name, tmp_path):
         handlers = registered_handlers(host, scenario.config_path, scenario.version, {scenario.config_path: rendered})
         template = host.path(scenario.effective_path).read_text()
         assert template.startswith('{{ template "base" . }}')
-    elif scenario.flavor == "k0s":
+    elif scenario.flavor in ("k0s", "microk8s"):  # k0s merges its drop-ins; microk8s renders its template
         handlers = registered_handlers(host, scenario.effective_path, scenario.version)
     else:
         handlers = registered_handlers(host, scenario.config_path, scenario.version)
