@@ -13,9 +13,7 @@ way (nsenter), so every `host.file()` / `host.service()` looks at the node, not 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -42,8 +40,6 @@ ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 GVISOR_VERSION = node_venv.GVISOR_VERSION
 VENV = node_venv.VENV
 AGENT_AVAILABLE = importlib.util.find_spec("nodeagent.commands.agent") is not None
-# `nodeagent install` places artifacts once nodeagent/commands/install.py calls the artifact API.
-ARTIFACTS_WIRED = "ensure_artifact" in inspect.getsource(importlib.import_module("nodeagent.commands.install"))
 # What the role may touch on the node; check mode and a refused run must leave all of it alone.
 WATCHED = ("/etc/nodeagent", "/etc/containerd", "/etc/systemd/system", "/opt/nodeagent", "/usr/local/bin",
            "/usr/local/lib/nodeagent", "/var/lib/nodeagent")
@@ -191,8 +187,6 @@ def test_check_mode_reports_the_change_with_its_diff_and_changes_nothing(journey
     assert runs["check_changes"] == []
 
 
-@pytest.mark.skipif(not ARTIFACTS_WIRED, reason="nodeagent install does not download/install artifacts yet "
-                    "(nodeagent/commands/install.py does not call nodeagent.artifacts.api.ensure_artifact)")
 def test_testinfra_verifies_the_converged_node(journey):
     node, _, _ = journey
     host = testinfra.host.Host(NsenterBackend(node.pid))
