@@ -234,6 +234,23 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         return report
 
 
+def _refuse_in_use(host: HostRoot, runtimes: list[str], force: bool) -> None:
+    """Refuse before changing anything while sandboxes run from our artifacts (kata#12761)."""
+    from nodeagent.artifacts import artifacts_in_use
+    from nodeagent.errors import ArtifactError
+
+    if force:
+        return
+    for runtime in runtimes:
+        pids = artifacts_in_use(host, runtime)
+        if pids:
+            raise ArtifactError(
+                f"{runtime} is still in use by running sandbox process(es) {', '.join(map(str, pids[:10]))}; "
+                "nothing was changed",
+                "drain the node (or delete the pods using it) and run again, or pass --force",
+            )
+
+
 def uninstall(settings: Settings) -> Report:
     from nodeagent.artifacts import remove_artifact
 
@@ -246,6 +263,7 @@ def uninstall(settings: Settings) -> Report:
             facts = detect_facts(host, settings)
         except NodeagentError:
             facts = {}
+        _refuse_in_use(host, runtimes, settings.force)
         state_before = host.read_bytes(state_mod.STATE_FILE)
         outcome, new_state = apply.plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
         report = Report(files=outcome.files, notes=list(outcome.notes), runtimes=runtimes,
