@@ -106,7 +106,7 @@ class Play:
                 *extra]
         env = {"HOME": "/root", "ANSIBLE_ROLES_PATH": str(ANSIBLE_DIR / "roles"), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_LOCAL_TEMP": "/tmp/ansible-local",
-               "ANSIBLE_REMOTE_TEMP": "/tmp/ansible-remote", "PYTHONUNBUFFERED": "1",
+               "ANSIBLE_REMOTE_TEMP": "/tmp/ansible-remote", "PYTHONUNBUFFERED": "1", "ANSIBLE_PIPELINING": "1",
                "PIP_CONFIG_FILE": "/dev/null"}
         return self.node.run(argv, check=False, timeout=600, env=env)
 

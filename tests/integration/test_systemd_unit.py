@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from nodeagent.containerd import cri
 from tests.support import node_venv
 from tests.support.systemd_node import SystemdNode
 
@@ -366,9 +368,13 @@ def test_unit_is_active_only_after_the_agent_signals_ready(agent):
     _wait(lambda: node.unit_property("nodeagent.service", "ActiveState") == "active", 120, "READY=1", node)
     # the same process became ready (Type=notify), it was not restarted into readiness
     assert node.main_pid("nodeagent.service") == main_pid
-    assert node.unit_property("nodeagent.service", "StatusText"), _status(node)
     requests = log.read_text()
     assert f"/gvisor/{node_venv.GVISOR_VERSION}/" in requests, requests
+    # and that first converge, done entirely inside the unit's sandbox, really converged the node:
+    # artifacts placed, containerd's config edited, containerd restarted, the handler served
+    assert node.unit_property("nodeagent.service", "StatusText") == "converged", _status(node)
+    assert os.readlink(node.path("/usr/local/bin/runsc")) == f"/opt/nodeagent/gvisor/{node_venv.GVISOR_VERSION}/runsc"
+    assert "runsc" in cri.cri_status(node.containerd_socket).handlers
 
 
 def test_unit_restarts_the_agent_after_a_crash(agent):
