@@ -25,15 +25,13 @@ import structlog
 
 from nodeagent import state as state_mod
 from nodeagent.containerd import apply
+from nodeagent.containerd.cri import socket_for
 from nodeagent.containerd.plan import FileChange
 from nodeagent.errors import ConfigError, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_SOCKET = "/run/containerd/containerd.sock"
-
 
 class RolledBack(NodeagentError):
     """containerd did not become healthy on the new config; the old one is back in effect."""
@@ -108,12 +106,6 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def socket_path(host: HostRoot, settings: Settings, facts: dict[str, Any]) -> str:
-    """The containerd socket as reachable from here (under --root)."""
-    host_path = settings.containerd_socket or (facts.get("containerd") or {}).get("socket") or DEFAULT_SOCKET
-    return str(host.path(host_path))
-
-
 def _flavor(facts: dict[str, Any]) -> str:
     return (facts.get("containerd") or {}).get("flavor") or "containerd"
 
@@ -161,6 +153,24 @@ def _rollback(host, settings, facts, sock, outcome: apply.Outcome, reason: str) 
     )
 
 
+# where atomic_write/atomic_symlink put temp files beside their targets, and where artifacts are
+# staged and removed (a version dir is renamed to a temp name, then deleted)
+_TEMP_DIRS = ("/etc/containerd", "/etc/containerd/conf.d", state_mod.STATE_DIR, state_mod.BACKUP_DIR,
+              f"{state_mod.STATE_DIR}/cache", "/usr/local/bin", "/opt", "/opt/nodeagent/gvisor", "/opt/nodeagent/kata")
+
+
+def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
+    """Drop temp files a SIGKILLed run left behind (call with the lock held)."""
+    import posixpath
+
+    from nodeagent.fsutil import sweep_temps
+
+    for directory in sorted(set(_TEMP_DIRS) | {posixpath.dirname(f.path) for f in files}):
+        removed = sweep_temps(host.path(directory))
+        if removed:
+            log.info("removed temp files of an interrupted run", directory=directory, names=removed)
+
+
 def _build(settings: Settings, host: HostRoot):
     from nodeagent.commands.install import build_plan, detect_facts, handler_specs, select_runtimes
 
@@ -184,7 +194,7 @@ def plan(settings: Settings) -> Report:
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
         report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    report.restart = config_plan.restart or _served_missing(socket_path(host, settings, facts), handlers)
+    report.restart = config_plan.restart or _served_missing(socket_for(host, settings, facts), handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
@@ -208,11 +218,12 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)
         if config_plan is None:
             return report
+        _sweep_temps(host, config_plan.files)
         apply.prepare_install(host, config_plan)  # validate with containerd before any write
         for runtime in runtimes:
             result = ensure_artifact(host, settings, runtime, facts.get("arch"))
             report.artifacts.append(result.as_dict())
-        sock = socket_path(host, settings, facts)
+        sock = socket_for(host, settings, facts)
         report.files = config_plan.files
         report.notes = list(config_plan.notes)
         running = _cri_status(sock) is not None
@@ -266,9 +277,10 @@ def uninstall(settings: Settings) -> Report:
         _refuse_in_use(host, runtimes, settings.force)
         state_before = host.read_bytes(state_mod.STATE_FILE)
         outcome, new_state = apply.plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
+        _sweep_temps(host, outcome.files)
         report = Report(files=outcome.files, notes=list(outcome.notes), runtimes=runtimes,
                         handlers=sorted(new_state.handlers))
-        sock = socket_path(host, settings, facts)
+        sock = socket_for(host, settings, facts)
         with signals_deferred():
             apply.apply_uninstall(host, outcome, new_state)
             report.restart = outcome.restart and _cri_status(sock) is not None

@@ -20,21 +20,19 @@ class VerifyFailed(NodeagentError):
 
     default_hint = "see the per-runtime reasons above; `nodeagent doctor` checks the installation"
 
-DEFAULT_SOCKET = "/run/containerd/containerd.sock"
-
-
 def _socket(host: HostRoot, settings) -> str:
     """containerd's socket as we can reach it (under --root when the root is not ours)."""
-    host_socket = settings.containerd_socket
-    if not host_socket:
+    from nodeagent.containerd.cri import socket_for
+
+    facts: dict = {}
+    if not settings.containerd_socket:
         try:
             from nodeagent.detect import containerd as containerd_probe
 
-            host_socket = containerd_probe.probe(host, settings).get("socket")
+            facts = {"containerd": containerd_probe.probe(host, settings)}
         except NodeagentError:
-            host_socket = None
-    host_socket = host_socket or DEFAULT_SOCKET
-    return host_socket if host.is_live else str(host.path(host_socket))
+            pass
+    return socket_for(host, settings, facts)
 
 
 def _kata_installed(host: HostRoot, settings, socket: str) -> tuple[bool, str]:

@@ -67,7 +67,9 @@ def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_
             reason = f"cannot read containerd's handlers: {exc.message}"
     else:
         reason = "no containerd config"
-    served, served_reason = served_handlers(getattr(settings, "containerd_socket", None) or ctd.get("socket"), cri_timeout)
+    from nodeagent.containerd.cri import socket_for
+
+    served, served_reason = served_handlers(socket_for(host, settings, facts), cri_timeout)
     search = daemon_path(facts)
     out = {}
     for runtime in ("gvisor", "kata"):
