@@ -97,6 +97,38 @@ def atomic_symlink(target: str, link: str | os.PathLike) -> None:
         raise _explain(exc, link, "linking") from exc
 
 
+def sweep_temps(directory: str | os.PathLike) -> list[str]:
+    """Remove `.nodeagent-tmp-*` entries a killed run left in `directory`; returns their names.
+
+    Only call it while holding the run lock: then no other nodeagent is writing, so every such
+    entry is stale (SIGKILL cannot be held back, and atomic_write/atomic_symlink put their temp
+    file beside the target).
+    """
+    import shutil
+
+    directory = Path(directory)
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith(TEMP_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise _explain(exc, directory, "listing") from exc
+    for name in names:
+        entry = directory / name
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                os.unlink(entry)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _explain(exc, entry, "removing") from exc
+    if names:
+        fsync_dir(directory)
+    return names
+
+
 def remove_file(path: str | os.PathLike) -> bool:
     """Remove a file or symlink if present; True if something was removed."""
     path = Path(path)

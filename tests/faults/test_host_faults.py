@@ -1,0 +1,133 @@
+"""A full disk, a read-only root and two nodeagents at once: a clear error or a wait, never damage.
+
+Disk full / read-only run in a private mount namespace (`unshare -m`, see confined.py) with a
+real containerd 1.6 binary in the root (it validates the config) and the suite's mirror (real
+runsc, stand-in shims).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.faults import harness
+from tests.support.cli import assert_known_error, run_cli
+from tests.unit.containerd.scenarios import have_containerd
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+CONFINED = Path(__file__).with_name("confined.py")
+# the run lock is taken before the disk/permissions trouble shows; it lives in /run (a tmpfs on a
+# real node) and is the one trace a failed run may leave
+LOCK_TRACE = {"added run", "added run/nodeagent.lock", "changed run/nodeagent.lock"}
+INSTALL = ["install", "--runtime", "kata", "--skip-eligibility", "--restart", "none"]
+
+
+@pytest.fixture(scope="module")
+def ref():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mount namespaces)")
+    if not have_containerd("1.6"):
+        pytest.skip("containerd 1.6 is not installed (run scripts/setup-test-env)")
+    base = Path(tempfile.mkdtemp(prefix="na-hostfaults-"))
+    try:
+        yield harness.Reference.build(base, "kata", warm_up=False)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def confined(mode: str, template: Path, *args: str) -> dict:
+    mount_point = Path(tempfile.mkdtemp(prefix="na-confined-"))
+    try:
+        env = harness.cli_env(Path(tempfile.gettempdir()))
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, str(CONFINED), mode,
+                               str(mount_point), str(template), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+    finally:
+        mount_point.rmdir()  # empty: the tmpfs lived in the private namespace only
+
+
+def changes(result: dict) -> list[str]:
+    return [c for c in result["diff"] if c not in LOCK_TRACE]
+
+
+def as_proc(result: dict) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess([], result["rc"], result["stdout"], result["stderr"])
+
+
+@pytest.mark.bad_input
+def test_disk_full_is_a_clear_error_and_changes_nothing(ref):
+    result = confined("full", ref.template, *INSTALL)
+    message = assert_known_error(as_proc(result), 2)
+    assert "no space left" in message.lower(), result["stderr"]
+    assert changes(result) == [], result["diff"]
+
+
+@pytest.mark.bad_input
+def test_disk_full_during_uninstall_keeps_the_installed_node(ref):
+    """Uninstall needs little space (a temp file to restore the config), but a disk filled to the
+    last byte must still not leave it half done."""
+    result = confined("filled", ref.installed, "uninstall", "--runtime", "kata", "--restart", "none")
+    message = assert_known_error(as_proc(result), 2)
+    assert "no space left" in message.lower(), result["stderr"]
+    assert changes(result) == [], result["diff"]
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("mode", ["ro", "ro-etc"])
+def test_read_only_root_is_a_clear_error_and_changes_nothing(ref, mode):
+    result = confined(mode, ref.template, *INSTALL)
+    message = assert_known_error(as_proc(result), 2)
+    assert "read-only" in message, result["stderr"]
+    assert changes(result) == [], result["diff"]
+
+
+def _concurrent(root: Path, argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    tmp = Path(tempfile.mkdtemp(prefix="na-faults-tmp-"))
+    try:
+        procs = [subprocess.Popen(a, env=harness.cli_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for a in argvs]
+        return [subprocess.CompletedProcess(p.args, p.wait(120), *p.communicate()) for p in procs]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_installs_at_once_one_waits_or_exits_3_no_lost_update(ref, tmp_path, round_):
+    root = tmp_path / "root"
+    harness.copy_root(ref.template, root)
+    argv = harness.argv(root, "install", "kata")
+    results = _concurrent(root, [argv, argv])
+    codes = sorted(r.returncode for r in results)
+    assert codes in ([0, 0], [0, 3]), [(r.returncode, r.stderr[-500:]) for r in results]
+    for r in results:
+        if r.returncode == 3:
+            assert "another nodeagent holds" in assert_known_error(r, 3)
+    assert (root / harness.CONFIG).read_bytes() == ref.converged_config
+    state = json.loads((root / "var/lib/nodeagent/state.json").read_text())
+    assert "kata" in json.dumps(state), state
+    assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
+    again = run_cli("--root", str(root), "-o", "json", *INSTALL)
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout
+
+
+def test_install_and_uninstall_at_once_end_in_one_whole_state(ref, tmp_path):
+    """Whichever runs second wins; the node is wholly installed or wholly uninstalled."""
+    root = tmp_path / "root"
+    harness.copy_root(ref.installed, root)
+    results = _concurrent(root, [harness.argv(root, "uninstall", "kata"), harness.argv(root, "install", "kata")])
+    assert all(r.returncode in (0, 3) for r in results), [(r.returncode, r.stderr[-500:]) for r in results]
+    state, problems = harness.check_node(root, ref, "install", after_rerun=True)
+    assert not problems, problems
+    if state == "converged":
+        assert harness.release_trees(root) == ref.releases
+    else:
+        assert state == "original" and harness.release_trees(root) == {}
