@@ -22,7 +22,6 @@ from nodeagent.settings import Settings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 # containerd's PATH when started by systemd (the unit sets none, so systemd's default applies)
-DEFAULT_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -163,7 +162,7 @@ def check_containerd_running(ctx: Context) -> Check:
         return Check("containerd-running", OK, f"running (pid {ctd['pid']}), socket {ctd['socket']}")
     hint = f"start it (systemctl start {ctd.get('unit') or 'containerd'})"
     if not ctx.host.is_live:
-        hint += "; in a pod, nodeagent needs hostPID to see the node's processes"
+        hint += "; in a pod, nodeagent reads the node's processes from <root>/proc: mount the node's / (with /proc) at --root"
     return Check("containerd-running", WARN, "containerd is not running", hint)
 
 
@@ -199,20 +198,8 @@ def check_containerd_config(ctx: Context) -> Check:
 
 
 def _daemon_path(ctx: Context) -> list[str]:
-    """Directories containerd searches for shims: its PATH, then its own directory."""
-    path = DEFAULT_DAEMON_PATH
-    pid = ctx.facts["containerd"]["pid"]
-    if pid:
-        try:
-            import psutil
-
-            path = psutil.Process(pid).environ().get("PATH") or path
-        except Exception:  # gone, or not ours to read: the systemd default is the best guess
-            pass
-    dirs = [d for d in path.split(":") if d]
-    if ctx.facts["containerd"]["binary_dir"]:
-        dirs.append(ctx.facts["containerd"]["binary_dir"])
-    return dirs
+    """Directories containerd searches for shims (detected: its PATH, then its own directory)."""
+    return ctx.facts["containerd"]["daemon_path"]
 
 
 def _load_handlers(ctx: Context) -> tuple[dict[str, dict[str, Any]], str | None]:

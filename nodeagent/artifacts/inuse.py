@@ -3,15 +3,15 @@
 An old version is pruned only when nothing runs from it, so an upgrade never pulls the
 rug from under a running sandbox (kata-containers#12761). The kernel reports a process's
 executable with symlinks resolved; seen from a DaemonSet (`--root /host`) the path may be
-host-absolute or prefixed with the root, so both spellings are compared.
+host-absolute or prefixed with the root, so both spellings are compared. Processes come from
+detect.procs, which also reads the node's procfs when we are in a pod without hostPID.
 """
 
 from __future__ import annotations
 
 import os
 
-import psutil
-
+from nodeagent.detect.procs import iter_processes
 from nodeagent.host import HostRoot
 
 
@@ -23,10 +23,10 @@ def pids_using(host: HostRoot, host_dir: str) -> list[int]:
     except OSError:
         pass
     pids = []
-    for proc in psutil.process_iter(["pid", "exe"]):
-        exe = proc.info.get("exe") or ""
+    for proc in iter_processes(host, any_root=True):
+        exe = proc.exe or ""
         if exe.endswith(" (deleted)"):
             exe = exe[: -len(" (deleted)")]
         if exe and any(exe.startswith(p) for p in prefixes):
-            pids.append(proc.info["pid"])
+            pids.append(proc.pid)
     return sorted(pids)

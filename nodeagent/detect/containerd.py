@@ -46,6 +46,20 @@ def _dpkg_version(host: HostRoot) -> str | None:
     return None
 
 
+# systemd's default PATH for services, which containerd.service runs with
+DEFAULT_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def daemon_path(process: procs.HostProcess | None, binary_dir: str | None) -> list[str]:
+    """Directories containerd searches for shims: its own PATH (read from its environment,
+    which works from a pod too), else systemd's default; then its binary's directory."""
+    path = (process.environ().get("PATH") if process else None) or DEFAULT_DAEMON_PATH
+    dirs = [d for d in path.split(":") if d]
+    if binary_dir and binary_dir not in dirs:
+        dirs.append(binary_dir)
+    return dirs
+
+
 def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, config_hint: str | None) -> procs.HostProcess | None:
     """Prefer the containerd serving this flavor's config/socket (not, say, Docker's own containerd)."""
     for proc in found:
@@ -101,7 +115,7 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     elif process:
         # Another root with the node's processes visible (a hostPID DaemonSet): the kernel's
         # /proc/<pid>/exe is the very binary that runs, whatever mount namespace we are in.
-        version = _binary_version(host, f"/proc/{process.pid}/exe", reasons, under_root=False)
+        version = _binary_version(host, f"{process.proc_dir}/exe", reasons, under_root=False)
     if version is None and not host.is_live and (binary or process):
         version = _dpkg_version(host)
         if version is None:
@@ -126,6 +140,7 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         or flavor.socket
     )
     template = next((t for t in flavor.templates if host.exists(t)), None)
+    binary_dir = posixpath.dirname(binary) if binary else None
     return {
         "found": found,
         "version": version,
@@ -135,9 +150,10 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "flavor": flavor.name,
         # extras
         "binary": binary,
-        "binary_dir": posixpath.dirname(binary) if binary else None,
+        "binary_dir": binary_dir,
         "running": process is not None,
         "pid": process.pid if process else None,
+        "daemon_path": daemon_path(process, binary_dir),
         "config_exists": config.exists,
         "config_error": config.error or config.chain_error,
         "config_imports": [f.path for f in config.chain[1:]],

@@ -17,25 +17,12 @@ from nodeagent.host import HostRoot
 
 log = structlog.get_logger(__name__)
 
-# systemd's default PATH for services, which is what containerd.service runs with
-DEFAULT_DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
 def daemon_path(facts: dict[str, Any]) -> str:
-    """Where containerd looks for shims: its own PATH if we can read it, then its binary's directory."""
-    ctd = facts.get("containerd") or {}
-    path = DEFAULT_DAEMON_PATH
-    if ctd.get("pid"):
-        try:
-            import psutil
+    """Where containerd looks for shims (detected from its own environment)."""
+    from nodeagent.detect.containerd import DEFAULT_DAEMON_PATH
 
-            path = psutil.Process(ctd["pid"]).environ().get("PATH") or path
-        except Exception:  # gone or unreadable: systemd's default is the best guess
-            pass
-    dirs = [d for d in path.split(":") if d]
-    if ctd.get("binary_dir"):
-        dirs.append(ctd["binary_dir"])
-    return ":".join(dirs)
+    dirs = (facts.get("containerd") or {}).get("daemon_path")
+    return ":".join(dirs) if dirs else DEFAULT_DAEMON_PATH
 
 
 def served_handlers(socket: str | None, timeout: float = 5.0) -> tuple[set[str], str | None]:

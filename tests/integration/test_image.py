@@ -14,8 +14,8 @@ How the container is run, and why:
 - with and without the host's PID namespace (`--with-ns pid:...` = a pod's hostPID). With it,
   nodeagent sees the node's containerd process exactly as on the host, and everything must match.
   deploy/daemonset.yaml ships *without* hostPID (restarts go through systemd's D-Bus socket), so
-  that case is run too: node facts must still match; seeing the containerd process through
-  /host/proc is not implemented yet (a strict xfail below names the gap). The test process's own
+  that case is run too: node facts must still match, and the node's containerd process is seen
+  through /host/proc (the node's procfs under the root). The test process's own
   PID namespace stands for the host's because on these VMs /proc/1/ns is not readable, even by
   root.
 - `--containerd-config` names the test daemon's config on both sides, so both pick the same
@@ -254,12 +254,6 @@ def test_without_host_pid_the_image_still_knows_the_node(detect_without_host_pid
     assert got["containerd"]["version"] == want["containerd"]["version"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "deploy/daemonset.yaml runs without hostPID and says host processes are read from /host/proc, "
-    "but nodeagent/detect/procs.py lists processes with psutil through the pod's own /proc, so the "
-    "node's containerd looks not running (and its socket/pid unknown). Pointing psutil at "
-    "host.path('/proc') when the root is not live fixes it (checked by hand: /host/proc/<pid>/root "
-    "and /exe resolve from the pod). Remove this marker when that lands."))
 def test_without_host_pid_the_image_sees_the_node_containerd_through_host_proc(detect_without_host_pid, daemon):
     got, want = detect_without_host_pid
     assert got["containerd"]["pid"] == daemon.pid

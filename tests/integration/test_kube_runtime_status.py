@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 
+from nodeagent.detect.containerd import daemon_path
+from nodeagent.detect.procs import HostProcess
 from nodeagent.host import HostRoot
 from nodeagent.kube.labels import desired_labels, infer_state
 from nodeagent.kube.runtime_status import runtime_status
@@ -20,11 +22,13 @@ KATA = '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]\n  runt
 
 
 def facts_for(daemon, version="1.7.24"):
+    process = HostProcess(daemon.pid, "containerd", str(daemon.binary), proc_dir=f"/proc/{daemon.pid}")
     return {
         "virtualization": {"kvm_usable": True, "nested": None, "in_vm": True},
         "runtimes": {"gvisor": {"platform": "systrap"}},
         "containerd": {"config_exists": True, "config_path": str(daemon.config_path), "version": version,
-                       "socket": str(daemon.socket), "pid": daemon.pid, "binary_dir": str(daemon.bindir)},
+                       "socket": str(daemon.socket), "pid": daemon.pid, "binary_dir": str(daemon.bindir),
+                       "daemon_path": daemon_path(process, str(daemon.bindir))},
     }
 
 

@@ -162,4 +162,4 @@ def test_bare_metal_with_kvm_and_vsock_is_clean_but_for_containerd(tree):
 def test_not_running_hint_names_the_flavors_unit():
     check = checks_of(HOSTS / "k3s-node")["containerd-running"]
     assert check.status == "warn" and "systemctl start k3s.service" in check.hint
-    assert "hostPID" in check.hint  # a non-live root cannot see processes without it
+    assert "<root>/proc" in check.hint  # a non-live root sees the node's processes through its procfs
