@@ -94,13 +94,18 @@ def parse_sidecar(algo: str, text: str, filename: str, source: str) -> Digest:
         ) from None
 
 
-def file_digest(path, algo: str, chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, read in chunks (constant memory)."""
-    h = hashlib.new(algo)
+def hash_file_into(hasher, path, chunk: int = 1 << 20) -> None:
+    """Feed a file into `hasher`, read in chunks (constant memory)."""
     with open(path, "rb") as fh:
         while True:
             block = fh.read(chunk)
             if not block:
-                break
-            h.update(block)
+                return
+            hasher.update(block)
+
+
+def file_digest(path, algo: str, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file (see hash_file_into)."""
+    h = hashlib.new(algo)
+    hash_file_into(h, path, chunk)
     return h.hexdigest()

@@ -19,7 +19,7 @@ import requests
 import structlog
 
 from nodeagent import __version__
-from nodeagent.artifacts.digest import Digest
+from nodeagent.artifacts.digest import Digest, hash_file_into
 from nodeagent.artifacts.progress import ProgressFn
 from nodeagent.artifacts.sources import Location
 from nodeagent.errors import ArtifactError, HostError
@@ -184,7 +184,7 @@ class Fetcher:
                         raise _Retryable("server answered an unexpected range")
                     hasher = digest.hasher()
                     if resumed:
-                        _hash_file(partial, hasher)
+                        hash_file_into(hasher, partial, CHUNK)
                         log.info("download resumed", url=str(loc), offset=have)
                     else:
                         have = 0
@@ -412,14 +412,6 @@ def _range_start(resp: requests.Response) -> int | None:
         return None
 
 
-def _hash_file(path: Path, hasher) -> None:
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(CHUNK)
-            if not block:
-                return
-            hasher.update(block)
-
 
 def _check_digest(actual: str, digest: Digest, loc: Location) -> None:
     if actual != digest.hex:
@@ -449,4 +441,3 @@ def _reason(exc: BaseException) -> str:
 def copy_verified(src: Path, dest: Path, digest: Digest) -> None:
     """Copy a cached file to `dest` via `<dest>.partial`, verifying it again on the way."""
     Fetcher().fetch(Location(path=src), dest, digest)
-
