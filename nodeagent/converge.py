@@ -33,6 +33,9 @@ from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+NOT_RUNNING_NOTE = "containerd is not running: the handlers take effect when it starts"
+
+
 class RolledBack(NodeagentError):
     """containerd did not become healthy on the new config; the old one is back in effect."""
 
@@ -194,7 +197,10 @@ def plan(settings: Settings) -> Report:
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
         report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    report.restart = config_plan.restart or _served_missing(socket_for(host, settings, facts), handlers)
+    sock = socket_for(host, settings, facts)
+    report.restart = _needs_restart(sock, config_plan, handlers)
+    if config_plan.restart and _cri_status(sock) is None:
+        report.notes.append(NOT_RUNNING_NOTE)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
@@ -205,6 +211,15 @@ def _served_missing(sock: str, handlers: list[str]) -> bool:
         return False
     status = _cri_status(sock)
     return status is not None and status.ok and not set(handlers) <= status.handlers
+
+
+def _needs_restart(sock: str, config_plan, handlers: list[str]) -> bool:
+    """Restart a running containerd when what it loads changed, or when it does not serve
+    handlers its config already names; a stopped one (or a node image being baked) picks
+    the change up when it starts."""
+    if _cri_status(sock) is None:
+        return False
+    return config_plan.restart or _served_missing(sock, handlers)
 
 
 def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
@@ -227,8 +242,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         report.files = config_plan.files
         report.notes = list(config_plan.notes)
         running = _cri_status(sock) is not None
-        # a stopped containerd (or a node image being baked) picks the change up when it starts
-        needs_restart = running and (config_plan.restart or _served_missing(sock, handlers))
+        needs_restart = _needs_restart(sock, config_plan, handlers)
         report.restart = needs_restart
         guard = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
         with guard, signals_deferred():
@@ -240,7 +254,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
                 except NodeagentError as exc:
                     raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
             elif not running and config_plan.restart:
-                report.notes.append("containerd is not running: the handlers take effect when it starts")
+                report.notes.append(NOT_RUNNING_NOTE)
         report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
         return report
 
