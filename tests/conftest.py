@@ -12,7 +12,8 @@ FIXTURES = ROOT / "tests" / "fixtures"
 CORPUS = FIXTURES / "corpus"  # copied from shared/corpus/containerd-configs (see SOURCES.md)
 
 # Real-daemon fixtures: `containerd_factory` (per test) and `systemd_node` (one booted node per session).
-pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node"]
+pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node",
+                  "tests.catalogue.plugin"]  # marks bad-input tests `bad_input` (counted for the README)
 
 
 @pytest.fixture
