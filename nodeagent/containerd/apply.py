@@ -79,7 +79,9 @@ def preflight(host: HostRoot, changes: list[FileChange]) -> None:
         problems = []
         if os.statvfs(directory).f_flag & os.ST_RDONLY or not os.access(directory, os.W_OK):
             problems.append(f"its directory {directory} is read-only")
-        if real.exists():
+        if real.is_dir():  # e.g. --containerd-config naming a directory (found by tests/test_bad_input_catalogue.py)
+            problems.append("it is a directory, not a file")
+        elif real.exists():
             if os.statvfs(real).f_flag & os.ST_RDONLY:
                 problems.append("it is on a read-only mount")
             elif _is_mount_point(real):

@@ -9,7 +9,7 @@ Everything is real except the containerd *daemon*: each kill point gets its own 
 copy of a template root holding a real containerd 1.6 binary, Debian's real config layout and
 the suite's directory mirror with Debian's real runsc and stand-in shims), and nodeagent runs
 with `--restart none`, so a kill point costs about a second. The systemd-node variant (real
-restarts) lives in test_kill_systemd.py and runs in the full set only.
+restarts) lives in test_kill_systemd.py (2 points in CI, more in scripts/faults).
 
 After each kill:
 - real containerd parses the config (`containerd --config X config dump`);
