@@ -75,6 +75,9 @@ def parse(text: str, path: str) -> dict[str, Any]:
         raise ConfigError(
             f"{path} is not valid TOML: {exc}", "fix the syntax (containerd would refuse to start with it), then run again"
         ) from None
+    except RecursionError:  # tomllib recurses per nesting level; a hostile file can nest thousands deep
+        raise ConfigError(f"{path} nests arrays or tables too deeply to parse",
+                          "this is not a containerd config; restore the real one, then run again") from None
 
 
 def format_key(key: str, style: TextStyle) -> str:
