@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,59 @@ def test_install_and_uninstall_at_once_end_in_one_whole_state(ref, tmp_path):
         assert harness.release_trees(root) == ref.releases
     else:
         assert state == "original" and harness.release_trees(root) == {}
+
+
+def _agent_argv(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "nodeagent", "--root", str(root), "agent", "--runtime", "kata",
+            "--skip-eligibility", "--restart", "none", "--listen", "127.0.0.1:0", *extra]
+
+
+def test_two_agents_once_at_once_one_exits_3(ref, tmp_path):
+    """`agent --once` that finds the lock held exits 3 (it used to say 2); the other converges."""
+    root = tmp_path / "root"
+    harness.copy_root(ref.template, root)
+    results = _concurrent(root, [_agent_argv(root, "--once"), _agent_argv(root, "--once")])
+    codes = sorted(r.returncode for r in results)
+    assert codes in ([0, 0], [0, 3]), [(r.returncode, r.stdout[-300:], r.stderr[-300:]) for r in results]
+    assert (root / harness.CONFIG).read_bytes() == ref.converged_config
+    assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
+
+
+def test_two_long_running_agents_both_become_ready(ref, tmp_path):
+    """The agent that loses the lock retries after its back-off (it waits), and both end ready on
+    one converged node: no lost update, no second restart."""
+    import urllib.request
+
+    import psutil
+
+    root = tmp_path / "root"
+    harness.copy_root(ref.template, root)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    procs = [subprocess.Popen(_agent_argv(root, "--interval", "300"), env=harness.cli_env(tmp),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        ready = set()
+        deadline = time.monotonic() + 90  # first back-off is 5 s
+        while len(ready) < 2 and time.monotonic() < deadline:
+            for p in procs:
+                assert p.poll() is None, f"agent {p.pid} exited {p.returncode}"
+                for conn in psutil.Process(p.pid).net_connections("tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        try:
+                            with urllib.request.urlopen(f"http://127.0.0.1:{conn.laddr.port}/readyz", timeout=2) as r:
+                                if r.status == 200:
+                                    ready.add(p.pid)
+                        except OSError:
+                            pass
+            time.sleep(0.5)
+        assert len(ready) == 2, "both agents must converge (the loser after its back-off)"
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    assert (root / harness.CONFIG).read_bytes() == ref.converged_config
+    state = json.loads((root / "var/lib/nodeagent/state.json").read_text())
+    assert "kata" in json.dumps(state)
+    assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
