@@ -20,7 +20,7 @@ from nodeagent.artifacts.progress import ProgressFn, tty_progress
 from nodeagent.artifacts.release import Release, resolve
 from nodeagent.artifacts.txn import Transaction
 from nodeagent.errors import ArtifactError
-from nodeagent.fsutil import atomic_write
+from nodeagent.fsutil import atomic_write, remove_file
 from nodeagent.host import HostRoot
 
 log = structlog.get_logger(__name__)
@@ -210,10 +210,12 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
             "stop the pods using it (drain the node) and run again, or pass --force",
         )
     removed, restored = [], []
-    for link in install.desired_links(runtime, "x"):
+    # reverse of the install order: the shim's link (through /opt/kata) goes before /opt/kata, so
+    # an interrupted removal never leaves a dangling shim link (found by tests/faults)
+    for link in reversed(list(install.desired_links(runtime, "x"))):
         real = host.path(link)
         if real.is_symlink() and install._is_ours(runtime, link, os.readlink(real)):
-            real.unlink()
+            remove_file(real)  # a read-only /usr/local/bin is a HostError with a hint, not a crash
             removed.append(link)
         back = install.restore_replaced(host, link)
         if back:

@@ -8,6 +8,7 @@ the machine's real mounts are never touched. MODE:
 - `filled`: ROOT is a 64 MiB tmpfs holding the template, then filled to the last byte.
 - `ro`: ROOT is the template on a tmpfs remounted read-only.
 - `ro-etc`: only ROOT/etc is read-only (the config cannot be written; artifacts could be).
+- `ro-bin`: only ROOT/usr/local/bin is read-only (our links there cannot be removed).
 Prints JSON: the command's exit code, stderr, and the snapshot diff of ROOT (made inside the
 namespace, where the tmpfs is visible).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from nodeagent.host import HostRoot  # noqa: E402
 from tests.support.tree import diff_snapshots, snapshot  # noqa: E402
 
 BINARY = "usr/bin/containerd"
@@ -56,15 +58,19 @@ def main() -> int:
         fill(root / "filler")
     elif mode == "ro":
         subprocess.run(["mount", "-n", "-o", "remount,ro", str(root)], check=True)
-    elif mode == "ro-etc":
-        subprocess.run(["mount", "-n", "--bind", str(root / "etc"), str(root / "etc")], check=True)
-        subprocess.run(["mount", "-n", "-o", "remount,bind,ro", str(root / "etc")], check=True)
+    elif mode in ("ro-etc", "ro-bin"):
+        sub = root / ("etc" if mode == "ro-etc" else "usr/local/bin")
+        subprocess.run(["mount", "-n", "--bind", str(sub), str(sub)], check=True)
+        subprocess.run(["mount", "-n", "-o", "remount,bind,ro", str(sub)], check=True)
     before = snapshot(root)
     proc = subprocess.run([sys.executable, "-m", "nodeagent", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=300)
     after = snapshot(root)
+    host = HostRoot(root)
+    dangling = [str(p.relative_to(root)) for p in root.rglob("*")
+                if p.is_symlink() and not host.resolve("/" + str(p.relative_to(root))).exists()]
     print(json.dumps({"rc": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout,
-                      "diff": diff_snapshots(before, after)}))
+                      "diff": diff_snapshots(before, after), "dangling": dangling}))
     return 0
 
 

@@ -91,6 +91,15 @@ def test_read_only_root_is_a_clear_error_and_changes_nothing(ref, mode):
     assert changes(result) == [], result["diff"]
 
 
+def test_uninstall_that_cannot_remove_its_links_leaves_none_dangling(ref):
+    """Regression (found by the kill points): removal took /opt/kata away before the shim's link
+    that points through it, so a run stopped in between left a dangling containerd-shim-kata-v2.
+    With /usr/local/bin read-only the removal stops right there, deterministically."""
+    result = confined("ro-bin", ref.installed, "uninstall", "--runtime", "kata", "--restart", "none")
+    assert result["dangling"] == [], result
+    assert "read-only" in assert_known_error(as_proc(result), 2)
+
+
 def _concurrent(root: Path, argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
     tmp = Path(tempfile.mkdtemp(prefix="na-faults-tmp-"))
     try:
