@@ -63,7 +63,7 @@ class Agent:
         self.ready = False
         self.converged_once = False
         self.last_error: str | None = None
-        self.last_exit_code = 2  # of the last failed converge: `agent --once` exits with it
+        self.last_failure: NodeagentError | None = None  # `agent --once` reports it as error/hint
         self.heartbeat = time.monotonic()
         self.server: ThreadingHTTPServer | None = None
 
@@ -121,7 +121,7 @@ class Agent:
             outcome = self.converge_fn()
         except NodeagentError as exc:
             self.last_error = exc.message
-            self.last_exit_code = exc.exit_code  # 3 when another nodeagent holds the lock
+            self.last_failure = exc  # exit code 3 when another nodeagent holds the lock
             self.ready = False
             self.metrics.inc("nodeagent_converge_failures_total")
             if getattr(exc, "rolled_back", False):
@@ -130,7 +130,8 @@ class Agent:
             return False
         except Exception as exc:  # a bug must not kill the agent; it is logged and retried
             self.last_error = f"unexpected {type(exc).__name__}: {exc}"
-            self.last_exit_code = 2
+            self.last_failure = NodeagentError(
+                self.last_error, "this is a bug in nodeagent; run again with -v for the traceback and report it")
             self.ready = False
             self.metrics.inc("nodeagent_converge_failures_total")
             log.exception("converge crashed")
@@ -171,7 +172,7 @@ class Agent:
                 signal.signal(signal.SIGINT, self.request_stop)
         ok = self.converge_once()
         if once:
-            return 0 if ok else self.last_exit_code
+            return 0 if ok else (self.last_failure.exit_code if self.last_failure else 2)
         sdnotify.notify(f"READY=1\nSTATUS={'converged' if ok else 'converge failed, retrying'}")
         every = sdnotify.watchdog_interval()
         if every:

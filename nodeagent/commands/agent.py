@@ -114,6 +114,9 @@ def build_agent(settings: Settings) -> Agent:
 
 def run(settings: Settings, args) -> Result:
     agent = build_agent(settings)
-    code = agent.run(once=bool(getattr(args, "once", False)))
+    once = bool(getattr(args, "once", False))
+    code = agent.run(once=once)
+    if once and code != 0 and agent.last_failure is not None:
+        raise agent.last_failure  # the CLI's one error: and one hint: line, with its exit code
     data = {"ready": agent.ready, "error": agent.last_error}
     return Result(data, "converged" if agent.ready else f"not converged: {agent.last_error}", exit_code=code)

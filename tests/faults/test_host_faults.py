@@ -155,6 +155,9 @@ def test_two_agents_once_at_once_one_exits_3(ref, tmp_path):
     results = _concurrent(root, [_agent_argv(root, "--once"), _agent_argv(root, "--once")])
     codes = sorted(r.returncode for r in results)
     assert codes in ([0, 0], [0, 3]), [(r.returncode, r.stdout[-300:], r.stderr[-300:]) for r in results]
+    for r in results:
+        if r.returncode == 3:
+            assert "another nodeagent holds" in assert_known_error(r, 3)
     assert (root / harness.CONFIG).read_bytes() == ref.converged_config
     assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
 

@@ -130,3 +130,19 @@ def test_parse_listen():
     for bad in ("9101", "host:", "h:99999"):
         with pytest.raises(UsageError):
             parse_listen(bad)
+
+
+def test_agent_once_with_the_lock_held_is_exit_3_with_error_and_hint(tmp_path):
+    from nodeagent.fsutil import RunLock
+    from tests.conftest import CORPUS
+    from tests.support.cli import assert_known_error, run_cli
+    from tests.support.tree import diff_snapshots, snapshot
+
+    root = tmp_path / "root"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes((CORPUS / "kind-node-v2.toml").read_bytes())
+    with RunLock(root / "run/nodeagent.lock"):
+        before = snapshot(root)
+        proc = run_cli("--root", str(root), "agent", "--once", "--runtime", "gvisor", "--skip-eligibility")
+        assert "another nodeagent holds" in assert_known_error(proc, 3)
+        assert diff_snapshots(before, snapshot(root)) == []
