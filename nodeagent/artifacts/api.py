@@ -129,21 +129,17 @@ def ensure_artifact(
     arch = arch or catalog.host_arch()
     cache = Cache(host)
     fetcher = Fetcher(fetch_options(settings))
-    txn = Transaction()
     try:
-        release = _resolve(host, settings, runtime, arch, fetcher)
-        foreign = install.refuse_foreign(host, runtime, settings.force)
-        action, dirname = _action(host, release, cache)
-        if action == "download" or action == "cached":
-            action = _fill_cache(host, release, cache, fetcher, txn, settings, progress)
-            _record(cache, release, txn)
-            dirname = install.stage(host, release, cache, txn, limits)
-        if action != "none":
-            install.switch_links(host, runtime, dirname, foreign, txn)
-        txn.commit()
-    except BaseException:
-        txn.rollback()
-        raise
+        with Transaction() as txn:
+            release = _resolve(host, settings, runtime, arch, fetcher)
+            foreign = install.refuse_foreign(host, runtime, settings.force)
+            action, dirname = _action(host, release, cache)
+            if action == "download" or action == "cached":
+                action = _fill_cache(host, release, cache, fetcher, txn, settings, progress)
+                _record(cache, release, txn)
+                dirname = install.stage(host, release, cache, txn, limits)
+            if action != "none":
+                install.switch_links(host, runtime, dirname, foreign, txn)
     finally:
         fetcher.close()
     try:

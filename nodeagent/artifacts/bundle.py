@@ -68,44 +68,40 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
     if root.exists() and not root.is_dir():
         raise HostError(f"bundle target {directory} exists and is not a directory", "pass a new or existing directory")
     fetcher = Fetcher(fetch_options(settings))
-    txn = Transaction()
     result = BundleResult(str(root))
     staged: list[tuple[Path, Path, Path, str]] = []  # (new, dest, sidecar, sidecar text)
     try:
-        releases = []
-        for runtime in runtimes:
-            version = settings.gvisor_version if runtime == "gvisor" else settings.kata_version
-            for arch in arches:
-                releases.append(
-                    resolve(fetcher, None, runtime, version, arch, settings.mirror,
-                            settings.kata_sha256 if runtime == "kata" else None)
-                )
-        txn.mkdirs(root)
-        for release in releases:
-            for f in release.files:
-                rel = release.mirror_relpath(f.name)
-                dest = root / rel
-                sidecar = dest.with_name(f.name + f.digest.sidecar_suffix())
-                entry = {"path": rel, "digest": str(f.digest), "action": "present"}
-                if not _present(dest, sidecar, release, f):
-                    txn.mkdirs(dest.parent)
-                    new = dest.with_name(f.name + NEW_SUFFIX)
-                    show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
-                    txn.added(new)
-                    fetcher.fetch(f.location, new, f.digest, show)
-                    check_archive(release, new)
-                    staged.append((new, dest, sidecar, f.digest.sidecar_text(f.name)))
-                    entry["action"] = "download"
-                entry["size"] = (dest if entry["action"] == "present" else new).stat().st_size
-                result.files.append(entry)
-                result.files.append({"path": str(Path(rel).with_name(sidecar.name)), "digest": None, "action": entry["action"]})
-        for new, dest, sidecar, text in staged:
-            atomic_write(sidecar, text.encode())
-            os.replace(new, dest)
-        txn.commit()
-    except BaseException:
-        txn.rollback()
-        raise
+        with Transaction() as txn:
+            releases = []
+            for runtime in runtimes:
+                version = settings.gvisor_version if runtime == "gvisor" else settings.kata_version
+                for arch in arches:
+                    releases.append(
+                        resolve(fetcher, None, runtime, version, arch, settings.mirror,
+                                settings.kata_sha256 if runtime == "kata" else None)
+                    )
+            txn.mkdirs(root)
+            for release in releases:
+                for f in release.files:
+                    rel = release.mirror_relpath(f.name)
+                    dest = root / rel
+                    sidecar = dest.with_name(f.name + f.digest.sidecar_suffix())
+                    entry = {"path": rel, "digest": str(f.digest), "action": "present"}
+                    if not _present(dest, sidecar, release, f):
+                        txn.mkdirs(dest.parent)
+                        new = dest.with_name(f.name + NEW_SUFFIX)
+                        show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
+                        txn.added(new)
+                        fetcher.fetch(f.location, new, f.digest, show)
+                        check_archive(release, new)
+                        staged.append((new, dest, sidecar, f.digest.sidecar_text(f.name)))
+                        entry["action"] = "download"
+                    entry["size"] = (dest if entry["action"] == "present" else new).stat().st_size
+                    result.files.append(entry)
+                    result.files.append({"path": str(Path(rel).with_name(sidecar.name)), "digest": None, "action": entry["action"]})
+            for new, dest, sidecar, text in staged:
+                atomic_write(sidecar, text.encode())
+                os.replace(new, dest)
     finally:
         fetcher.close()
     return result

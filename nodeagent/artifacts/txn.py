@@ -17,8 +17,20 @@ log = structlog.get_logger(__name__)
 
 
 class Transaction:
+    """Use as `with Transaction() as txn:` — committed when the block ends normally, rolled
+    back on any exception (SIGTERM's KeyboardInterrupt included)."""
+
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
 
     def mkdirs(self, path: Path, mode: int = 0o755) -> Path:
         """mkdir -p, remembering each level we created (removed on rollback if empty)."""
