@@ -224,10 +224,12 @@ def _needs_restart(sock: str, config_plan, handlers: list[str]) -> bool:
 
 def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
     """Converge the node; `restart_guard` is held around a containerd restart (fleet slots)."""
-    from nodeagent.artifacts import ensure_artifact
+    from nodeagent.artifacts import check_settings, ensure_artifact
 
     host = HostRoot(settings.root)
-    _build(settings, host)  # refuse bad input before the lock file is even created
+    # refuse bad input before the lock file is even created
+    facts, _, _, runtimes, _ = _build(settings, host)
+    check_settings(settings, runtimes, facts.get("arch"))
     with apply.lock(host):
         facts, config_plan, warnings, runtimes, handlers = _build(settings, host)
         report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)

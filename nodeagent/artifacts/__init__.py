@@ -25,6 +25,7 @@ _EXPORTS = {
     "ArtifactResult": "api",
     "RemoveResult": "api",
     "artifacts_in_use": "api",
+    "check_settings": "api",
     "ensure_artifact": "api",
     "fetch_options": "api",
     "plan_artifact": "api",

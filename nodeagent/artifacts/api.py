@@ -19,6 +19,8 @@ from nodeagent.artifacts.download import Fetcher, FetchOptions
 from nodeagent.artifacts.progress import ProgressFn, tty_progress
 from nodeagent.artifacts.release import Release, resolve
 from nodeagent.artifacts.txn import Transaction
+from nodeagent.artifacts.digest import parse_hex
+from nodeagent.artifacts.sources import mirror_base
 from nodeagent.errors import ArtifactError
 from nodeagent.fsutil import atomic_write, remove_file
 from nodeagent.host import HostRoot
@@ -67,6 +69,20 @@ def fetch_options(settings) -> FetchOptions:
         except ValueError:
             backoff = 1.0
     return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff)
+
+
+def check_settings(settings, runtimes: list[str], arch: str | None = None) -> None:
+    """Refuse malformed artifact settings (version, arch, --kata-sha256, --mirror) without
+    touching the network or the host, so the installer can reject them before its lock."""
+    arch = arch or catalog.host_arch()
+    for runtime in runtimes:
+        _check_runtime(runtime)
+        catalog.check_version(runtime, _version(settings, runtime))
+        (catalog.gvisor_arch if runtime == "gvisor" else catalog.kata_arch)(arch)
+    if "kata" in runtimes and settings.kata_sha256:
+        parse_hex("sha256", settings.kata_sha256, "--kata-sha256")
+    if settings.mirror:
+        mirror_base(settings.mirror)
 
 
 def _version(settings, runtime: str) -> str:
@@ -244,4 +260,5 @@ __all__ = [
     "prune_artifact",
     "artifacts_in_use",
     "fetch_options",
+    "check_settings",
 ]
