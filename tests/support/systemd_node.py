@@ -27,6 +27,7 @@ removed. Nothing is left on the real host.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 NODE_CONTAINERD_CONFIG = """version = 2
 
@@ -127,6 +130,11 @@ ln -s /proc/self/fd "$R/dev/fd"
 ln -s /proc/self/fd/0 "$R/dev/stdin"; ln -s /proc/self/fd/1 "$R/dev/stdout"; ln -s /proc/self/fd/2 "$R/dev/stderr"
 mount -n -t tmpfs -o mode=755,nosuid,nodev nodeagent-node-run "$R/run"
 mount -n -t tmpfs -o mode=1777,nosuid,nodev nodeagent-node-tmp "$R/tmp"
+# this checkout, at its own path: the editable nodeagent install and the role/units live there,
+# and a clone under /tmp (hidden by the tmpfs above) or on another filesystem (not part of the
+# overlay of /) would otherwise be missing inside the node
+mkdir -p "$R"@REPO@
+mount -n --rbind @REPO@ "$R"@REPO@
 # containerd's overlayfs snapshotter cannot use an overlay as its upper layer: give it a tmpfs
 mkdir -p "$R/var/lib/containerd"
 mount -n -t tmpfs -o mode=711 nodeagent-node-containerd "$R/var/lib/containerd"
@@ -179,7 +187,8 @@ class SystemdNode:
         for d in ("t", "root"):
             (self.work / d).mkdir()
         self._stage()
-        (self.work / "boot.sh").write_text(_BOOT_SCRIPT.replace("@CGROUP_MOUNTS@", self._cgroup_mount_lines()))
+        (self.work / "boot.sh").write_text(_BOOT_SCRIPT.replace("@CGROUP_MOUNTS@", self._cgroup_mount_lines())
+                                          .replace("@REPO@", shlex.quote(str(REPO))))
         self._make_cgroups()
         console = open(self.work / "console.log", "wb")
         # enter the node's own cgroups first: they become the roots of the node's cgroup namespace
