@@ -13,7 +13,6 @@ way (nsenter), so every `host.file()` / `host.service()` looks at the node, not 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -39,7 +38,6 @@ ANSIBLE_DIR = REPO / "ansible"
 ANSIBLE_PLAYBOOK = str(Path(sys.executable).parent / "ansible-playbook")
 GVISOR_VERSION = node_venv.GVISOR_VERSION
 VENV = node_venv.VENV
-AGENT_AVAILABLE = importlib.util.find_spec("nodeagent.commands.agent") is not None
 # What the role may touch on the node; check mode and a refused run must leave all of it alone.
 WATCHED = ("/etc/nodeagent", "/etc/containerd", "/etc/systemd/system", "/opt/nodeagent", "/usr/local/bin",
            "/usr/local/lib/nodeagent", "/var/lib/nodeagent")
@@ -73,7 +71,7 @@ def _play_vars(mirror: str, **overrides) -> dict:
         "nodeagent_gvisor_version": GVISOR_VERSION,
         "nodeagent_restart": "systemd",
         "nodeagent_settings": {"listen": "127.0.0.1:9101", "interval": 3600},
-        "nodeagent_service": AGENT_AVAILABLE,
+        "nodeagent_service": True,
     }
     values.update(overrides)
     return values
@@ -220,7 +218,6 @@ def test_testinfra_verifies_the_converged_node(journey):
     assert host.check_output("/usr/local/bin/runsc --network=none do uname -r") == "4.4.0"
 
 
-@pytest.mark.skipif(not AGENT_AVAILABLE, reason="`nodeagent agent` (nodeagent/commands/agent.py) is not in the tree yet")
 def test_agent_service_is_installed_enabled_and_running(journey):
     node, _, _ = journey
     host = testinfra.host.Host(NsenterBackend(node.pid))
