@@ -221,8 +221,7 @@ def _parses_to(text: str, expected: dict[str, Any]) -> bool:
 
 
 # containerd 1.x's built-in default handler (what `config dump` shows when none is configured)
-DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.containerd.runc.v2",
-                                 shim_binary="containerd-shim-runc-v2")
+DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.containerd.runc.v2")
 
 
 def _our_block_candidates(text: str, version: int, name: str, style: TextStyle) -> list[str]:

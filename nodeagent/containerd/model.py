@@ -6,6 +6,7 @@ a handler for gVisor or Kata must look like (the user-visible contract).
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,8 @@ RUNSC_CONFIG_PATH = "/etc/containerd/runsc.toml"
 KATA_RUNTIME_TYPE = "io.containerd.kata.v2"
 KATA_DEFAULTS_DIR = "/opt/kata/share/defaults/kata-containers"
 KATA_HYPERVISORS = ("qemu", "clh", "fc")
+# handler-level keys every Kata handler carries (the contract's handler table)
+KATA_HANDLER_KEYS = {"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -75,9 +78,13 @@ class HandlerSpec:
     name: str
     runtime: str  # "gvisor" | "kata"
     runtime_type: str
-    shim_binary: str  # what containerd looks for on its PATH
     keys: dict[str, Any] = field(default_factory=dict)  # handler-level keys
     options: dict[str, Any] | None = None  # the `.options` table, None for none
+
+    @property
+    def shim_binary(self) -> str:
+        """What containerd looks for on its PATH for this handler."""
+        return shim_binary_for(self.runtime_type)
 
     def table(self) -> dict[str, Any]:
         body: dict[str, Any] = {"runtime_type": self.runtime_type, **self.keys}
@@ -100,7 +107,6 @@ def gvisor_handler(name: str = "runsc") -> HandlerSpec:
         name=name,
         runtime="gvisor",
         runtime_type=GVISOR_RUNTIME_TYPE,
-        shim_binary=shim_binary_for(GVISOR_RUNTIME_TYPE),
         options={"TypeUrl": GVISOR_OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
     )
 
@@ -111,8 +117,7 @@ def kata_handler(name: str = "kata") -> HandlerSpec:
         name=name,
         runtime="kata",
         runtime_type=KATA_RUNTIME_TYPE,
-        shim_binary=shim_binary_for(KATA_RUNTIME_TYPE),
-        keys={"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]},
+        keys=copy.deepcopy(KATA_HANDLER_KEYS),
     )
 
 
@@ -129,7 +134,6 @@ def kata_hypervisor_handler(name: str) -> HandlerSpec:
         name=name,
         runtime="kata",
         runtime_type=runtime_type,
-        shim_binary=shim_binary_for(runtime_type),
-        keys={"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]},
+        keys=copy.deepcopy(KATA_HANDLER_KEYS),
         options={"ConfigPath": f"{KATA_DEFAULTS_DIR}/configuration-{hv}.toml"},
     )
