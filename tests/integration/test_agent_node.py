@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -23,6 +22,7 @@ import pytest
 from nodeagent.containerd.cri import cri_status
 from tests.support.fake_apiserver import TOKEN, apiserver, free_port, kubeconfig_text, pki  # noqa: F401
 from tests.support.mirror import default_mirror
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -43,13 +43,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 def _wait(pred, timeout: float = 60, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_for(pred, timeout, what, interval=0.2)
 
 
 def _metric(port: int, name: str) -> float:

@@ -22,6 +22,7 @@ import pytest
 from nodeagent.containerd import cri
 from tests.support import node_venv
 from tests.support.systemd_node import SystemdNode
+from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -310,13 +311,7 @@ MIRROR_PORT = 18080
 
 
 def _wait(predicate, timeout: float, what: str, node=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + ("\n" + _status(node) if node else ""))
+    return wait_for(predicate, timeout, what, detail=(lambda: _status(node)) if node else None)
 
 
 @pytest.fixture(scope="module")

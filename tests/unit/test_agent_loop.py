@@ -5,7 +5,6 @@ changes something) so the loop's own logic is what is tested; the real converge 
 against a systemd node in tests/integration.
 """
 
-import os
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 from nodeagent import agent as agent_mod
 from nodeagent.agent import Agent, ConvergeOutcome, parse_listen
 from nodeagent.errors import NodeagentError, UsageError
+from tests.support.wait import wait_for
 
 
 def _get(port, path):
@@ -25,15 +25,6 @@ def _get(port, path):
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def _wait(pred, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -74,7 +65,7 @@ def test_loop_backs_off_then_becomes_ready_and_counts_drift(notify_socket, monke
         first = notify_socket.recv(4096).decode()
         assert first.startswith("READY=1") and "failed" in first
         assert _get(port, "/healthz")[0] == 200
-        assert _wait(gate.is_set)
+        wait_for(gate.is_set, 10, "the fourth converge")
         assert _get(port, "/readyz")[0] == 200
         metrics = _get(port, "/metrics")[1]
         assert "nodeagent_converge_failures_total 1" in metrics
@@ -111,7 +102,7 @@ def test_stop_uninstalls_only_when_asked():
                   should_uninstall=lambda s=selected: not s, uninstall=lambda: done.append(1))
         t = threading.Thread(target=a.run)
         t.start()
-        assert _wait(lambda: a.ready)
+        wait_for(lambda: a.ready, 10, "the agent to become ready")
         a.request_stop()
         t.join(10)
     assert done == [1]
