@@ -197,29 +197,23 @@ def plan(settings: Settings) -> Report:
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
         report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    sock = socket_for(host, settings, facts)
-    report.restart = _needs_restart(sock, config_plan, handlers)
-    if config_plan.restart and _cri_status(sock) is None:
-        report.notes.append(NOT_RUNNING_NOTE)
+    _decide_restart(report, _cri_status(socket_for(host, settings, facts)), config_plan, handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
 
-def _served_missing(sock: str, handlers: list[str]) -> bool:
-    """containerd runs but does not serve handlers its config already has (restart pending)."""
-    if not handlers:
-        return False
-    status = _cri_status(sock)
-    return status is not None and status.ok and not set(handlers) <= status.handlers
-
-
-def _needs_restart(sock: str, config_plan, handlers: list[str]) -> bool:
+def _decide_restart(report: Report, status, config_plan, handlers: list[str]) -> bool:
     """Restart a running containerd when what it loads changed, or when it does not serve
-    handlers its config already names; a stopped one (or a node image being baked) picks
-    the change up when it starts."""
-    if _cri_status(sock) is None:
-        return False
-    return config_plan.restart or _served_missing(sock, handlers)
+    handlers its config already names (a restart still pending); a stopped one (or a node
+    image being baked) picks the change up when it starts. `status`: one CRI probe, or None."""
+    if status is None:
+        report.restart = False
+        if config_plan.restart:
+            report.notes.append(NOT_RUNNING_NOTE)
+    else:
+        pending = bool(handlers) and status.ok and not set(handlers) <= status.handlers
+        report.restart = config_plan.restart or pending
+    return report.restart
 
 
 def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
@@ -243,9 +237,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         sock = socket_for(host, settings, facts)
         report.files = config_plan.files
         report.notes = list(config_plan.notes)
-        running = _cri_status(sock) is not None
-        needs_restart = _needs_restart(sock, config_plan, handlers)
-        report.restart = needs_restart
+        needs_restart = _decide_restart(report, _cri_status(sock), config_plan, handlers)
         guard = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
         with guard, signals_deferred():
             outcome = apply.commit_install(host, config_plan)
@@ -255,8 +247,6 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
                     _restart_and_wait(host, settings, facts, sock, handlers, report)
                 except NodeagentError as exc:
                     raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
-            elif not running and config_plan.restart:
-                report.notes.append(NOT_RUNNING_NOTE)
         report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
         return report
 
