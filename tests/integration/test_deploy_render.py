@@ -105,3 +105,13 @@ def test_runtimeclasses_match_what_nodeagent_prints(objects):
 def test_namespace_allows_privileged_pods(objects):
     ns = objects[("Namespace", "nodeagent")]
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_admission_policy_ships_with_its_binding(objects):
+    """RBAC alone lets every node's token patch every Node; the policy (judged for real in
+    tests/unit/kube/test_admission_policy.py) is what limits it to the agent's own Node."""
+    policy = objects[("ValidatingAdmissionPolicy", "nodeagent-own-node-only")]
+    binding = objects[("ValidatingAdmissionPolicyBinding", "nodeagent-own-node-only")]
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"] == {"policyName": "nodeagent-own-node-only", "validationActions": ["Deny"]}
+    assert policy["spec"]["failurePolicy"] == "Fail"
