@@ -53,7 +53,7 @@ class _Kube:
         from nodeagent.kube.runtime_status import node_labels
 
         desired, _, _ = node_labels(self.settings, host)
-        apply_labels(self.api, self.node, desired)
+        apply_labels(self.api, self.node, desired, self.settings.label_prefix)
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         from nodeagent.kube.events import record

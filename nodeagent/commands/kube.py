@@ -30,7 +30,7 @@ def labels(settings: Any, args: Any) -> Result:
     if getattr(args, "apply", False):
         name = node_name(settings)
         with KubeClient.from_settings(settings, retries=_CLI_RETRIES) as api:
-            patch = apply_labels(api, name, desired)
+            patch = apply_labels(api, name, desired, settings.label_prefix)
         data.update(node=name, applied=patch is not None, patch=patch)
         lines.append(f"node {name}: " + ("labels patched" if patch else "labels already up to date"))
     return Result(data, "\n".join(lines))

@@ -83,23 +83,36 @@ def owned_annotation_value(labels: Mapping[str, str]) -> str:
 
 
 def owned_labels(node: Mapping[str, Any]) -> set[str]:
-    """Label keys a previous run recorded as ours."""
+    """Label keys a previous run recorded as ours (a claim anyone who can edit the Node can write)."""
     annotations = ((node.get("metadata") or {}).get("annotations") or {})
     return {k.strip() for k in str(annotations.get(OWNED_ANNOTATION, "")).split(",") if k.strip()}
 
 
-def label_patch(node: Mapping[str, Any], desired: Mapping[str, str]) -> dict[str, Any] | None:
+def manageable(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
+    """May nodeagent ever set or remove this label? Only under the prefix, under its own domain
+    (where the owned-labels annotation lives, so labels of an earlier prefix can be cleaned up),
+    or the Kata compatibility label. deploy/admission-policy.yaml allows the same keys."""
+    return bool(prefix) and key.startswith(prefix) or key.startswith(DEFAULT_PREFIX) or key == KATA_COMPAT_LABEL
+
+
+def label_patch(node: Mapping[str, Any], desired: Mapping[str, str],
+                prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None:
     """A JSON merge patch taking `node` to `desired`, or None when nothing would change.
 
     Sets desired labels that differ, deletes (null) owned labels no longer desired, updates the
-    owned-labels annotation; every other label and annotation is left out of the patch.
+    owned-labels annotation; every other label and annotation is left out of the patch. The
+    annotation never widens what is removed: a key outside `manageable()` listed there (say
+    `node-restriction.kubernetes.io/zone`, planted by whoever could edit the Node) is left alone.
     """
+    foreign = sorted(k for k in desired if not manageable(k, prefix))
+    if foreign:
+        raise ValueError(f"labels outside the prefix {prefix!r} are not ours to set: {foreign}")
     meta = node.get("metadata") or {}
     current = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     labels_patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
     for stale in sorted(owned_labels(node) - set(desired)):
-        if stale in current:
+        if stale in current and manageable(stale, prefix):
             labels_patch[stale] = None
     want_annotation = owned_annotation_value(desired) if desired else None
     annotations_patch: dict[str, str | None] = {}

@@ -11,7 +11,7 @@ import structlog
 
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient
-from nodeagent.kube.labels import label_patch
+from nodeagent.kube.labels import DEFAULT_PREFIX, label_patch
 
 log = structlog.get_logger(__name__)
 
@@ -34,14 +34,15 @@ def get_node(api: KubeClient, name: str) -> dict[str, Any]:
     return node
 
 
-def apply_labels(api: KubeClient, name: str, desired: Mapping[str, str]) -> dict[str, Any] | None:
+def apply_labels(api: KubeClient, name: str, desired: Mapping[str, str],
+                 prefix: str = DEFAULT_PREFIX) -> dict[str, Any] | None:
     """GET the node, PATCH only if the labels differ; returns the patch sent (None: nothing to do).
 
     No resourceVersion precondition: kubelet updates the Node's status all the time, which
     would make a precondition fail for no reason, and our patch only names keys we own.
     """
     node = get_node(api, name)
-    patch = label_patch(node, desired)
+    patch = label_patch(node, desired, prefix)
     if patch is None:
         log.debug("node labels up to date", node=name)
         return None

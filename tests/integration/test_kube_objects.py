@@ -2,8 +2,10 @@
 API server (a stand-in: no kube-apiserver can be had here; see tests/support/fake_apiserver.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from nodeagent.kube import events, runtimeclass
 from nodeagent.kube.checks import runtimeclass_check
@@ -12,6 +14,7 @@ from nodeagent.kube.credentials import from_kubeconfig
 from nodeagent.kube.labels import OWNED_ANNOTATION
 from nodeagent.kube.nodes import apply_labels
 from nodeagent.settings import Settings
+from tests.support import admission
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
 from tests.support.tree import diff_snapshots, snapshot
@@ -19,6 +22,8 @@ from tests.support.tree import diff_snapshots, snapshot
 P = "sandbox.nodeagent.io/"
 NODE = "/api/v1/nodes/node-a"
 RC = "/apis/node.k8s.io/v1/runtimeclasses"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+AGENT = "system:serviceaccount:nodeagent:nodeagent"
 
 
 @pytest.fixture
@@ -78,6 +83,35 @@ def test_labels_command_apply_on_a_fake_root(tmp_path, apiserver, kc):  # noqa: 
     assert json.loads(again.stdout)["applied"] is False
     assert apiserver.count("PATCH") == 0
     assert diff_snapshots(before, snapshot(root)) == []
+
+
+FOREIGN = {"node-restriction.kubernetes.io/zone": "secure", "node-role.kubernetes.io/control-plane": "",
+           "kubernetes.io/hostname": "node-a"}
+
+
+def test_labels_apply_never_removes_foreign_labels_the_annotation_names(tmp_path, apiserver, kc):  # noqa: F811
+    """Attack (security review H2): anyone who can edit the Node writes foreign keys into the
+    owned-labels annotation; the agent then deleted `node-restriction.kubernetes.io/*` (labels the
+    kubelet itself may not set) or the control-plane role. The annotation is a hint, not an
+    authority: only keys under the prefix (or nodeagent's own domain, or the Kata compat label)
+    are ever removed. The resulting change also passes deploy/'s admission policy."""
+    root = tmp_path / "root"
+    root.mkdir()
+    owned = sorted([*FOREIGN, P + "gvisor"])
+    seed_node(apiserver, {**FOREIGN, P + "gvisor": "true"}, {OWNED_ANNOTATION: ",".join(owned)})
+    before = apiserver.object(NODE)
+    proc = run_cli("-o", "json", "labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-a")
+    assert proc.returncode == 0, proc.stderr
+    after = apiserver.object(NODE)
+    for key, value in FOREIGN.items():
+        assert after["metadata"]["labels"].get(key) == value, key
+    assert P + "gvisor" not in after["metadata"]["labels"]  # ours and stale: removed
+    assert json.loads(proc.stdout)["patch"]["metadata"]["labels"].keys() <= {P + "gvisor", P + "kvm", P + "nested-virt",
+                                                                             P + "state"}
+    assert after["metadata"]["annotations"][OWNED_ANNOTATION] == f"{P}kvm,{P}nested-virt,{P}state"
+    policy = yaml.safe_load_all((DEPLOY / "admission-policy.yaml").read_text()).__next__()
+    decision = admission.evaluate(policy, admission.request(AGENT, node_name="node-a", name="node-a"), after, before)
+    assert decision.applies and decision.allowed, decision.failures
 
 
 def test_labels_command_unknown_node_is_a_known_error(tmp_path, apiserver, kc):  # noqa: F811

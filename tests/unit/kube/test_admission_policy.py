@@ -130,6 +130,15 @@ def test_the_patch_nodeagent_really_sends_is_allowed(policy):
     assert decide(policy, removing, old=after).allowed
 
 
+def test_a_node_without_spec_is_judged_not_an_error(policy):
+    """The API server sends `spec: {}` at least; an absent one must not turn into an evaluation
+    error (which `failurePolicy: Fail` would turn into a denial of the agent's own labels)."""
+    old = node()
+    del old["spec"]
+    assert decide(policy, labels(**{P + "kvm": "true"}), old=old).allowed
+    assert_denied(decide(policy, {"spec": {"unschedulable": True}}, old=old), "may not cordon")
+
+
 # --- what one compromised node must not do --------------------------------------------------------
 
 @pytest.mark.parametrize("patch", [

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from nodeagent.kube.labels import (
-    KATA_COMPAT_LABEL, OWNED_ANNOTATION, desired_labels, infer_state, label_patch, labels_view, owned_labels,
+    KATA_COMPAT_LABEL, OWNED_ANNOTATION, desired_labels, infer_state, label_patch, labels_view, manageable,
+    owned_labels,
 )
 from tests.support.fake_apiserver import merge_patch
 
@@ -95,12 +96,16 @@ def test_labels_view_matches_the_contract_shape():
     assert view["annotations"] == {OWNED_ANNOTATION: f"{P}kvm,{P}state"}
 
 
-_keys = st.sampled_from([P + k for k in ("gvisor", "kata", "kvm", "state", "team", "x")] + ["zone", "kubernetes.io/os"])
-_maps = st.dictionaries(_keys, st.sampled_from(["true", "false", "a"]), max_size=8)
+_ours = st.sampled_from([P + k for k in ("gvisor", "kata", "kvm", "state", "team", "x")] + [KATA_COMPAT_LABEL])
+_foreign = st.sampled_from(["zone", "kubernetes.io/os", "node-restriction.kubernetes.io/zone",
+                            "node-role.kubernetes.io/control-plane", "sandbox.nodeagent.io.evil.com/gvisor"])
+_keys = st.one_of(_ours, _foreign)
+_values = st.sampled_from(["true", "false", "a"])
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(current=_maps, owned=st.sets(_keys, max_size=6), desired=_maps)
+@given(current=st.dictionaries(_keys, _values, max_size=8), owned=st.sets(_keys, max_size=6),
+       desired=st.dictionaries(_ours, _values, max_size=8))
 def test_patch_properties(current, owned, desired):
     before = node(current, owned=sorted(owned))
     patch = label_patch(before, desired)
@@ -108,13 +113,40 @@ def test_patch_properties(current, owned, desired):
     labels = after["metadata"]["labels"]
     for key, value in desired.items():  # every desired label is there
         assert labels[key] == value
-    for key, value in current.items():  # a label neither desired nor owned before is untouched
-        if key not in desired and key not in owned:
+    for key, value in current.items():  # a label not desired and not ours to manage is untouched
+        if key not in desired and (key not in owned or not manageable(key)):
             assert labels[key] == value
-    for key in owned - set(desired):  # stale owned labels are gone
-        assert key not in labels
+    for key in owned - set(desired):  # stale owned labels under the prefix are gone
+        if manageable(key):
+            assert key not in labels
     assert owned_labels(after) == set(desired)
     assert label_patch(after, desired) is None  # converged: a second run writes nothing
+
+
+def test_owned_annotation_naming_foreign_keys_never_removes_them():
+    """Security review H2: the annotation is writable by whoever can edit the Node; it must not
+    make the agent delete labels outside its prefix (the kubelet itself may not set
+    node-restriction.kubernetes.io/*)."""
+    foreign = {"node-restriction.kubernetes.io/zone": "secure", "node-role.kubernetes.io/control-plane": ""}
+    current = node({**foreign, P + "kata": "true"}, owned=[*foreign, P + "kata"])
+    patch = label_patch(current, {P + "state": "ready"})
+    assert patch["metadata"]["labels"] == {P + "state": "ready", P + "kata": None}
+    assert merge_patch(current, patch)["metadata"]["labels"] == {**foreign, P + "state": "ready"}
+
+
+def test_custom_prefix_cleans_up_our_old_labels_but_nothing_foreign():
+    current = node({P + "gvisor": "true", "example.com/gvisor": "true", "zone": "a"},
+                   owned=[P + "gvisor", "zone"])
+    patch = label_patch(current, {"example.com/state": "ready"}, prefix="example.com/")
+    assert patch["metadata"]["labels"] == {"example.com/state": "ready", P + "gvisor": None}
+
+
+def test_a_desired_label_outside_the_prefix_is_refused():
+    with pytest.raises(ValueError, match="not ours to set"):
+        label_patch(node({}), {"node-role.kubernetes.io/control-plane": ""})
+    with pytest.raises(ValueError, match="not ours to set"):
+        label_patch(node({}), {"kvm": "true"}, prefix="")  # "" is no prefix, not "every key"
+    assert manageable(P + "x", "") and not manageable("x", "")
 
 
 def test_nfd_feature_file_is_atomic_idempotent_and_removable(tmp_path):
