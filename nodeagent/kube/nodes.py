@@ -11,7 +11,7 @@ import structlog
 
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient
-from nodeagent.kube.labels import DEFAULT_PREFIX, label_patch
+from nodeagent.kube.labels import DEFAULT_PREFIX, label_patch, manageable, owned_labels
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +42,9 @@ def apply_labels(api: KubeClient, name: str, desired: Mapping[str, str],
     would make a precondition fail for no reason, and our patch only names keys we own.
     """
     node = get_node(api, name)
+    foreign = sorted(k for k in owned_labels(node) if not manageable(k, prefix))
+    if foreign:  # someone who can edit the Node wrote them there: say so, touch nothing
+        log.warning("owned-labels annotation names labels outside our prefix; left alone", node=name, labels=foreign)
     patch = label_patch(node, desired, prefix)
     if patch is None:
         log.debug("node labels up to date", node=name)

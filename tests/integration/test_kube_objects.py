@@ -102,6 +102,7 @@ def test_labels_apply_never_removes_foreign_labels_the_annotation_names(tmp_path
     before = apiserver.object(NODE)
     proc = run_cli("-o", "json", "labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-a")
     assert proc.returncode == 0, proc.stderr
+    assert "outside our prefix" in proc.stderr and "node-restriction.kubernetes.io/zone" in proc.stderr
     after = apiserver.object(NODE)
     for key, value in FOREIGN.items():
         assert after["metadata"]["labels"].get(key) == value, key
