@@ -92,7 +92,7 @@ def manageable(key: str, prefix: str = DEFAULT_PREFIX) -> bool:
     """May nodeagent ever set or remove this label? Only under the prefix, under its own domain
     (where the owned-labels annotation lives, so labels of an earlier prefix can be cleaned up),
     or the Kata compatibility label. deploy/admission-policy.yaml allows the same keys."""
-    return bool(prefix) and key.startswith(prefix) or key.startswith(DEFAULT_PREFIX) or key == KATA_COMPAT_LABEL
+    return (bool(prefix) and key.startswith(prefix)) or key.startswith(DEFAULT_PREFIX) or key == KATA_COMPAT_LABEL
 
 
 def label_patch(node: Mapping[str, Any], desired: Mapping[str, str],
