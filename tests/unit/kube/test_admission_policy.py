@@ -260,6 +260,9 @@ def test_policy_is_enforced_fail_closed_and_bound(objects, policy):
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert "paramRef" not in binding["spec"] and "paramKind" not in policy["spec"]
+    # the API server refuses a message with a line break, and a variable name that is no identifier
+    assert all("\n" not in v["message"] and v["reason"] == "Forbidden" for v in policy["spec"]["validations"])
+    assert all(v["name"].isidentifier() for v in policy["spec"]["variables"])
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
     assert rule["operations"] == ["UPDATE"] and "nodes" in rule["resources"]  # PATCH is an UPDATE here
 
