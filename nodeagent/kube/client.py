@@ -56,6 +56,12 @@ class KubeForbidden(KubeError):
     default_hint = "grant the service account the RBAC rules in deploy/ (see deploy/README.md)"
 
 
+# RBAC allowed the verb, an admission policy refused the change (the API server says which).
+_ADMISSION_HINT = ("deploy/admission-policy.yaml lets the agent change only the Node its token names, and there only "
+                   "labels under its prefix: check --node-name/NODE_NAME is this node, the cluster is Kubernetes >= 1.30, "
+                   "and the policy's prefix and startup taint match the settings (deploy/README.md)")
+
+
 class KubeInvalid(KubeError):
     default_hint = "the API server rejected the object as invalid; check the settings that shape it"
 
@@ -200,7 +206,7 @@ class KubeClient:
         if code == 401:
             raise KubeUnauthorized(f"the API server {self.creds.server} rejected our credentials ({describe(self.creds)['auth']}): 401 Unauthorized")
         if code == 403:
-            raise KubeForbidden(what)
+            raise KubeForbidden(what, _ADMISSION_HINT if "ValidatingAdmissionPolicy" in message else None)
         if code == 404:
             raise KubeNotFound(what)
         if code == 409:

@@ -89,17 +89,28 @@ FOREIGN = {"node-restriction.kubernetes.io/zone": "secure", "node-role.kubernete
            "kubernetes.io/hostname": "node-a"}
 
 
-def test_labels_apply_never_removes_foreign_labels_the_annotation_names(tmp_path, apiserver, kc):  # noqa: F811
+@pytest.fixture
+def policy_enforced(apiserver):  # noqa: F811
+    """The stand-in judges every write with deploy/'s ValidatingAdmissionPolicy (real CEL, see
+    tests/support/admission.py); TOKEN is the agent's ServiceAccount with a token for node-a."""
+    docs = list(yaml.safe_load_all((DEPLOY / "admission-policy.yaml").read_text()))
+    policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    apiserver.admission = admission.standin_hook(policy, binding["metadata"]["name"], {"token-user-0": (AGENT, "node-a")})
+    return apiserver
+
+
+def test_labels_apply_never_removes_foreign_labels_the_annotation_names(tmp_path, policy_enforced, kc):
     """Attack (security review H2): anyone who can edit the Node writes foreign keys into the
     owned-labels annotation; the agent then deleted `node-restriction.kubernetes.io/*` (labels the
     kubelet itself may not set) or the control-plane role. The annotation is a hint, not an
     authority: only keys under the prefix (or nodeagent's own domain, or the Kata compat label)
-    are ever removed. The resulting change also passes deploy/'s admission policy."""
+    are ever removed, so the patch also passes deploy/'s admission policy."""
+    apiserver = policy_enforced
     root = tmp_path / "root"
     root.mkdir()
     owned = sorted([*FOREIGN, P + "gvisor"])
     seed_node(apiserver, {**FOREIGN, P + "gvisor": "true"}, {OWNED_ANNOTATION: ",".join(owned)})
-    before = apiserver.object(NODE)
     proc = run_cli("-o", "json", "labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-a")
     assert proc.returncode == 0, proc.stderr
     assert "outside our prefix" in proc.stderr and "node-restriction.kubernetes.io/zone" in proc.stderr
@@ -110,9 +121,28 @@ def test_labels_apply_never_removes_foreign_labels_the_annotation_names(tmp_path
     assert json.loads(proc.stdout)["patch"]["metadata"]["labels"].keys() <= {P + "gvisor", P + "kvm", P + "nested-virt",
                                                                              P + "state"}
     assert after["metadata"]["annotations"][OWNED_ANNOTATION] == f"{P}kvm,{P}nested-virt,{P}state"
-    policy = yaml.safe_load_all((DEPLOY / "admission-policy.yaml").read_text()).__next__()
-    decision = admission.evaluate(policy, admission.request(AGENT, node_name="node-a", name="node-a"), after, before)
-    assert decision.applies and decision.allowed, decision.failures
+    assert apiserver.count("PATCH", status=200) == 1
+
+
+def test_a_token_for_one_node_cannot_relabel_another(tmp_path, policy_enforced, kc):
+    """Attack (security review H2): root on node-a takes the agent's token and drops
+    `gvisor=true` from node-b. RBAC allows the PATCH; the admission policy refuses it, and the
+    CLI says so in one error and one hint, with nothing changed anywhere."""
+    apiserver = policy_enforced
+    root = tmp_path / "root"
+    root.mkdir()
+    apiserver.put_object("/api/v1/nodes/node-b", {"apiVersion": "v1", "kind": "Node", "spec": {}, "metadata": {
+        "labels": {P + "gvisor": "true"}, "annotations": {OWNED_ANNOTATION: P + "gvisor"}}})
+    node_b = apiserver.object("/api/v1/nodes/node-b")
+    before = snapshot(root)
+    proc = run_cli("labels", "--apply", "--root", str(root), "--kubeconfig", kc, "--node-name", "node-b")
+    message = assert_known_error(proc)
+    assert "403" in message and "ValidatingAdmissionPolicy 'nodeagent-own-node-only'" in message
+    assert "only the Node named in its own service-account token" in message
+    assert "admission-policy.yaml" in proc.stderr.split("hint:", 1)[1]
+    assert apiserver.object("/api/v1/nodes/node-b") == node_b
+    assert apiserver.count("PATCH", status=403) == 1 and apiserver.count("PATCH", status=200) == 0
+    assert diff_snapshots(before, snapshot(root)) == []
 
 
 def test_labels_command_unknown_node_is_a_known_error(tmp_path, apiserver, kc):  # noqa: F811

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import cel
 
@@ -99,3 +99,20 @@ def evaluate(policy: Mapping[str, Any], req: Mapping[str, Any], obj: Any, old: A
         if error or value is not True:
             failures.append(rule.get("message", rule["expression"]) + (f" ({error})" if error else ""))
     return Decision(True, failures)
+
+
+def standin_hook(policy: Mapping[str, Any], binding: str,
+                 identities: Mapping[str, tuple[str, str | None]]) -> Callable[..., str | None]:
+    """An `admission` callable for tests/support/fake_apiserver.py: the stand-in's user (e.g.
+    `token-user-0`) maps to (service-account username, node named in its token or None)."""
+    def admit(user: str, collection: str, name: str, new: dict, old: dict) -> str | None:
+        username, node_name = identities.get(user, (user, None))
+        resource = collection.rsplit("/", 1)[-1]
+        req = request(username, node_name=node_name, name=name, resource=resource,
+                      kind=str(new.get("kind") or resource))
+        decision = evaluate(policy, req, new, old)
+        if decision.allowed:
+            return None
+        return (f"ValidatingAdmissionPolicy '{policy['metadata']['name']}' with binding '{binding}' "
+                f"denied request: {decision.failures[0]}")
+    return admit

@@ -15,7 +15,9 @@ semantics rather than mocks:
 - label key/value validation → 422 Invalid;
 - fault injection (429 with Retry-After, 5xx) for the next N matching requests;
 - request records, and for Leases: concurrent unexpired holders over time and any "steal"
-  (a holder replaced while its lease was still valid).
+  (a holder replaced while its lease was still valid);
+- optionally validating admission on PUT/PATCH (`admission`, e.g. deploy/'s ValidatingAdmissionPolicy
+  through tests/support/admission.py): a refusal is a 403 Forbidden in the API server's wording.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 # --- PKI ---------------------------------------------------------------------------------
@@ -247,6 +249,8 @@ class FakeApiServer:
         self.lease_holder_samples: list[tuple[float, int]] = []
         self.max_lease_holders = 0
         self.lease_steals: list[str] = []
+        # admission(user, collection, name, new, old) -> None to admit, or the refusal message
+        self.admission: Callable[[str, str, str, dict, dict], str | None] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -390,7 +394,7 @@ class FakeApiServer:
                     fault.remaining -= 1
                     raise ApiError(fault.status, "TooManyRequests" if fault.status == 429 else "InternalError",
                                    "injected by the test", {"Retry-After": fault.retry_after} if fault.retry_after else {})
-                status, payload = self._dispatch(h.command, url.path, parse_qs(url.query), body, content_type)
+                status, payload = self._dispatch(h.command, url.path, parse_qs(url.query), body, content_type, user)
         except ApiError as exc:
             status, headers = exc.code, exc.headers
             payload = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
@@ -412,7 +416,8 @@ class FakeApiServer:
         except ValueError:
             raise ApiError(400, "BadRequest", "the body is not valid JSON") from None
 
-    def _dispatch(self, method: str, path: str, query: dict, body: bytes, content_type: str | None):
+    def _dispatch(self, method: str, path: str, query: dict, body: bytes, content_type: str | None,
+                  user: str = ""):
         collection, name = split_path(path)
         items = self.store.objects.setdefault(collection, {})
         kind_name = collection.rsplit("/", 1)[-1]
@@ -485,6 +490,10 @@ class FakeApiServer:
             if keep in current["metadata"]:
                 meta[keep] = current["metadata"][keep]
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        refusal = self.admission(user, collection, name, copy.deepcopy(new), copy.deepcopy(current)) \
+            if self.admission else None
+        if refusal:
+            raise ApiError(403, "Forbidden", f'{kind_name} "{name}" is forbidden: {refusal}')
         if new == current:  # no-op writes do not bump the resourceVersion
             return 200, copy.deepcopy(current)
         meta["resourceVersion"] = self._next_version()
