@@ -17,7 +17,7 @@ import posixpath
 import re
 from typing import Any
 
-from nodeagent.detect import containerd_config, flavor as flavor_mod, procs, trust
+from nodeagent.detect import containerd_config, flavor as flavor_mod, procs, trust, unit_pid
 from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
@@ -62,12 +62,16 @@ def daemon_path(process: procs.HostProcess | None, binary_dir: str | None) -> li
     return dirs
 
 
-def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, config_hint: str | None) -> procs.HostProcess | None:
+def _pick_process(host: HostRoot, found: list[procs.HostProcess], flavor: flavor_mod.Flavor,
+                  config_hint: str | None) -> procs.HostProcess | None:
     """Among trusted processes: the one serving the config the operator named, then the one
-    systemd runs as the flavor's unit, then one started from the flavor's own binary, then one
-    with the flavor's config/socket (not, say, Docker's own containerd), then any but Docker's."""
+    systemd runs as the flavor's unit (its MainPID, else its cgroup), then one started from the
+    flavor's own binary, then one with the flavor's config/socket (not, say, Docker's own
+    containerd), then any but Docker's."""
+    main_pids = unit_pid.main_pids(host, flavor.units) if found else set()
     rules = (
         lambda p: bool(config_hint) and p.flag("--config", "-c") == config_hint,
+        lambda p: unit_pid.innermost_pid(p) in main_pids,
         lambda p: trust.unit_of(p, flavor.units) is not None,
         lambda p: trust.executable_path(p) in flavor.binaries,
         lambda p: p.flag("--address", "-a") == flavor.socket or p.flag("--config", "-c") == flavor.config,
@@ -90,7 +94,7 @@ def discover_process(host: HostRoot, flavor: flavor_mod.Flavor, config_hint: str
             trusted.append(proc)
         else:
             untrusted.append(trust.describe(host, proc, verdict))
-    return _pick_process(trusted, flavor, config_hint), untrusted
+    return _pick_process(host, trusted, flavor, config_hint), untrusted
 
 
 def _find_binary(host: HostRoot, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,

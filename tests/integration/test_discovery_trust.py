@@ -263,3 +263,16 @@ def test_install_inside_the_node_ignores_the_attacker(clean_node, attacker_dir, 
         node.run([*na, "uninstall", "--restart", "none", "--force"], check=False, timeout=120, env=env)
         node.path(FLAVOR_CONFIG).write_bytes(original)
         shutil.rmtree(node.path(f"/var/tmp/{attacker_dir.name}"), ignore_errors=True)
+
+
+def test_the_units_main_pid_comes_from_systemd_over_its_private_socket(clean_node):
+    """Inside the node (live root) and from a pod of it, systemd names containerd.service's MainPID."""
+    code = ("import json, os; from nodeagent.host import HostRoot; from nodeagent.detect import unit_pid, procs; "
+            "h = HostRoot(os.environ.get('NODEAGENT_ROOT', '/')); "
+            "print(json.dumps([sorted(unit_pid.main_pids(h, ('containerd.service',))), "
+            "[unit_pid.innermost_pid(p) for p in procs.find(h, ('containerd',))]]))")
+    main = clean_node.main_pid()
+    inside = clean_node.run([sys.executable, "-c", code], env={"PYTHONPATH": str(REPO)})
+    pod = clean_node.run_pod([sys.executable, "-c", code], env={"PYTHONPATH": str(REPO)})
+    for proc in (inside, pod):
+        assert json.loads(proc.stdout) == [[main], [main]], proc.stdout
