@@ -120,6 +120,16 @@ def test_a_local_process_named_containerd_is_never_run_nor_believed(who, attacke
     assert diff_snapshots(etc_before, snapshot("/etc/containerd")) == []
 
 
+def test_a_local_process_named_k3s_does_not_pick_the_flavor(attacker_dir, start):
+    """A running `k3s` process is the strongest flavor evidence: from nobody it must count for nothing."""
+    binary = build(attacker_dir, [str(attacker_dir / "marker")]).rename(attacker_dir / "k3s")
+    sock = attacker_dir / "k3s.sock"
+    start([*NOBODY, str(binary), "--address", str(sock)], sock)
+    facts = json.loads(run_cli("detect", "-o", "json").stdout)["containerd"]
+    assert facts["flavor"] == "containerd" and "process k3s" not in facts["flavor_evidence"]
+    assert not facts["config_path"].startswith("/var/lib/rancher")
+
+
 def test_a_root_containerd_is_still_found_next_to_an_attacker(containerd_factory, attacker_dir, start):
     """No regression: the trusted daemon wins, is run for its version, and doctor says ok about it."""
     daemon = containerd_factory("2.1")
