@@ -117,6 +117,8 @@ def test_a_local_process_named_containerd_is_never_run_nor_believed(who, attacke
     assert check["status"] == "warn", check
     assert f"pid {attacker.pid} (user {user}, binary {binary})" in check["summary"]
     assert str(sock) not in doctor.stdout and str(sock) not in plan.stdout
+    assert f"containerd: ignored pid {attacker.pid} (user {user}, binary {binary})" in run_cli("detect").stdout
+    assert not marker.exists()
     assert diff_snapshots(etc_before, snapshot("/etc/containerd")) == []
 
 
