@@ -144,6 +144,8 @@ def process_verdict(host: HostRoot, proc: HostProcess) -> Verdict:
         return Verdict(False, "its executable cannot be read")
     try:
         st = os.stat(f"{proc.proc_dir}/exe")
+    except PermissionError:
+        return path_verdict(host, exe)  # not root ourselves (a user running detect): judge the path
     except OSError as exc:
         return Verdict(False, f"its executable cannot be read: {exc.strerror}")
     verdict = _component_verdict(exe, st, last=True, allow_sticky=False, socket=False)
