@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from nodeagent.containerd import model
-from nodeagent.detect import detect_host, eligibility
+from nodeagent.detect import detect_host, eligibility, trust
 from nodeagent.errors import CommandFailed, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import table
@@ -154,6 +154,20 @@ def check_containerd_found(ctx: Context) -> Check:
                  "install containerd (e.g. apt-get install containerd) or point --root at the node's filesystem")
 
 
+def check_containerd_trust(ctx: Context) -> Check:
+    """A process calling itself containerd that any user could have started is named, not used."""
+    untrusted = ctx.facts["containerd"].get("untrusted_processes") or []
+    if not untrusted:
+        return Check("containerd-trust", OK, "every process named containerd runs as root from a root-owned binary"
+                     if ctx.facts["containerd"]["running"] else "no untrusted process calls itself containerd")
+    named = "; ".join(f"pid {p['pid']} (user {p['user']}, binary {p['binary']}): {p['reason']}" for p in untrusted)
+    return Check(
+        "containerd-trust", WARN, f"ignored {len(untrusted)} untrusted process(es) calling themselves containerd: {named}",
+        "nodeagent never runs, edits or connects to anything such a process names; find who started it "
+        f"(ps -o user,pid,args -p {','.join(str(p['pid']) for p in untrusted)}) and stop it",
+    )
+
+
 def check_containerd_running(ctx: Context) -> Check:
     ctd = ctx.facts["containerd"]
     if not ctd["found"]:
@@ -167,7 +181,11 @@ def check_containerd_running(ctx: Context) -> Check:
 
 
 def _config_dump(ctx: Context, binary: str, config_path: str) -> str | None:
-    """Let containerd itself validate (and merge imports); returns its error, None when fine."""
+    """Let containerd itself validate (and merge imports); returns its error, None when fine.
+    Runs the binary from its path, and only a root-controlled one (see detect.trust)."""
+    verdict = trust.path_verdict(ctx.host, binary)
+    if not verdict.trusted:
+        return f"not running {binary}: {verdict.reason}"
     try:
         run([str(ctx.host.resolve(binary)), "--config", str(ctx.host.path(config_path)), "config", "dump"], timeout=20)
     except CommandFailed as exc:
@@ -298,8 +316,8 @@ def _in_cluster() -> bool:
 
 CHECKS: list[Callable[[Context], Check]] = [
     check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver,
-    check_containerd_found, check_containerd_running, check_containerd_config, check_handlers,
-    check_cri, check_runtimeclasses,
+    check_containerd_found, check_containerd_trust, check_containerd_running, check_containerd_config,
+    check_handlers, check_cri, check_runtimeclasses,
 ]
 
 

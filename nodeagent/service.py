@@ -207,13 +207,13 @@ def _systemd_below_us(socket_path: str) -> int | None:
     try:
         sock.settimeout(2)
         sock.connect(socket_path)
-        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
+        pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
     except OSError:
         return None
     finally:
         sock.close()
-    if pid <= 0:
-        return None
+    if pid <= 0 or uid != 0:
+        return None  # we nsenter only a root peer (systemd); anything else is not the node's init
     try:
         with open(f"/proc/{pid}/status") as fh:
             nspid = next((line.split()[1:] for line in fh if line.startswith("NSpid:")), [])

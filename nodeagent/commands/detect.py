@@ -45,6 +45,8 @@ def summary(facts: dict[str, Any]) -> str:
         *(f"Kata: {r}" for r in rt["kata"]["reasons"]),
         *(f"KVM: {r}" for r in virt["reasons"] if "vsock" not in r),
         *(f"containerd: {r}" for r in ctd["reasons"]),
+        *(f"containerd: ignored pid {p['pid']} (user {p['user']}, binary {p['binary']}): {p['reason']}"
+          for p in ctd.get("untrusted_processes") or []),
         *(f"host: {r}" for r in facts["cpu_reasons"]),
     ]
     if notes:

@@ -193,19 +193,38 @@ def _grpc():
     return grpc, api_pb2, api_pb2_grpc
 
 
-def peer_pid(socket_path: str) -> int | None:
-    """PID of the process serving a unix socket (SO_PEERCRED), in our PID namespace; None if unknown."""
+def peer_credentials(socket_path: str) -> tuple[int, int] | None:
+    """(pid in our PID namespace, uid) of the process serving a unix socket (SO_PEERCRED); None if unknown."""
     s = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
     try:
         s.settimeout(2)
         s.connect(str(socket_path))
         creds = s.getsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
-        return pid or None
+        pid, uid, _gid = struct.unpack("3i", creds)
+        return pid, uid
     except OSError:
         return None
     finally:
         s.close()
+
+
+def peer_pid(socket_path: str) -> int | None:
+    """PID of the root process serving a unix socket, in our PID namespace; None if unknown or
+    not root (we then never read files through its /proc/<pid>/root)."""
+    creds = peer_credentials(socket_path)
+    return creds[0] if creds and creds[0] and creds[1] == 0 else None
+
+
+def untrusted_peer(socket_path: str) -> str | None:
+    """Why the process serving `socket_path` is not believed (it is not root), else None.
+
+    Any local user can serve gRPC on a socket of theirs and claim handlers; containerd runs as
+    root. The socket file's owner is checked at discovery (detect.trust); this checks who
+    actually answers."""
+    creds = peer_credentials(socket_path)
+    if creds is not None and creds[1] != 0:
+        return f"the process serving {socket_path} (pid {creds[0] or 'unknown'}) runs as uid {creds[1]}, not root"
+    return None
 
 
 class CriClient:
@@ -214,6 +233,7 @@ class CriClient:
     def __init__(self, socket: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 10.0):
         self.socket = str(socket)
         self.timeout = timeout
+        self._peer_checked = False
         grpc, self.pb, pbg = _grpc()
         self._grpc = grpc
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")
@@ -246,6 +266,12 @@ class CriClient:
         return CriError(f"{what} failed: {details}")
 
     def _call(self, method, request, what: str, timeout: float | None = None):
+        if not self._peer_checked:
+            untrusted = untrusted_peer(self.socket)
+            if untrusted:
+                raise CriError(f"not trusted: {untrusted}",
+                               "containerd runs as root: find who serves that socket and point nodeagent at the real one")
+            self._peer_checked = True
         try:
             return method(request, timeout=timeout or self.timeout)
         except self._grpc.RpcError as exc:
@@ -258,6 +284,10 @@ class CriClient:
         st = CriStatus(socket=self.socket)
         if not os.path.exists(self.socket):
             st.reason = f"no socket at {self.socket}"
+            return st
+        untrusted = untrusted_peer(self.socket)
+        if untrusted:
+            st.reason = f"not trusted: {untrusted}"
             return st
         try:
             st.runtime_version = _containerd_version(self.channel, self.timeout)

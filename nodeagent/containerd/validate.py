@@ -18,6 +18,7 @@ from typing import Any
 
 from nodeagent.containerd import edit, model
 from nodeagent.containerd.imports import expand_import, load_chain, read_host_file
+from nodeagent.detect import trust
 from nodeagent.detect.flavor import FLAVORS
 from nodeagent.errors import CommandFailed, ConfigError
 from nodeagent.host import HostRoot
@@ -28,7 +29,8 @@ def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) ->
     """The containerd binary to validate with: explicit, else the flavor's or the host's own.
 
     Never a binary from outside the root: its version could differ from the host's and
-    judge the config by the wrong rules (a v3 drop-in means nothing to containerd 1.x).
+    judge the config by the wrong rules (a v3 drop-in means nothing to containerd 1.x). Never
+    one whose path any user but root could have changed (detect.trust): it runs as root.
     """
     if explicit:
         return explicit
@@ -41,7 +43,7 @@ def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) ->
             real = host.resolve(host_path)
         except Exception:
             continue
-        if real.is_file() and os.access(real, os.X_OK):
+        if real.is_file() and os.access(real, os.X_OK) and trust.path_verdict(host, host_path).trusted:
             return str(real)
     return None
 

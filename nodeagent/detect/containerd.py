@@ -2,11 +2,13 @@
 
 Sources, in order of trust: explicit settings (--containerd-config/--containerd-socket),
 the running process's own flags, the config file's `grpc.address`, the flavor's defaults.
-The version comes from running `<binary> --version` when the root is live; for another
-root (a DaemonSet's /host) from the running process's /proc/<pid>/exe when the node's
-processes are visible, else from the host's package database (/var/lib/dpkg/status).
-Binaries inside a non-live root are never run: they may be another architecture's, need
-the host's libraries, or (captured trees) be stand-ins.
+Only a trusted process counts (root, from a root-owned binary: see detect.trust); among
+those, the one systemd runs as the flavor's unit is preferred. The version comes from
+running `<binary> --version` when the root is live, the binary taken from its path and only
+when that path is root-controlled; for another root (a DaemonSet's /host) from the host's
+package database (/var/lib/dpkg/status). A binary found only through a process
+(/proc/<pid>/exe) is never run, and binaries inside a non-live root are never run either:
+they may be another architecture's, need the host's libraries, or (captured trees) be stand-ins.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import posixpath
 import re
 from typing import Any
 
-from nodeagent.detect import containerd_config, flavor as flavor_mod, procs
+from nodeagent.detect import containerd_config, flavor as flavor_mod, procs, trust, unit_pid
 from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
@@ -60,24 +62,61 @@ def daemon_path(process: procs.HostProcess | None, binary_dir: str | None) -> li
     return dirs
 
 
-def _pick_process(found: list[procs.HostProcess], flavor: flavor_mod.Flavor, config_hint: str | None) -> procs.HostProcess | None:
-    """Prefer the containerd serving this flavor's config/socket (not, say, Docker's own containerd)."""
-    for proc in found:
-        cfg = proc.flag("--config", "-c")
-        if config_hint and cfg == config_hint:
-            return proc
-    for proc in found:
-        if proc.flag("--address", "-a") == flavor.socket or proc.flag("--config", "-c") == flavor.config:
-            return proc
-    for proc in found:
-        if "docker" not in " ".join(proc.cmdline):
-            return proc
+def _pick_process(host: HostRoot, found: list[procs.HostProcess], flavor: flavor_mod.Flavor,
+                  config_hint: str | None) -> procs.HostProcess | None:
+    """Among trusted processes: the one serving the config the operator named, then the one
+    systemd runs as the flavor's unit (its MainPID, else its cgroup), then one started from the
+    flavor's own binary, then one with the flavor's config/socket (not, say, Docker's own
+    containerd), then any but Docker's."""
+    main_pids = unit_pid.main_pids(host, flavor.units) if found else set()
+    rules = (
+        lambda p: bool(config_hint) and p.flag("--config", "-c") == config_hint,
+        lambda p: unit_pid.innermost_pid(p) in main_pids,
+        lambda p: trust.unit_of(p, flavor.units) is not None,
+        lambda p: trust.executable_path(p) in flavor.binaries,
+        lambda p: p.flag("--address", "-a") == flavor.socket or p.flag("--config", "-c") == flavor.config,
+        lambda p: "docker" not in " ".join(p.cmdline),
+    )
+    for rule in rules:
+        for proc in found:
+            if rule(proc):
+                return proc
     return None
 
 
-def _binary_version(host: HostRoot, binary: str, reasons: list[str], under_root: bool = True) -> str | None:
+def discover_process(host: HostRoot, flavor: flavor_mod.Flavor, config_hint: str | None
+                     ) -> tuple[procs.HostProcess | None, list[dict[str, Any]]]:
+    """(the containerd process to believe, every untrusted process calling itself containerd)."""
+    trusted, untrusted = [], []
+    for proc in procs.find(host, ("containerd",)):
+        verdict = trust.process_verdict(host, proc)
+        if verdict.trusted:
+            trusted.append(proc)
+        else:
+            untrusted.append(trust.describe(host, proc, verdict))
+    return _pick_process(host, trusted, flavor, config_hint), untrusted
+
+
+def _find_binary(host: HostRoot, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
+                 reasons: list[str]) -> str | None:
+    """The containerd binary by its host path: the trusted process's, the flavor's, then PATH's;
+    a path that is not root-controlled is skipped (with a reason), as nodeagent may run it."""
+    candidates = [trust.executable_path(process)] if process else []
+    candidates += [c for c in flavor.binaries if host.exists(c)]
+    found = host.which("containerd")
+    if found:
+        candidates.append(found)
+    for candidate in dict.fromkeys(c for c in candidates if c):
+        verdict = trust.path_verdict(host, candidate)
+        if verdict.trusted:
+            return candidate
+        reasons.append(f"not using {candidate} as containerd's binary: {verdict.reason}")
+    return None
+
+
+def _binary_version(host: HostRoot, binary: str, reasons: list[str]) -> str | None:
     try:
-        result = run([str(host.resolve(binary)) if under_root else binary, "--version"], timeout=10)
+        result = run([str(host.resolve(binary)), "--version"], timeout=10)
     except (CommandFailed, HostError) as exc:
         reasons.append(f"`{binary} --version` failed: {exc.message}")
         return None
@@ -87,22 +126,26 @@ def _binary_version(host: HostRoot, binary: str, reasons: list[str], under_root:
     return version
 
 
+def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
+            config: containerd_config.ConfigFacts, reasons: list[str]) -> tuple[str | None, str | None]:
+    """(the CRI socket to use, a discovered socket refused as not root-owned)."""
+    if settings.containerd_socket:
+        return settings.containerd_socket, None  # the operator's word
+    socket = (process.flag("--address", "-a") if process else None) or containerd_config.grpc_address(config) or flavor.socket
+    verdict = trust.socket_verdict(host, socket)
+    if verdict.trusted:
+        return socket, None
+    reasons.append(f"not trusting CRI socket {socket}: {verdict.reason}")
+    return None, socket
+
+
 def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     reasons: list[str] = []
     flavor_facts = flavor_mod.detect(host)
     flavor = flavor_facts.flavor
 
-    process = _pick_process(procs.find(host, ("containerd",)), flavor, settings.containerd_config)
-
-    # binary: the running process's executable, the flavor's own, then the host PATH
-    binary = None
-    if process and process.exe:
-        binary = process.exe  # a host path: psutil reads it in the process's own mount namespace
-    for candidate in flavor.binaries:
-        if binary is None and host.exists(candidate):
-            binary = candidate
-    if binary is None:
-        binary = host.which("containerd")
+    process, untrusted = discover_process(host, flavor, settings.containerd_config)
+    binary = _find_binary(host, process, flavor, reasons)
 
     process_config = process.flag("--config", "-c") if process else None
     if process_config and process_config == flavor.rendered:
@@ -112,10 +155,6 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     version = None
     if binary and host.is_live:
         version = _binary_version(host, binary, reasons)
-    elif process:
-        # Another root with the node's processes visible (a hostPID DaemonSet): the kernel's
-        # /proc/<pid>/exe is the very binary that runs, whatever mount namespace we are in.
-        version = _binary_version(host, f"{process.proc_dir}/exe", reasons, under_root=False)
     if version is None and not host.is_live and (binary or process):
         version = _dpkg_version(host)
         if version is None:
@@ -133,12 +172,7 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     if not found:
         reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
 
-    socket = (
-        settings.containerd_socket
-        or (process.flag("--address", "-a") if process else None)
-        or containerd_config.grpc_address(config)
-        or flavor.socket
-    )
+    socket, untrusted_socket = _socket(host, settings, process, flavor, config, reasons)
     template = next((t for t in flavor.templates if host.exists(t)), None)
     binary_dir = posixpath.dirname(binary) if binary else None
     return {
@@ -166,4 +200,6 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "flavor_evidence": flavor_facts.evidence,
         "unit": flavor_facts.unit,
         "reasons": reasons,
+        "untrusted_processes": untrusted,  # never used for discovery; doctor's containerd-trust names them
+        "untrusted_socket": untrusted_socket,
     }

@@ -2,14 +2,14 @@
 
 Each flavor keeps its containerd config, socket and binary in its own place; editing the
 wrong one (say Docker's containerd on a k3s node) changes nothing. Evidence comes from
-their processes, systemd units and files, strongest first.
+their (trusted: see detect.trust) processes, systemd units and files, strongest first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nodeagent.detect import procs
+from nodeagent.detect import procs, trust
 from nodeagent.host import HostRoot
 
 _UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
@@ -94,7 +94,9 @@ def detect(host: HostRoot) -> FlavorFacts:
     """Score each distribution: a running process 3, a unit 2, a file 1; plain containerd otherwise."""
     best: tuple[int, str] = (0, "containerd")
     evidence: dict[str, list[str]] = {}
-    running = {p.name for p in procs.find(host, tuple(n for f in FLAVORS.values() for n in f.processes))}
+    names = tuple(n for f in FLAVORS.values() for n in f.processes)
+    # a process any user could start (a `k3s` copy in /tmp) must not pick the config we edit
+    running = {p.name for p in procs.find(host, names) if trust.process_verdict(host, p).trusted}
     for flavor in FLAVORS.values():
         found = evidence.setdefault(flavor.name, [])
         score = 0

@@ -129,14 +129,3 @@ def test_cri_plugin_broken_by_dropin_fails(containerd_factory):
     daemon = containerd_factory("1.6", config)
     check = _checks(daemon.config_path)["cri-handlers"]
     assert check.status == "fail" and "CRI plugin" in check.summary
-
-
-def test_version_from_the_running_process_exe(containerd_factory):
-    # How a DaemonSet (--root /host, hostPID) reads the version: the kernel's /proc/<pid>/exe
-    # runs the very binary of the node's containerd, whatever our mount namespace is.
-    from nodeagent.detect import containerd as probe
-
-    daemon = containerd_factory("2.1")
-    reasons: list[str] = []
-    version = probe._binary_version(HostRoot("/"), f"/proc/{daemon.pid}/exe", reasons, under_root=False)
-    assert version and version.startswith("2.1."), reasons

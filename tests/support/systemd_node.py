@@ -326,7 +326,10 @@ class SystemdNode:
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run a command inside the node (all its namespaces)."""
         full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
+                    # nsenter -m starts in the node's /, where `python -m nodeagent` would import the
+                    # package pip installed (maybe another checkout), not this one
+                    "PYTHONPATH": str(REPO)}
         full_env.update(env or {})
         proc = subprocess.run(self.nsenter_argv(argv), capture_output=True, text=True, timeout=timeout,
                               input=input, env=full_env)

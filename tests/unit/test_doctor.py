@@ -163,3 +163,10 @@ def test_not_running_hint_names_the_flavors_unit():
     check = checks_of(HOSTS / "k3s-node")["containerd-running"]
     assert check.status == "warn" and "systemctl start k3s.service" in check.hint
     assert "<root>/proc" in check.hint  # a non-live root sees the node's processes through its procfs
+
+
+def test_containerd_trust_is_ok_when_no_untrusted_process_calls_itself_containerd():
+    # the warn case, with a real nobody process, is tests/integration/test_discovery_trust.py
+    check = checks_of(HOSTS / "containerd-v2")["containerd-trust"]
+    assert check.status == "ok" and check.hint is None
+    assert check.summary == "no untrusted process calls itself containerd"
