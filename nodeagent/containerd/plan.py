@@ -13,7 +13,8 @@ from typing import Any
 
 from nodeagent.containerd import edit, layout, model
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import containerd_major, dig, effective_runtimes
+from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
+                                         effective_runtimes)
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
@@ -143,13 +144,15 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
                     )
 
 
-def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]]) -> bool:
-    """runc's cgroup driver: the detection fact when known, else the effective runc table."""
+def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
+    """The node's cgroup driver: the detection fact when known, else the default runtime's
+    effective SystemdCgroup (kubelet's driver matches the runtime most pods use: EKS' GPU nodes
+    set it on `nvidia`, their default, and leave runc's unset)."""
     fact = (facts.get("containerd") or {}).get("systemd_cgroup")
     if fact is not None:
         return bool(fact)
-    runc = runtimes.get("runc") or {}
-    return bool((runc.get("options") or {}).get("SystemdCgroup", False))
+    table = runtimes.get(default) or runtimes.get("runc") or {}
+    return decoded_option(table.get("options"), "SystemdCgroup") is True
 
 
 def gvisor_platform_of(facts: dict[str, Any], override: str | None) -> str:
@@ -258,7 +261,8 @@ def plan_install(
     if any(spec.runtime == "gvisor" for spec in handlers):
         raw = files.current(model.RUNSC_CONFIG_PATH)
         new = runsc_toml.render(raw, gvisor_platform_of(facts, gvisor_platform),
-                                systemd_cgroup_of(facts, effective), model.RUNSC_CONFIG_PATH)
+                                systemd_cgroup_of(facts, effective, default_runtime_name(chain, major)),
+                                model.RUNSC_CONFIG_PATH)
         if new != raw:
             files.set(model.RUNSC_CONFIG_PATH, new, "runsc")
 
