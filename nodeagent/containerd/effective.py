@@ -71,13 +71,14 @@ def unexpected_changes(before: dict[str, Any], after: dict[str, Any], owned: set
 
 
 def prove_only_ours(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], owned: set[str],
-                    binary: str) -> str | None:
+                    binary: str, baseline: dict[str, bytes | None] | None = None) -> str | None:
     """Refuse (ConfigError) when the candidate changes containerd's effective config beyond `owned`.
 
+    `baseline`: planned contents that count as "before" (our own retired files already gone).
     Returns a note when there is nothing to compare with (containerd cannot load today's config).
     """
     try:
-        before = effective_config(host, config_path, {}, binary)
+        before = effective_config(host, config_path, dict(baseline or {}), binary)
     except ConfigError as exc:
         return f"containerd cannot load the current config ({exc.message}); only the new one was checked"
     after = effective_config(host, config_path, overrides, binary)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.containerd import edit, layout, model
+from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
 from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
                                          effective_runtimes)
@@ -74,6 +75,8 @@ class Plan:
     defaults_added: list[str] = field(default_factory=list)  # containerd defaults we made explicit (runc)
     notes: list[str] = field(default_factory=list)
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
+    imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
+    baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
 
     @property
     def changed(self) -> bool:
@@ -218,10 +221,18 @@ def plan_install(
     chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
     major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
     check_schema(chain, major)
+    retired = retire_2x_dropins(host, chain, files) if major < 2 else []
+    if retired:
+        chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
+    baseline = dict(files.new) if retired else {}
     chosen = layout.choose(host, flavor, config_path, chain, major)
     if created_main:
         chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
-    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
+    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers),
+                imports_removed=retired, baseline_overrides=baseline)
+    if retired:
+        plan.notes.append("containerd 1.x would let nodeagent's 2.x drop-in replace the whole CRI section "
+                          "(containerd#5837): its handlers move into " + chosen.path)
     effective = effective_runtimes(chain, major)
     if chosen.validate_path:  # k0s: its drop-ins are merged by k0s, not through `imports`
         effective.update(_dropin_dir_runtimes(host, chosen.path))

@@ -63,6 +63,11 @@ def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | N
     return copies[config_path]
 
 
+def copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:
+    """Copy a config chain into `workdir` with `imports` pointing at the copies; returns the main copy."""
+    return _copy_chain(host, config_path, overrides, workdir)
+
+
 def dump_runtimes(dump: dict[str, Any]) -> dict[str, Any]:
     version = model.config_version(dump.get("version"))
     node: Any = dump
