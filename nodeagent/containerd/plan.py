@@ -247,8 +247,10 @@ def plan_install(
             continue
         elif not force:
             raise ConflictError(
-                f"containerd already has a handler {spec.name!r} with other settings ({_summary(existing)})",
-                "pass --force to replace it (uninstall puts the old one back), or pick another handler name",
+                f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
+                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
+                "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
             )
         else:
             _remove_everywhere(plan, files, chain, spec.name, existing)
@@ -293,8 +295,26 @@ def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any
     return found
 
 
-def _summary(table: dict[str, Any]) -> str:
-    return f"runtime_type = {table.get('runtime_type')!r}"
+def differing_keys(existing: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """What the existing handler lacks or sets otherwise (`options.TypeUrl missing`, `runtime_type is '…'`),
+    naming the operator's values, not ours: that is what they have to look at."""
+    out: list[str] = []
+    for key, value in wanted.items():
+        name = f"{prefix}{key}"
+        if key not in existing and isinstance(value, dict):
+            out += differing_keys({}, value, f"{name}.")
+        elif key not in existing:
+            out.append(f"{name} missing")
+        elif isinstance(value, dict) and isinstance(existing[key], dict):
+            out += differing_keys(existing[key], value, f"{name}.")
+        elif existing[key] != value:
+            out.append(f"{name} is {existing[key]!r}")
+    return out
+
+
+def _defined_in(chain: list[LoadedFile], name: str) -> str:
+    paths = [item.path for item in chain if name in edit.runtimes_of(item.data, item.version)]
+    return f" (in {', '.join(paths)})" if paths else ""
 
 
 def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name: str, old: dict[str, Any]) -> None:

@@ -40,6 +40,12 @@ STATE_PREFIX = "var/lib/nodeagent"
 ALSO_ON_17 = {"kubespray-v2", "kubespray-gvisor-v2", "aks-kata-gvisor-v2", "aks-nvidia-v2", "nvidia-ctk-dropin-v2"}
 
 
+# what the docs-style handlers (runtime_type only) lack: the refusal names exactly that
+REFUSAL_KEYS = {"gvisor": "options.TypeUrl missing, options.ConfigPath missing",
+                "all": "options.TypeUrl missing, options.ConfigPath missing",
+                "kata": "privileged_without_host_devices missing, pod_annotations missing"}
+
+
 @dataclass
 class Case:
     name: str
@@ -202,7 +208,8 @@ def test_external_corpus_case(key, tmp_path):
         proc = run_cli("--root", str(root), "install", "--runtime", case.runtime, "--skip-eligibility",
                        "--containerd-config", case.config, "--restart", "none")
         message = assert_known_error(proc, 2)
-        assert "already has a handler" in message
+        assert "already has a handler" in message and "nodeagent does not adopt" in proc.stderr
+        assert REFUSAL_KEYS[case.runtime if "kata" not in message.split("differs")[0] else "kata"] in message, message
         assert diff_snapshots(before, host_snapshot(root)) == []
         return
 
