@@ -238,24 +238,7 @@ def plan_install(
         effective.update(_dropin_dir_runtimes(host, chosen.path))
     effective.update(chosen.template_runtimes(files))
 
-    to_add: list[model.HandlerSpec] = []
-    for spec in handlers:
-        existing = effective.get(spec.name)
-        if existing is None:
-            to_add.append(spec)
-        elif compatible(existing, spec.table()):
-            continue
-        elif not force:
-            raise ConflictError(
-                f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
-                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
-                "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
-                "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
-            )
-        else:
-            _remove_everywhere(plan, files, chain, spec.name, existing)
-            to_add.append(spec)
-
+    to_add = _handlers_to_add(plan, files, chain, effective, force)
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
@@ -283,6 +266,29 @@ def plan_install(
     plan.validation_overrides = chosen.validation_overrides(files, plan)
     _self_check(host, plan, major)
     return plan
+
+
+def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],
+                     force: bool) -> list[model.HandlerSpec]:
+    """The handlers missing from `effective`; a differing one is refused, or replaced with --force."""
+    to_add: list[model.HandlerSpec] = []
+    for spec in plan.handlers:
+        existing = effective.get(spec.name)
+        if existing is None:
+            to_add.append(spec)
+        elif compatible(existing, spec.table()):
+            continue
+        elif not force:
+            raise ConflictError(
+                f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
+                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
+                "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
+            )
+        else:
+            _remove_everywhere(plan, files, chain, spec.name, existing)
+            to_add.append(spec)
+    return to_add
 
 
 def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any]]:

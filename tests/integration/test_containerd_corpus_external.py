@@ -1,6 +1,6 @@
 """Every config of tests/fixtures/corpus-external (24 files other projects ship, see its SOURCES.md),
-judged by the REAL containerd that reads it: 1.6 for v1/v2 files (plus 1.7 for the ones where 1.7 is
-what that project runs), 2.1 for v3. No containerd here reads `version = 4` (2.1 stops at 3), so the
+judged by the REAL containerd that reads it: 1.6 and 1.7 for v1/v2 files (kubespray, AKS and
+nvidia-ctk nodes run 1.7; Debian's is 1.6), 2.1 for v3. No containerd here reads `version = 4` (2.1 stops at 3), so the
 v4 case is judged by 2.1 on copies relabelled `version = 3` (v4 only renamed nothing in the CRI
 runtime tables we touch) and the planner is told the node runs 2.3.
 
@@ -35,9 +35,6 @@ pytestmark = pytest.mark.integration
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
 STATE_PREFIX = "var/lib/nodeagent"
-# cases whose project runs containerd 1.7 (kubespray's role picks config-v1 for 1.7.25; AKS and
-# nvidia-ctk nodes run 1.7): judged by 1.7 as well as 1.6
-ALSO_ON_17 = {"kubespray-v2", "kubespray-gvisor-v2", "aks-kata-gvisor-v2", "aks-nvidia-v2", "nvidia-ctk-dropin-v2"}
 
 
 # what the docs-style handlers (runtime_type only) lack: the refusal names exactly that
@@ -86,7 +83,7 @@ def load_cases() -> list[Case]:
         spec = json.loads((directory / "case.json").read_text())
         config = "/" + spec.get("config", "etc/containerd/config.toml")
         version = tomllib.loads((directory / config.lstrip("/")).read_text()).get("version", 1)
-        series = ["2.1"] if version >= 3 else ["1.6"] + (["1.7"] if directory.name in ALSO_ON_17 else [])
+        series = ["2.1"] if version >= 3 else ["1.6", "1.7"]
         cases += [Case(directory.name, s, spec["expect"], spec["runtime"], config, version) for s in series]
     return cases
 
