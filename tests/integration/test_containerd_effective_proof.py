@@ -78,3 +78,21 @@ def test_differences_name_paths_and_zero_values_count_as_absent():
     assert unexpected_changes(plain, ours, {"runsc"}) == []
     assert unexpected_changes(plain, ours, set()) == [
         "plugins.io.containerd.grpc.v1.cri.containerd.runtimes.runsc added"]
+
+
+def test_cli_refuses_when_containerd_would_start_applying_an_ignored_v1_config(tmp_path):
+    """The real CLI on minikube's v1 config under containerd 2.1 (see test_containerd_config.py):
+    exit 2, one error naming the setting that would change, one hint, the root byte-identical."""
+    from tests.support.cli import assert_known_error, run_cli
+
+    if not have_containerd("2.1"):
+        pytest.skip("containerd 2.1 is not installed (run scripts/setup-test-env)")
+    root = tmp_path / "root"
+    SCENARIOS["minikube-v1@2.1"].build(root)
+    install_containerd(root, "2.1")
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "install", "--skip-eligibility", "--restart", "none")
+    message = assert_known_error(proc, 2)
+    assert "beyond nodeagent's handlers" in message and "pinned_images.sandbox changed" in message, message
+    # only the run lock (on tmpfs /run), as for every refusal after the lock is taken
+    assert diff_snapshots(before, snapshot(root)) == ["added run", "added run/nodeagent.lock"]
