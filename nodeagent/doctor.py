@@ -308,6 +308,27 @@ def check_runtimeclasses(ctx: Context) -> Check:
     return Check("runtimeclasses", status, summary, hint)
 
 
+def check_config_clashes(ctx: Context) -> Check:
+    """Other tools' files colliding with ours or each other (nodeagent.containerd.clashes)."""
+    ctd = ctx.facts["containerd"]
+    if not ctd["config_exists"] or ctd["config_error"]:
+        return Check("config-clashes", SKIP, "no readable containerd config", None)
+    from nodeagent.containerd.clashes import find_clashes
+    from nodeagent.containerd.imports import load_chain
+    from nodeagent.containerd.inspect import containerd_major
+
+    try:
+        chain = load_chain(ctx.host, ctd["config_path"], missing_ok=containerd_major(ctd["version"], 1) >= 2)
+    except NodeagentError as exc:
+        return Check("config-clashes", SKIP, f"cannot follow imports: {exc.message}", None)
+    found = find_clashes(ctx.host, chain)
+    if found:
+        return Check("config-clashes", WARN, "; ".join(found),
+                     "keep one definition per handler in files containerd loads; a tool's own file may be rewritten "
+                     "or deleted by it (nodeagent's agent mode re-adds its handlers; `nodeagent install` does too)")
+    return Check("config-clashes", OK, f"no clashes among {len(chain)} config file(s)")
+
+
 def _in_cluster() -> bool:
     import os
 
@@ -317,7 +338,7 @@ def _in_cluster() -> bool:
 CHECKS: list[Callable[[Context], Check]] = [
     check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver,
     check_containerd_found, check_containerd_trust, check_containerd_running, check_containerd_config,
-    check_handlers, check_cri, check_runtimeclasses,
+    check_handlers, check_cri, check_runtimeclasses, check_config_clashes,
 ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from nodeagent import fsutil, state as state_mod
 from nodeagent.containerd import edit, model
+from nodeagent.containerd.effective import prove_only_ours
 from nodeagent.containerd.imports import read_host_file
 from nodeagent.containerd.layout import BASE_LINE
 from nodeagent.containerd.plan import FileChange, Plan
@@ -134,8 +135,13 @@ def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = 
     if overrides:
         binary = find_containerd(host, plan.flavor, containerd_bin)
         if binary:
-            validate_candidate(host, plan.layout.validate_path or plan.config_path, overrides,
-                               [h.name for h in plan.handlers], binary)
+            judged = plan.layout.validate_path or plan.config_path
+            validate_candidate(host, judged, overrides, [h.name for h in plan.handlers], binary)
+            if not plan.layout.validate_path:  # k0s merges its drop-ins itself: no chain to compare
+                owned = set(plan.added) | set(plan.replaced) | set(plan.defaults_added)
+                note = prove_only_ours(host, judged, overrides, owned, binary, plan.baseline_overrides)
+                if note:
+                    notes.append(note)
         else:
             notes.append("no containerd binary found: the config was not validated with `config dump`")
     preflight(host, plan.files)
@@ -169,11 +175,19 @@ def commit_install(host: HostRoot, plan: Plan) -> Outcome:
                 record.defaults_added = sorted(set(record.defaults_added) | set(plan.defaults_added))
         record.imports_added += [entry for (path, entry) in plan.imports_added if path == change.path]
         record.imports_line_created |= change.path in plan.imports_line_created
+    retired_dirs: list[str] = []
+    for importer, entry in plan.imports_removed:  # a retired drop-in of ours (containerd downgraded)
+        record = state.files.get(importer)
+        if record is not None and entry in record.imports_added:
+            record.imports_added.remove(entry)
+        if entry in state.files and state.files[entry].created:
+            retired_dirs += state.files.pop(entry).created_dirs
     for spec in plan.handlers:
         if spec.name in plan.added:
             state.handlers[spec.name] = spec.runtime
     state_mod.save(host, state)  # ownership first: a crash mid-write leaves uninstall able to clean up
     _write_all(host, plan.files)
+    _remove_empty_dirs(host, retired_dirs)
     return outcome
 
 

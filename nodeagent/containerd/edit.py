@@ -37,7 +37,8 @@ class TextStyle:
     crlf: bool = False
     bom: bool = False
     single_quotes: bool = False
-    indent: str = ""
+    indent: str = ""  # before a key, as in the file's runtime tables
+    header_indent: str = ""  # before a [table] header, as in the file's runtime tables
 
 
 def decode(raw: bytes, path: str) -> tuple[str, TextStyle]:
@@ -55,9 +56,10 @@ def decode(raw: bytes, path: str) -> tuple[str, TextStyle]:
     style.single_quotes = bool(re.search(r"^\s*\[plugins\.'", text, re.M)) and not re.search(
         r'^\s*\[plugins\."', text, re.M
     )
-    match = re.search(r"^\s*\[[^\]\n]*runtimes\.[^\]\n]*\]\s*\n([ \t]+)\S", text, re.M)
+    # the first runtime table (usually runc) shows how this file indents a handler's header and keys
+    match = re.search(r"^([ \t]*)\[[^\]\n]*runtimes\.[^\]\n]*\][ \t]*\n(?:[ \t]*\n)*([ \t]*)[^\s\[#]", text, re.M)
     if match:
-        style.indent = match.group(1)
+        style.header_indent, style.indent = match.group(1), match.group(2)
     return text, style
 
 
@@ -103,13 +105,13 @@ def header(path: tuple[str, ...], style: TextStyle) -> str:
 def render_runtime(version: int, spec: model.HandlerSpec, style: TextStyle) -> str:
     """The tables for one handler, LF-terminated, as this file would write them."""
     base = model.runtimes_table_path(version) + (spec.name,)
-    lines = [header(base, style)]
+    lines = [style.header_indent + header(base, style)]
     table = spec.table()
     for key, value in table.items():
         if key != "options":
             lines.append(f"{style.indent}{key} = {format_value(value, style)}")
     if "options" in table:
-        lines += ["", header(base + ("options",), style)]
+        lines += ["", style.header_indent + header(base + ("options",), style)]
         for key, value in table["options"].items():
             lines.append(f"{style.indent}{key} = {format_value(value, style)}")
     return "\n".join(lines) + "\n"
@@ -321,7 +323,11 @@ def add_import(text: str, entry: str, style: TextStyle, path: str) -> str:
     inner = text[span[0] + 1: span[1] - 1]
     body = inner.rstrip()
     trailing = inner[len(body):]
-    if body.strip():
+    if body.strip() and "\n" in body:  # one entry per line (Talos): a line of its own, same indent and commas
+        indent = re.match(r"[ \t]*", body.rsplit("\n", 1)[1]).group(0)
+        comma = body.endswith(",")
+        body += ("" if comma else ",") + "\n" + indent + literal + ("," if comma else "")
+    elif body.strip():
         body += ("" if body.endswith(",") else ",") + " " + literal
     else:
         body, trailing = literal, ""
@@ -348,7 +354,8 @@ def remove_import(text: str, entry: str, path: str, drop_empty_line: bool = Fals
     inner = text[span[0] + 1: span[1] - 1]
     for quote in ('"', "'"):
         literal = re.escape(quote + entry + quote)
-        for pattern in (r"[ \t]*,[ \t]*" + literal, literal + r"[ \t]*,?[ \t]*", literal):
+        for pattern in (r"\n[ \t]*" + literal + r"[ \t]*,?(?=[ \t]*\n)", r"[ \t]*,[ \t]*" + literal,
+                        literal + r"[ \t]*,?[ \t]*", literal):
             new_inner, count = re.subn(pattern, "", inner, count=1)
             if count:
                 new = text[: span[0] + 1] + new_inner + text[span[1] - 1:]

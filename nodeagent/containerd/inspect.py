@@ -45,6 +45,25 @@ def dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
+def decoded_option(options: Any, field: str) -> Any:
+    """A runtime option as containerd decodes it into its options struct, or None.
+
+    containerd 1.x (go-toml v1) and 2.x (go-toml v2) both match a struct field by exact name
+    first, then case-insensitively, like encoding/json: kubespray's `systemdCgroup = true` turns
+    the systemd driver on. Checked for real on 1.7.24 and 2.1.9: runc refuses a cgroupfs path for
+    `systemdCgroup`/`systemdcgroup` exactly as for `SystemdCgroup`
+    (tests/integration/test_containerd_option_keys.py).
+    """
+    if not isinstance(options, dict):
+        return None
+    if field in options:
+        return options[field]
+    for key, value in options.items():
+        if isinstance(key, str) and key.lower() == field.lower():
+            return value
+    return None
+
+
 def cri_table_v1x(item: LoadedFile) -> dict[str, Any] | None:
     """The CRI plugin table a file gives containerd 1.x, or None when it has none."""
     if item.version >= 3:
@@ -61,8 +80,8 @@ def deep_merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
             into[key] = copy.deepcopy(value)
 
 
-def effective_runtimes(chain: list[LoadedFile], major: int) -> dict[str, dict[str, Any]]:
-    """handler name -> its effective table, from already-loaded files."""
+def effective_containerd_table(chain: list[LoadedFile], major: int) -> dict[str, Any]:
+    """The CRI plugin's `containerd` table (runtimes, default_runtime_name) as containerd merges it."""
     if not chain:
         return {}
     if major < 2:
@@ -71,19 +90,31 @@ def effective_runtimes(chain: list[LoadedFile], major: int) -> dict[str, dict[st
             table = cri_table_v1x(item)
             if table is not None:
                 cri = table  # replaces, does not merge (containerd#5837)
-        runtimes = dig(cri or {}, ("containerd", "runtimes"))
-    else:
-        merged_version = max(item.version for item in chain)
-        runtimes = {}
-        for index, item in enumerate(chain):
-            if index > 0 and item.version < 3 and merged_version != 2:
-                continue  # old-schema drop-in: containerd 2.x only migrates it when the merged version is 2
-            table = dig(item.data, model.runtimes_table_path(item.version))
-            if isinstance(table, dict):
-                deep_merge(runtimes, table)
+        merged = dig(cri or {}, ("containerd",))
+        return copy.deepcopy(merged) if isinstance(merged, dict) else {}
+    merged_version = max(item.version for item in chain)
+    merged = {}
+    for index, item in enumerate(chain):
+        if index > 0 and item.version < 3 and merged_version != 2:
+            continue  # old-schema drop-in: containerd 2.x only migrates it when the merged version is 2
+        table = dig(item.data, ("plugins", model.cri_runtime_plugin(item.version), "containerd"))
+        if isinstance(table, dict):
+            deep_merge(merged, table)
+    return merged
+
+
+def effective_runtimes(chain: list[LoadedFile], major: int) -> dict[str, dict[str, Any]]:
+    """handler name -> its effective table, from already-loaded files."""
+    runtimes = effective_containerd_table(chain, major).get("runtimes")
     if not isinstance(runtimes, dict):
         return {}
     return {name: copy.deepcopy(t) for name, t in runtimes.items() if isinstance(t, dict)}
+
+
+def default_runtime_name(chain: list[LoadedFile], major: int) -> str:
+    """The handler pods without a RuntimeClass use (containerd's default: runc)."""
+    name = effective_containerd_table(chain, major).get("default_runtime_name")
+    return name if isinstance(name, str) and name else "runc"
 
 
 def registered_handlers(

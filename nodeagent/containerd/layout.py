@@ -10,9 +10,9 @@
 * k3s / rke2: the config is rendered at every start, so we write its template
   (`config.toml.tmpl`, or `config-v3.toml.tmpl` for containerd 2.x builds) that starts
   with `{{ template "base" . }}` and appends our tables. An existing template without
-  that line replaces the distro's config wholesale; we refuse to touch it. (k3s' own
-  drop-in support differs across releases; the template works on every release since
-  2023-09, which is why it is the one choice.)
+  that line replaces the distro's config wholesale; we refuse to touch it. Where the rendered
+  config already imports k3s' own drop-in directory (`config.toml.d/` or `config-v3.toml.d/`,
+  k3s-io/k3s#13680) and containerd is 2.x, a drop-in there instead: no template to own.
 * k0s: a drop-in in /etc/k0s/containerd.d/ that k0s merges itself; no restart.
 * microk8s: its args/containerd-template.toml, edited in place (a TOML file whose
   `${SNAP}` placeholders sit inside strings).
@@ -138,6 +138,9 @@ def choose(host: HostRoot, flavor: str, config_path: str, chain: list[LoadedFile
     main = chain[0]
     merged_version = max(item.version for item in chain)
     if flavor in ("k3s", "rke2"):
+        dropin = _k3s_dropin(main, merged_version, major)
+        if dropin is not None:
+            return dropin
         spec = FLAVORS[flavor]
         existing = [t for t in spec.templates if host.exists(t)]
         template = existing[0] if existing else next(
@@ -175,6 +178,31 @@ def choose(host: HostRoot, flavor: str, config_path: str, chain: list[LoadedFile
             target = item
     role = "config" if target is main else "dropin"
     return Layout("inplace", target.path, target.version, role)
+
+
+# k3s' base templates import a drop-in directory next to the template since k3s-io/k3s#13680
+# (merged 2026-02-25): config.toml.d/ for the v2 template, config-v3.toml.d/ for v3. rke2 renders
+# with k3s' agent code. The rendered config is the evidence, not a version table.
+K3S_DROPIN_DIRS = ("config.toml.d", "config-v3.toml.d")
+
+
+def _k3s_dropin(main: LoadedFile, merged_version: int, major: int) -> Layout | None:
+    """A drop-in in the directory the rendered config imports, when this k3s/rke2 has one.
+
+    Only for containerd 2.x: on 1.x a partial CRI drop-in replaces the whole CRI section
+    (containerd#5837), so 1.x nodes keep the template.
+    """
+    if major < 2:
+        return None
+    for entry in main.imports:
+        pattern = absolute_import(entry, main.path)
+        directory = posixpath.dirname(pattern)
+        if (is_glob(pattern) and posixpath.dirname(directory) == posixpath.dirname(main.path)
+                and posixpath.basename(directory) in K3S_DROPIN_DIRS):
+            candidate = posixpath.join(directory, DROPIN_NAME)
+            if glob_matches(pattern, candidate):
+                return Layout("dropin", candidate, max(2, merged_version), "dropin")
+    return None
 
 
 def _imports_cover(main: LoadedFile, path: str) -> bool:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.containerd import edit, layout, model
+from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import containerd_major, dig, effective_runtimes
+from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
+                                         effective_runtimes)
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
@@ -73,6 +75,8 @@ class Plan:
     defaults_added: list[str] = field(default_factory=list)  # containerd defaults we made explicit (runc)
     notes: list[str] = field(default_factory=list)
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
+    imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
+    baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
 
     @property
     def changed(self) -> bool:
@@ -143,13 +147,15 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
                     )
 
 
-def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]]) -> bool:
-    """runc's cgroup driver: the detection fact when known, else the effective runc table."""
+def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
+    """The node's cgroup driver: the detection fact when known, else the default runtime's
+    effective SystemdCgroup (kubelet's driver matches the runtime most pods use: EKS' GPU nodes
+    set it on `nvidia`, their default, and leave runc's unset)."""
     fact = (facts.get("containerd") or {}).get("systemd_cgroup")
     if fact is not None:
         return bool(fact)
-    runc = runtimes.get("runc") or {}
-    return bool((runc.get("options") or {}).get("SystemdCgroup", False))
+    table = runtimes.get(default) or runtimes.get("runc") or {}
+    return decoded_option(table.get("options"), "SystemdCgroup") is True
 
 
 def gvisor_platform_of(facts: dict[str, Any], override: str | None) -> str:
@@ -215,31 +221,24 @@ def plan_install(
     chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
     major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
     check_schema(chain, major)
+    retired = retire_2x_dropins(host, chain, files) if major < 2 else []
+    if retired:
+        chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
+    baseline = dict(files.new) if retired else {}
     chosen = layout.choose(host, flavor, config_path, chain, major)
     if created_main:
         chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
-    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers))
+    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers),
+                imports_removed=retired, baseline_overrides=baseline)
+    if retired:
+        plan.notes.append("containerd 1.x would let nodeagent's 2.x drop-in replace the whole CRI section "
+                          "(containerd#5837): its handlers move into " + chosen.path)
     effective = effective_runtimes(chain, major)
     if chosen.validate_path:  # k0s: its drop-ins are merged by k0s, not through `imports`
         effective.update(_dropin_dir_runtimes(host, chosen.path))
     effective.update(chosen.template_runtimes(files))
 
-    to_add: list[model.HandlerSpec] = []
-    for spec in handlers:
-        existing = effective.get(spec.name)
-        if existing is None:
-            to_add.append(spec)
-        elif compatible(existing, spec.table()):
-            continue
-        elif not force:
-            raise ConflictError(
-                f"containerd already has a handler {spec.name!r} with other settings ({_summary(existing)})",
-                "pass --force to replace it (uninstall puts the old one back), or pick another handler name",
-            )
-        else:
-            _remove_everywhere(plan, files, chain, spec.name, existing)
-            to_add.append(spec)
-
+    to_add = _handlers_to_add(plan, files, chain, effective, force)
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
@@ -258,7 +257,8 @@ def plan_install(
     if any(spec.runtime == "gvisor" for spec in handlers):
         raw = files.current(model.RUNSC_CONFIG_PATH)
         new = runsc_toml.render(raw, gvisor_platform_of(facts, gvisor_platform),
-                                systemd_cgroup_of(facts, effective), model.RUNSC_CONFIG_PATH)
+                                systemd_cgroup_of(facts, effective, default_runtime_name(chain, major)),
+                                model.RUNSC_CONFIG_PATH)
         if new != raw:
             files.set(model.RUNSC_CONFIG_PATH, new, "runsc")
 
@@ -266,6 +266,29 @@ def plan_install(
     plan.validation_overrides = chosen.validation_overrides(files, plan)
     _self_check(host, plan, major)
     return plan
+
+
+def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],
+                     force: bool) -> list[model.HandlerSpec]:
+    """The handlers missing from `effective`; a differing one is refused, or replaced with --force."""
+    to_add: list[model.HandlerSpec] = []
+    for spec in plan.handlers:
+        existing = effective.get(spec.name)
+        if existing is None:
+            to_add.append(spec)
+        elif compatible(existing, spec.table()):
+            continue
+        elif not force:
+            raise ConflictError(
+                f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
+                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
+                "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
+            )
+        else:
+            _remove_everywhere(plan, files, chain, spec.name, existing)
+            to_add.append(spec)
+    return to_add
 
 
 def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any]]:
@@ -278,8 +301,26 @@ def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any
     return found
 
 
-def _summary(table: dict[str, Any]) -> str:
-    return f"runtime_type = {table.get('runtime_type')!r}"
+def differing_keys(existing: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """What the existing handler lacks or sets otherwise (`options.TypeUrl missing`, `runtime_type is '…'`),
+    naming the operator's values, not ours: that is what they have to look at."""
+    out: list[str] = []
+    for key, value in wanted.items():
+        name = f"{prefix}{key}"
+        if key not in existing and isinstance(value, dict):
+            out += differing_keys({}, value, f"{name}.")
+        elif key not in existing:
+            out.append(f"{name} missing")
+        elif isinstance(value, dict) and isinstance(existing[key], dict):
+            out += differing_keys(existing[key], value, f"{name}.")
+        elif existing[key] != value:
+            out.append(f"{name} is {existing[key]!r}")
+    return out
+
+
+def _defined_in(chain: list[LoadedFile], name: str) -> str:
+    paths = [item.path for item in chain if name in edit.runtimes_of(item.data, item.version)]
+    return f" (in {', '.join(paths)})" if paths else ""
 
 
 def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name: str, old: dict[str, Any]) -> None:

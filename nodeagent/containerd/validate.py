@@ -65,6 +65,11 @@ def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | N
     return copies[config_path]
 
 
+def copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:
+    """Copy a config chain into `workdir` with `imports` pointing at the copies; returns the main copy."""
+    return _copy_chain(host, config_path, overrides, workdir)
+
+
 def dump_runtimes(dump: dict[str, Any]) -> dict[str, Any]:
     version = model.config_version(dump.get("version"))
     node: Any = dump
@@ -87,14 +92,23 @@ def config_dump(binary: str, config_file: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read `containerd config dump` output: {exc}", None) from None
 
 
-def effective_dump(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], binary: str) -> dict[str, Any]:
-    """Handler tables as the real containerd reports them for a config chain (with candidates)."""
+def effective_config(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], binary: str) -> dict[str, Any]:
+    """The whole config the real containerd would run with, for a config chain (with candidates).
+
+    A main file that does not exist (yet) counts as empty: containerd's built-in defaults.
+    """
+    if config_path not in overrides and read_host_file(host, config_path) is None:
+        overrides = {**overrides, config_path: b""}
     workdir = tempfile.mkdtemp(prefix="nodeagent-validate-")
     try:
-        copy = _copy_chain(host, config_path, overrides, workdir)
-        return dump_runtimes(config_dump(binary, copy))
+        return config_dump(binary, _copy_chain(host, config_path, overrides, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def effective_dump(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], binary: str) -> dict[str, Any]:
+    """Handler tables as the real containerd reports them for a config chain (with candidates)."""
+    return dump_runtimes(effective_config(host, config_path, overrides, binary))
 
 
 def validate_candidate(

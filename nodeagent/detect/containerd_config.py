@@ -12,7 +12,8 @@ from typing import Any
 
 from nodeagent.containerd import model
 from nodeagent.containerd.imports import LoadedFile, load_chain, parse_toml, read_host_file
-from nodeagent.containerd.inspect import dig, registered_handlers
+from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
+                                         registered_handlers)
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -27,6 +28,7 @@ class ConfigFacts:
     chain: list[LoadedFile] = field(default_factory=list)  # main + imports in load order
     chain_error: str | None = None  # an import that is missing or broken
     handlers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_runtime: str = "runc"  # default_runtime_name as containerd merges it
 
     @property
     def ok(self) -> bool:
@@ -48,14 +50,18 @@ def read(host: HostRoot, path: str, containerd_version: str | None = None) -> Co
     try:
         facts.chain = load_chain(host, path)
         facts.handlers = registered_handlers(host, path, containerd_version)
+        major = containerd_major(containerd_version, max(item.version for item in facts.chain))
+        facts.default_runtime = default_runtime_name(facts.chain, major)
     except ConfigError as exc:
         facts.chain_error = exc.message
     return facts
 
 
 def runc_systemd_cgroup(facts: ConfigFacts) -> bool | None:
-    """runc's SystemdCgroup as containerd will see it; None = not set (containerd's default, false)."""
-    value = dig(facts.handlers.get("runc") or {}, ("options", "SystemdCgroup"))
+    """The default runtime's SystemdCgroup as containerd decodes it (runc's when the default has no
+    table); None = not set (containerd's default, false)."""
+    table = facts.handlers.get(facts.default_runtime) or facts.handlers.get("runc") or {}
+    value = decoded_option(table.get("options"), "SystemdCgroup")
     if isinstance(value, bool):
         return value
     # schema 1's legacy switch for the whole CRI plugin

@@ -9,6 +9,7 @@ the file is edited with tomlkit, never regenerated.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import tomlkit
@@ -51,9 +52,13 @@ def render(existing: bytes | None, platform: str, systemd_cgroup: bool, path: st
         doc["runsc_config"] = table
     elif not isinstance(table, dict):
         raise ConfigError(f"{path}: runsc_config is not a table", "make it a [runsc_config] table")
+    indent = _key_indent(text)
     for key, value in wanted.items():
         if table.get(key) != value:
+            added = key not in table
             table[key] = value
+            if added and indent:  # like the keys already there (gVisor's docs indent by two)
+                table.value.item(key).indent(indent)
     if not systemd_cgroup and str(table.get("systemd-cgroup", "false")).lower() == "true":
         # runc uses cgroupfs here, so runsc must too (gvisor#7671)
         del table["systemd-cgroup"]
@@ -61,6 +66,12 @@ def render(existing: bytes | None, platform: str, systemd_cgroup: bool, path: st
     if new == text:
         return existing
     return edit.encode(new, style)
+
+
+def _key_indent(text: str) -> int:
+    """Spaces before the first key of [runsc_config] (0 when it has none)."""
+    match = re.search(r"^[ \t]*\[runsc_config\][^\n]*\n(?:[ \t]*(?:#[^\n]*)?\n)*( *)[A-Za-z0-9_\"'-]", text, re.M)
+    return len(match.group(1)) if match else 0
 
 
 def current_keys(raw: bytes | None) -> dict[str, Any]:

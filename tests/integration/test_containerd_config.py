@@ -16,6 +16,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 from tests.support.cli import run_cli
 from tests.support.containerd_daemon import minimal_config
+from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import BINARIES, CORPUS, SCENARIOS, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,12 @@ def needs(series: str) -> None:
         pytest.skip(f"containerd {series} is not installed (run scripts/setup-test-env)")
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+# containerd 2.x ignores a lone version 1 config's CRI settings but migrates and applies them once
+# a newer drop-in joins the chain: the effective-config proof refuses (test below)
+MIGRATED_BY_OUR_DROPIN = {"minikube-v1@2.1"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SCENARIOS) - MIGRATED_BY_OUR_DROPIN))
 def test_config_dump_of_result_lists_handlers(name, tmp_path):
     scenario = SCENARIOS[name]
     needs(scenario.containerd)
@@ -56,6 +62,21 @@ def test_config_dump_of_result_lists_handlers(name, tmp_path):
         assert compatible(after[spec.name], spec.table()), after[spec.name]
     for handler, table in before.items():  # nobody else's handler changed (zero values are defaults)
         assert meaningful(after[handler]) == meaningful(table), handler
+
+
+def test_proof_refuses_a_dropin_that_makes_containerd_2_apply_an_ignored_v1_config(tmp_path):
+    """minikube's v1 config on 2.1: its sandbox image and registry are ignored today; our v3 drop-in
+    would make containerd migrate and apply them. The effective-config proof says so and writes nothing."""
+    needs("2.1")
+    scenario = SCENARIOS["minikube-v1@2.1"]
+    host = scenario.build(tmp_path)
+    install_containerd(tmp_path, "2.1")
+    before = snapshot(tmp_path)
+    plan = plan_install(host, SPECS, scenario.facts())
+    with pytest.raises(ConfigError, match=r"pinned_images\.sandbox changed .*'k8s.gcr.io/pause:3.1'") as err:
+        apply.apply_install(host, plan)
+    assert "beyond nodeagent's handlers" in err.value.message and err.value.hint
+    assert diff_snapshots(before, snapshot(tmp_path)) == []
 
 
 def test_validation_uses_real_containerd_and_catches_ignored_dropins(tmp_path):

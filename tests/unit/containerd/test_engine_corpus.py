@@ -9,6 +9,7 @@ with the real daemons).
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 
 import pytest
@@ -82,11 +83,13 @@ def test_install_is_additive_idempotent_and_uninstall_restores(name, tmp_path):
     for name, table in handlers_before.items():  # the operator's handlers are untouched
         assert handlers[name] == table
 
-    # runsc.toml: platform from facts, systemd-cgroup only when runc uses it
+    # runsc.toml: platform from facts, systemd-cgroup only when the default runtime uses it
     runsc = tomllib.loads(host.path(model.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
     assert runsc["platform"] == "systrap"
-    runc_systemd = bool(((handlers.get("runc") or {}).get("options") or {}).get("SystemdCgroup"))
-    assert ("systemd-cgroup" in runsc) == runc_systemd
+    written = "\n".join(p.read_text() for p in tmp_path.rglob("*.toml*") if p.is_file())
+    default = next((h for h in handlers if re.search(rf"default_runtime_name\s*=\s*['\"]{h}['\"]", written)), "runc")
+    default_systemd = bool(((handlers.get(default) or {}).get("options") or {}).get("SystemdCgroup"))
+    assert ("systemd-cgroup" in runsc) == default_systemd
 
     # second run: nothing to do
     again = plan_install(host, SPECS, facts)
