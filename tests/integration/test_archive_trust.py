@@ -302,3 +302,17 @@ def test_a_cache_entry_changed_after_verification_is_never_extracted(tmp_path):
             install.stage(host, release, cache, txn, extract.Limits())
     assert "changed after it was verified" in exc.value.message and exc.value.hint
     assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_bundle_refuses_a_kata_tarball_whose_links_chain_out(tmp_path):
+    """`bundle` checks archives without extracting them: the same walk over the scanned members."""
+    mirror = kata_mirror(tmp_path / "mirror", [*M.kata_members(), *CHAINS["climb-by-chain"]])
+    root, out = tmp_path / "root", tmp_path / "bundle"
+    root.mkdir()
+    out.mkdir()
+    before_root, before_out = snapshot(root), snapshot(out)
+    proc = run_cli("bundle", "--root", str(root), "--mirror", str(mirror), "--runtime", "kata", "--arch", "amd64",
+                   str(out), env=ENV, timeout=120)
+    message = assert_known_error(proc, 2)
+    assert "symlink" in message and "resolves outside the release" in message, message
+    assert diff_snapshots(before_root, snapshot(root)) == [] and diff_snapshots(before_out, snapshot(out)) == []
