@@ -36,8 +36,29 @@ def _explain(exc: OSError, path: Path, verb: str) -> HostError:
     return HostError(f"{verb} {path} failed: {exc.strerror or exc}", None)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None) -> None:
-    """Replace `path` with `data` atomically, keeping owner/mode of an existing file."""
+def make_dirs(path: str | os.PathLike, mode: int = 0o755) -> list[Path]:
+    """mkdir -p giving every level it creates exactly `mode`, whatever the umask; returns them.
+
+    mkdir(mode) alone is filtered by the umask (000 would make 0777 directories).
+    """
+    missing = []
+    p = Path(path)
+    while not os.path.lexists(p):
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)  # never wider than the final mode while we chmod
+        except FileExistsError:
+            continue
+        os.chmod(d, mode)
+    return list(reversed(missing))
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None, dir_mode: int = 0o755) -> None:
+    """Replace `path` with `data` atomically, keeping owner/mode of an existing file.
+
+    A new file gets `mode` (default 0644) and missing parents `dir_mode`, never the umask's."""
     path = Path(path)
     try:
         st = os.stat(path)
@@ -48,7 +69,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None) 
         keep_mode = mode
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent, dir_mode)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -78,7 +99,7 @@ def atomic_symlink(target: str, link: str | os.PathLike) -> None:
     """Point `link` at `target` atomically (new link under a temp name, then rename over)."""
     link = Path(link)
     try:
-        link.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(link.parent)
         if link.is_symlink() and os.readlink(link) == target:
             return
         tmp = link.parent / f"{TEMP_PREFIX}{link.name}.{os.getpid()}"

@@ -49,6 +49,7 @@ class Settings:
     download_timeout: float = 30.0
     download_retries: int = 4
     download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
+    max_download_size: int = 2 << 30  # bytes per artifact (Kata's tarball is ~400 MB); 0: no cap
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -67,8 +68,16 @@ def load(host: HostRoot) -> State:
         ) from None
 
 
+def private_dir(host: HostRoot, path: str = STATE_DIR) -> None:
+    """Create nodeagent's state directories 0700 (their parents 0755), whatever the umask:
+    backups are restored by uninstall, so no other user may swap one."""
+    fsutil.make_dirs(host.path(posixpath.dirname(STATE_DIR)), 0o755)
+    fsutil.make_dirs(host.path(path), 0o700)
+
+
 def save(host: HostRoot, state: State) -> None:
     data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+    private_dir(host)
     fsutil.atomic_write(host.path(STATE_FILE), data, mode=0o600)
 
 
@@ -76,5 +85,6 @@ def backup(host: HostRoot, path: str, data: bytes) -> str:
     """Keep the original bytes of a file we are about to modify; returns the backup's host path."""
     name = path.strip("/").replace("/", "__")
     target = f"{BACKUP_DIR}/{name}.{time.strftime('%Y%m%dT%H%M%S')}.{sha256(data)[:12]}"
+    private_dir(host, BACKUP_DIR)
     fsutil.atomic_write(host.path(target), data, mode=0o600)
     return target

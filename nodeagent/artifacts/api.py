@@ -68,7 +68,9 @@ def fetch_options(settings) -> FetchOptions:
             backoff = float(os.environ.get("NODEAGENT_DOWNLOAD_BACKOFF", "1.0"))
         except ValueError:
             backoff = 1.0
-    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff)
+    cap = getattr(settings, "max_download_size", None)
+    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff,
+                        max_size=cap if cap and cap > 0 else None)
 
 
 def check_settings(settings, runtimes: list[str], arch: str | None = None) -> None:
@@ -176,7 +178,7 @@ def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, txn: Tra
         if f.location is None:  # recorded release, cache entry lost: ask the source again
             fresh = _resolve(host, settings, release.runtime, release.arch, fetcher)
             f = next(x for x in fresh.files if x.name == f.name and x.digest == f.digest)
-        txn.mkdirs(cache.dir)
+        cache.make_dir(txn)
         dest = cache.path_for(f.digest)
         show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
         action = "download"
@@ -191,7 +193,7 @@ def _record(cache: Cache, release: Release, txn: Transaction) -> None:
     if before is None:
         txn.added(cache.dir / "releases.json")
     else:
-        txn.on_rollback(lambda: atomic_write(cache.dir / "releases.json", before))
+        txn.on_rollback(lambda: atomic_write(cache.dir / "releases.json", before, mode=0o600))
 
 
 def artifacts_in_use(host: HostRoot, runtime: str) -> list[int]:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent.artifacts import catalog, extract
+from nodeagent.artifacts import catalog, extract, links
 from nodeagent.artifacts.api import fetch_options
 from nodeagent.artifacts.digest import file_digest
 from nodeagent.artifacts.download import Fetcher
@@ -49,6 +49,7 @@ def check_archive(release: Release, path: Path, limits: extract.Limits = extract
                 f"refusing {release.files[0].name}: it has no {tree}/bin/{catalog.KATA_SHIM}",
                 "the archive is not a Kata static release; use the upstream kata-static tarball",
             )
+        links.check_entries(entries, tree, release.files[0].name, host_trees=("/opt/kata",))
 
 
 def _present(dest: Path, sidecar: Path, release: Release, f) -> bool:
@@ -92,7 +93,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                         new = dest.with_name(f.name + NEW_SUFFIX)
                         show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
                         txn.added(new)
-                        fetcher.fetch(f.location, new, f.digest, show)
+                        fetcher.fetch(f.location, new, f.digest, show, mode=0o644)  # a mirror others serve
                         check_archive(release, new)
                         staged.append((new, dest, sidecar, f.digest.sidecar_text(f.name)))
                         entry["action"] = "download"

@@ -8,6 +8,7 @@ installed from the cache without asking any server.
 from __future__ import annotations
 
 import json
+import posixpath
 from pathlib import Path
 
 import structlog
@@ -15,6 +16,7 @@ import structlog
 from nodeagent.artifacts.digest import Digest, file_digest
 from nodeagent.fsutil import atomic_write
 from nodeagent.host import HostRoot
+from nodeagent.state import STATE_DIR
 
 log = structlog.get_logger(__name__)
 
@@ -24,7 +26,14 @@ INDEX = "releases.json"
 
 class Cache:
     def __init__(self, host: HostRoot):
+        self.host = host
         self.dir = host.path(CACHE_DIR)
+
+    def make_dir(self, txn) -> None:
+        """Create the cache 0700 (its parents as nodeagent's state dirs), undone on rollback:
+        only root may reach a file between its verification and its use."""
+        txn.mkdirs(self.host.path(posixpath.dirname(STATE_DIR)))
+        txn.mkdirs(self.dir, mode=0o700)
 
     def path_for(self, digest: Digest) -> Path:
         return self.dir / digest.hex
@@ -69,4 +78,4 @@ class Cache:
         if data.get(key) == entry:
             return
         data[key] = entry
-        atomic_write(self._index_path(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(self._index_path(), (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)

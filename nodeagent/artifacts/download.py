@@ -41,6 +41,7 @@ class FetchOptions:
     retries: int = 4
     backoff: float = 1.0
     max_backoff: float = 30.0
+    max_size: int | None = None  # bytes; a larger artifact is refused before or while streaming
 
 
 class NotFound(ArtifactError):
@@ -112,11 +113,13 @@ class Fetcher:
         return self._with_retries(loc, once)
 
     # -- artifacts ------------------------------------------------------------------------
-    def fetch(self, loc: Location, dest: Path, digest: Digest, progress: ProgressFn | None = None) -> int:
+    def fetch(self, loc: Location, dest: Path, digest: Digest, progress: ProgressFn | None = None,
+              mode: int = 0o600) -> int:
         """Download `loc` to `dest` verified against `digest`; returns the number of bytes.
 
         Resumes an existing `<dest>.partial` with Range. On any failure the partial file
         is removed unless the failure is an interruption worth resuming within this call.
+        The partial file is 0600 whatever the umask; `dest` gets `mode` once verified.
         """
         partial = partial_path(dest)
         try:
@@ -124,6 +127,7 @@ class Fetcher:
                 size = self._copy_local(loc, partial, digest, progress)
             else:
                 size = self._download(loc, partial, digest, progress)
+            os.chmod(partial, mode)
             os.replace(partial, dest)
             fsync_dir(dest.parent)
             return size
@@ -147,11 +151,13 @@ class Fetcher:
         hasher = digest.hasher()
         total = os.fstat(src.fileno()).st_size
         done = 0
-        with src, open(partial, "wb") as out:
+        with src, _open_private(partial, "wb") as out:
+            self._check_size(loc, total)
             while True:
                 block = src.read(CHUNK)
                 if not block:
                     break
+                self._check_size(loc, done + len(block))
                 hasher.update(block)
                 out.write(block)
                 done += len(block)
@@ -191,7 +197,9 @@ class Fetcher:
                     length = resp.headers.get("Content-Length")
                     expected = int(length) if length and length.isdigit() else None
                     total = have + expected if expected is not None else None
-                    got = self._stream(resp, partial, "ab" if resumed else "wb", hasher, have, total, progress)
+                    if total is not None:
+                        self._check_size(loc, total)
+                    got = self._stream(resp, partial, "ab" if resumed else "wb", hasher, have, total, progress, loc)
                     if expected is not None and got < expected:
                         raise _Retryable(f"connection closed after {have + got} of {total} bytes")
             except NotFound:
@@ -219,21 +227,33 @@ class Fetcher:
             _check_digest(actual, digest, loc)
             return partial.stat().st_size
 
-    def _stream(self, resp, partial: Path, mode: str, hasher, offset: int, total, progress) -> int:
+    def _stream(self, resp, partial: Path, mode: str, hasher, offset: int, total, progress, loc: Location) -> int:
         got = 0
         with _Sink(partial, mode, hasher) as sink:
             try:
                 for block in resp.raw.stream(CHUNK, decode_content=False):
+                    self._check_size(loc, offset + got + len(block))  # a server may lie or omit the length
                     sink.put(block)
                     got += len(block)
                     if progress:
                         progress(offset + got, total)
+            except ArtifactError:
+                raise
             except Exception as exc:  # urllib3's ProtocolError / ReadTimeoutError: resume later
                 sink.close()  # keep what arrived: the next attempt resumes from it
                 if total is not None and "IncompleteRead" in repr(exc):
                     raise _Retryable(f"connection closed after {offset + got} of {total} bytes") from None
                 raise _Retryable(_reason(exc)) from None
         return got
+
+    def _check_size(self, loc: Location, size: int) -> None:
+        cap = self.options.max_size
+        if cap is not None and size > cap:
+            raise ArtifactError(
+                f"{loc} is larger than the download limit of {_mib(cap)} (max_download_size); refused",
+                "check the mirror serves the right file, or raise max_download_size (NODEAGENT_MAX_DOWNLOAD_SIZE) "
+                "if a release really is that large",
+            )
 
     # -- HTTP plumbing ----------------------------------------------------------------------
     def _get(self, loc: Location, headers: dict) -> requests.Response:
@@ -345,7 +365,7 @@ class _Sink:
     WRITEBACK = 32 << 20
 
     def __init__(self, path: Path, mode: str, hasher):
-        self._file = open(path, mode)
+        self._file = _open_private(path, mode)
         self._start = self._file.tell()
         self._pending = 0
         self._closed = False
@@ -390,6 +410,22 @@ class _Sink:
                 self.close()
             except OSError:
                 pass
+
+
+def _open_private(path: Path, mode: str):
+    """Open a partial download ("wb" or "ab") as 0600, whatever the umask: it becomes a cache entry."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size} bytes"
 
 
 def _check_scheme(url: str, allow_http: bool) -> None:

@@ -3,12 +3,15 @@
 Every member is checked before a byte of it is written: no absolute paths, no `..`, no
 symlink or hard link leaving the tree, no path through a symlink, no devices or fifos, no
 setuid/setgid bits, no duplicate names, and caps on member size, total size and count.
-Archives are read as a stream (constant memory); files are written without following
-symlinks and owned by us, never by the uid in the archive.
+Archives are read as a stream in bounded memory: every decompressor hands out at most what
+tar asks for, and xz/zstd refuse a stream whose dictionary/window would need more than
+`Limits` allows (a 244 KB .tar.xz can declare a 1.5 GiB dictionary). Files are written
+without following symlinks, owned by us, with fixed modes (0755 or 0644, never the umask).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import stat
@@ -18,19 +21,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from nodeagent.artifacts import decompress
+from nodeagent.artifacts.digest import Digest
 from nodeagent.errors import ArtifactError
+from nodeagent.fsutil import make_dirs
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps that stop a decompression bomb; the real artifacts are far below them."""
+    """Caps that stop a decompression bomb; the real artifacts are far below them.
+
+    Decompression memory: `xz -9e` needs 65 MiB to decompress and xz's default preset 9 MiB;
+    zstd up to `--ultra -22` uses a 128 MiB window (level 19: 8 MiB), which is also libzstd's
+    own default cap. 128 MiB keeps the agent under the DaemonSet's 256Mi memory limit.
+    """
 
     max_member: int = 1 << 30
     max_total: int = 4 << 30
     max_members: int = 100_000
+    max_xz_memory: int = 128 << 20
+    max_zstd_window: int = 128 << 20
 
 
 @dataclass(frozen=True)
@@ -52,26 +64,59 @@ def _refuse(archive: str, what: str) -> ArtifactError:
 
 
 @contextmanager
-def open_stream(path: Path, label: str | None = None) -> Iterator[tarfile.TarFile]:
-    """A tarfile reading `path` as a stream, whatever its compression."""
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(0)
-        try:
-            if head == ZSTD_MAGIC:
-                import zstandard
+def open_stream(path: Path, label: str | None = None, limits: "Limits" = Limits(),
+                digest: Digest | None = None) -> Iterator[tarfile.TarFile]:
+    """A tarfile reading `path` as a stream, whatever its compression.
 
-                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK)
-                tf = tarfile.open(fileobj=reader, mode="r|")
-            else:
-                tf = tarfile.open(fileobj=fh, mode="r|*")
+    With `digest`, every byte read from the file is hashed on the way and the whole file
+    must match when the tar stream ends: what was extracted is exactly what was verified,
+    even if the file changed after an earlier check (the file is opened once).
+    """
+    label = label or path.name
+    with open(path, "rb") as fh:
+        hashed = _HashingReader(fh, digest)
+        stream = decompress.open_decompressed(hashed, label, decompress.Bounds(limits.max_xz_memory, limits.max_zstd_window))
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|")
         except tarfile.ReadError as exc:
             raise ArtifactError(
-                f"{label or path.name} is not a readable tar archive ({exc})",
+                f"{label} is not a readable tar archive ({exc})",
                 "the download is not a release tarball; check the mirror serves the right file",
             ) from None
         with tf:
             yield tf
+        hashed.finish(label)
+
+
+class _HashingReader(io.RawIOBase):
+    """Hashes what the decompressor reads, so extraction uses only verified bytes."""
+
+    def __init__(self, fh, digest: Digest | None):
+        self._fh = fh
+        self._digest = digest
+        self._hasher = digest.hasher() if digest else None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        data = self._fh.read(len(buf))
+        if self._hasher is not None:
+            self._hasher.update(data)
+        buf[: len(data)] = data
+        return len(data)
+
+    def finish(self, label: str) -> None:
+        """Hash the rest of the file (past the tar's end) and compare with the digest."""
+        if self._hasher is None:
+            return
+        for block in iter(lambda: self._fh.read(CHUNK), b""):
+            self._hasher.update(block)
+        if self._hasher.hexdigest() != self._digest.hex:
+            raise ArtifactError(
+                f"{label} changed after it was verified (its {self._digest.algo} no longer matches)",
+                "something modified nodeagent's download cache; check who can write it, then run again",
+            )
 
 
 class _Checker:
@@ -148,11 +193,11 @@ class _Checker:
 
 
 def _members(path: Path, limits: Limits, write_to: Path | None, label: str | None,
-             host_trees: tuple[str, ...] = ()) -> list[Entry]:
+             host_trees: tuple[str, ...] = (), digest: Digest | None = None) -> list[Entry]:
     label = label or path.name
     checker = _Checker(label, limits, host_trees)
     try:
-        with open_stream(path, label) as tf:
+        with open_stream(path, label, limits, digest) as tf:
             for m in tf:
                 entry = checker.check(m)
                 if entry is not None and write_to is not None:
@@ -182,16 +227,24 @@ def scan(path: Path, limits: Limits = Limits(), label: str | None = None, host_t
 
 
 def extract(path: Path, dest: Path, limits: Limits = Limits(), label: str | None = None,
-            host_trees: tuple[str, ...] = ()) -> list[Entry]:
-    """Extract into the existing, empty directory `dest`; the caller removes it on failure."""
-    return _members(Path(path), limits, Path(dest), label, host_trees)
+            host_trees: tuple[str, ...] = (), digest: Digest | None = None) -> list[Entry]:
+    """Extract into the existing, empty directory `dest`; the caller removes it on failure.
+
+    With `digest`, the archive's bytes are hashed as they are extracted (see open_stream).
+    """
+    return _members(Path(path), limits, Path(dest), label, host_trees, digest)
+
+
+def release_mode(mode: int) -> int:
+    """A release file is 0755 if the archive made it executable by anyone, else 0644."""
+    return 0o755 if mode & 0o111 else 0o644
 
 
 def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, entry: Entry, dest: Path, limits: Limits, archive: str) -> None:
     target = dest / entry.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     if entry.kind == "dir":
-        target.mkdir(mode=0o755, exist_ok=True)
+        make_dirs(target)
     elif entry.kind == "symlink":
         os.symlink(entry.link, target)
     elif entry.kind == "hardlink":
@@ -209,7 +262,7 @@ def _write(tf: tarfile.TarFile, m: tarfile.TarInfo, entry: Entry, dest: Path, li
                 if written > limits.max_member:
                     raise _refuse(archive, f"member {entry.name!r} is larger than declared")
                 out.write(block)
-            os.fchmod(out.fileno(), entry.mode | 0o600)
+            os.fchmod(out.fileno(), release_mode(entry.mode))
 
 
 def find_unique(entries: list[Entry], basename: str, archive: str) -> Entry:

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from nodeagent import run as run_mod
-from nodeagent.artifacts import catalog, extract
+from nodeagent.artifacts import catalog, extract, links
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.download import copy_verified
 from nodeagent.artifacts.inuse import pids_using
@@ -29,6 +29,7 @@ from nodeagent.artifacts.txn import Transaction
 from nodeagent.errors import ArtifactError, CommandFailed, ConflictError
 from nodeagent.fsutil import TEMP_PREFIX, atomic_symlink, fsync_dir
 from nodeagent.host import HostRoot
+from nodeagent.state import STATE_DIR
 
 log = structlog.get_logger(__name__)
 
@@ -144,7 +145,7 @@ def stage(host: HostRoot, release: Release, cache: Cache, txn: Transaction, limi
             out = _stage_kata(release, cache, staging, limits)
         os.chmod(out, 0o755)
         marker = {"runtime": release.runtime, "version": release.version, "arch": release.arch, **release.record()}
-        (out / MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
+        _write_new(out / MARKER, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(), 0o644)
         dirname = _choose_dirname(host, release, out)
         final = rdir / dirname
         os.rename(out, final)
@@ -155,11 +156,20 @@ def stage(host: HostRoot, release: Release, cache: Cache, txn: Transaction, limi
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create a file with exactly `mode` (not filtered by the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        os.fchmod(fh.fileno(), mode)
+
+
 def _stage_gvisor_tarball(release: Release, cache: Cache, staging: Path, limits: extract.Limits) -> Path:
     f = release.files[0]
     raw = staging / "raw"
     raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name)
+    # hashed while extracting: the cache entry may have changed since it was verified
+    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, digest=f.digest)
     runsc = extract.find_unique(entries, catalog.RUNSC, f.name)
     shim = extract.find_unique(entries, catalog.GVISOR_SHIM, f.name)
     out = staging / "out"
@@ -192,7 +202,7 @@ def _stage_kata(release: Release, cache: Cache, staging: Path, limits: extract.L
     f = release.files[0]
     raw = staging / "raw"
     raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, host_trees=(KATA_LINK,))
+    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, host_trees=(KATA_LINK,), digest=f.digest)
     tree = extract.find_tree(entries, ("opt", "kata"), f.name)
     shim = f"{tree}/bin/{catalog.KATA_SHIM}"
     if not any(e.name == shim and e.kind in ("file", "hardlink") for e in entries):
@@ -200,6 +210,8 @@ def _stage_kata(release: Release, cache: Cache, staging: Path, limits: extract.L
             f"refusing {f.name}: it has no {tree}/bin/{catalog.KATA_SHIM}",
             "the archive is not a Kata static release; use the upstream kata-static tarball",
         )
+    # only opt/kata is installed: its links must resolve inside it, chains included
+    links.check_tree(raw / tree, f.name, host_trees=(KATA_LINK,))
     return raw / tree
 
 
@@ -233,7 +245,8 @@ def switch_links(host: HostRoot, runtime: str, dirname: str, foreign: list[str],
         txn.mkdirs(real.parent)
         if link in foreign:
             backup = host.path(f"{REPLACED}{link}.{stamp}")
-            txn.mkdirs(backup.parent)
+            txn.mkdirs(host.path(posixpath.dirname(STATE_DIR)))
+            txn.mkdirs(backup.parent, mode=0o700)  # nodeagent's state: root only
             shutil.move(str(real), str(backup))
             txn.on_rollback(lambda b=backup, r=real: shutil.move(str(b), str(r)))
             log.warning("moved aside a file nodeagent did not install", path=link, kept_at=host.to_host(backup))

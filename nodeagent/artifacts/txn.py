@@ -13,6 +13,8 @@ from typing import Callable
 
 import structlog
 
+from nodeagent.fsutil import make_dirs
+
 log = structlog.get_logger(__name__)
 
 
@@ -33,14 +35,10 @@ class Transaction:
             self.rollback()
 
     def mkdirs(self, path: Path, mode: int = 0o755) -> Path:
-        """mkdir -p, remembering each level we created (removed on rollback if empty)."""
-        missing = []
-        p = Path(path)
-        while not p.exists() and not p.is_symlink():
-            missing.append(p)
-            p = p.parent
-        for d in reversed(missing):
-            d.mkdir(mode=mode)
+        """mkdir -p, remembering each level we created (removed on rollback if empty).
+
+        Each created level gets exactly `mode`, whatever the umask."""
+        for d in make_dirs(path, mode):
             self._undo.append(lambda d=d: _rmdir_if_empty(d))
         return Path(path)
 

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None,
+            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`prefix` runs the CLI under a wrapper command (e.g. one that measures its peak memory)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
     full_env.setdefault("NODEAGENT_LOG_FORMAT", "json")
     # installs fetch artifacts: by default from the suite's directory mirror (real runsc,
@@ -18,7 +20,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: st
     if env:
         full_env.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "nodeagent", *args],
+        [*prefix, sys.executable, "-m", "nodeagent", *args],
         capture_output=True,
         text=True,
         env=full_env,

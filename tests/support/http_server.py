@@ -3,7 +3,8 @@
 Serves files from a directory (a mirror laid out as INTERFACE.md says). Faults:
 `status` (answer e.g. 500 or 404, `times` requests or forever), `drop_after` (send the
 full Content-Length header, then only K bytes and close), `no_range` (ignore Range
-headers and answer 200; `range_support = False` does so for every path), `redirect` (302 to a URL), `delay` (seconds per 64 KiB chunk).
+headers and answer 200; `range_support = False` does so for every path), `redirect` (302 to a URL), `delay` (seconds per 64 KiB chunk),
+`hide_length` (no Content-Length: the body ends when the connection closes, as a lying server may do).
 Every request is recorded (method, path, Range header) so tests can assert a resume.
 """
 
@@ -31,6 +32,7 @@ class Fault:
     no_range: bool = False
     redirect: str | None = None
     delay: float = 0.0
+    hide_length: bool = False
     times: int | None = None  # None: every request; N: the next N requests, then healthy again
 
     def consume(self) -> bool:
@@ -153,7 +155,11 @@ class LoopbackServer:
                     self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(size - start))
+                if active and fault.hide_length:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(size - start))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
                 if head:
