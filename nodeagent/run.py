@@ -19,6 +19,24 @@ log = structlog.get_logger(__name__)
 # Tests may set this to a callable(argv) -> None that raises for forbidden commands.
 FORBID = None
 
+NOBODY = 65534  # the overflow uid/gid: owns nothing on a node
+UNPRIVILEGED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def unprivileged(argv: Sequence[str]) -> list[str]:
+    """argv wrapped to run as nobody, with no groups, no capabilities (bounding set included),
+    no_new_privs, and in a new network namespace that holds only a down loopback.
+
+    For binaries nodeagent must run only to learn something about them (e.g. `runsc --version`
+    of a freshly downloaded `latest`): even verified, they are the server's code, not ours.
+    """
+    return [
+        "unshare", "--net", "--",
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        *(os.fspath(a) for a in argv),
+    ]
+
 
 def run(
     argv: Sequence[str],
@@ -29,9 +47,17 @@ def run(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     hint: str | None = None,
+    as_nobody: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run argv (never through a shell), capture output as text, raise CommandFailed on error."""
-    argv = [os.fspath(a) for a in argv]
+    """Run argv (never through a shell), capture output as text, raise CommandFailed on error.
+
+    `as_nobody`: run it unprivileged and offline (see `unprivileged`), from `/`, with a
+    minimal environment unless `env` is given.
+    """
+    argv = unprivileged(argv) if as_nobody else [os.fspath(a) for a in argv]
+    if as_nobody:
+        env = UNPRIVILEGED_ENV if env is None else env
+        cwd = cwd or "/"
     if FORBID is not None:
         FORBID(argv)
     log.debug("run", argv=argv)

@@ -49,6 +49,7 @@ class Settings:
     download_timeout: float = 30.0
     download_retries: int = 4
     download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
+    pins: str | None = None  # file of `<hex>  <mirror path>` digests that win over a mirror's own
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
