@@ -237,9 +237,9 @@ def test_bundle_refuses_a_directory_where_nobody_planted_a_link(tmp_path, evil_m
         with LoopbackServer(evil_mirror, tls=shared_tls()) as srv:
             proc = run_cli("bundle", "--runtime", "gvisor", "--gvisor-version", FAKE, "--arch", "amd64",
                            "--mirror", srv.url, str(out), env=ENV)
-            message = assert_known_error(proc, 2)
-        assert diff_snapshots(before, snapshot(out)) == []
         assert secret.read_bytes() == b"root's file\n" and secret.stat().st_mode & 0o777 == 0o600
+        message = assert_known_error(proc, 2)
+        assert diff_snapshots(before, snapshot(out)) == []
         assert not (base / "bundle.pins").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -290,12 +290,11 @@ def test_credentials_in_the_mirror_url_never_reach_errors_or_logs(root, evil_mir
                            "--restart", "none", "--mirror", _secret_url(srv.url), "--kata-sha256", "0" * 64, env=ENV)
         # plain http without a pin: refused, and the refusal names the mirror
         unpinned = install(root, _secret_url(srv.url))
-        assert any(s.path.startswith("/base/") for s in srv.seen)  # the token did reach the server
-    messages = {}
     for name, proc in (("500", fail_500), ("404", fail_404), ("unpinned", unpinned)):
-        messages[name] = assert_known_error(proc, 2)
         for secret in SECRETS:
             assert secret not in proc.stderr + proc.stdout, (name, proc.stderr)
+    messages = {name: assert_known_error(proc, 2) for name, proc in (("500", fail_500), ("404", fail_404), ("unpinned", unpinned))}
+    assert any(s.path.startswith("/base/gvisor/") for s in srv.seen)  # the URL worked: the path before the query
     assert "http://***@127.0.0.1" in messages["500"] and "token=***" in messages["500"] and "HTTP 500" in messages["500"]
     assert "no Kata 3.11.0 tarball" in messages["404"] and "http://***@127.0.0.1" in messages["404"]
     assert "plain http mirror http://***@127.0.0.1" in messages["unpinned"]
