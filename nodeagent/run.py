@@ -30,12 +30,27 @@ def unprivileged(argv: Sequence[str]) -> list[str]:
     For binaries nodeagent must run only to learn something about them (e.g. `runsc --version`
     of a freshly downloaded `latest`): even verified, they are the server's code, not ours.
     """
+    # Emptying the bounding set needs CAP_SETPCAP, which the systemd unit does not keep; without
+    # it, no_new_privs plus a non-root uid already mean no exec can gain a capability.
+    bounding = ["--bounding-set=-all"] if _effective_cap(CAP_SETPCAP) else []
     return [
         "unshare", "--net", "--",
         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+        "--inh-caps=-all", *bounding, "--no-new-privs", "--",
         *(os.fspath(a) for a in argv),
     ]
+
+
+CAP_SETPCAP = 8
+
+
+def _effective_cap(bit: int) -> bool:
+    try:
+        with open("/proc/self/status") as fh:
+            line = next(l for l in fh if l.startswith("CapEff:"))
+        return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
 
 
 def run(
