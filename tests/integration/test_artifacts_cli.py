@@ -61,6 +61,7 @@ def refused(world, srv_url: str, *extra: str, env: dict | None = None) -> str:
     message = assert_known_error(proc, 2)
     assert diff_snapshots(before_root, snapshot(root)) == []
     assert diff_snapshots(before_out, snapshot(out)) == [], "no partial files, no temp leftovers"
+    assert not out.with_name(out.name + ".pins").exists(), "pins only for a bundle that was written"
     return message
 
 
@@ -83,6 +84,8 @@ def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp
         assert sidecar.read_text() == f"{hashlib.new(algo, (out / rel).read_bytes()).hexdigest()}  {Path(rel).name}\n"
         assert (out / rel).read_bytes() == (mirror / rel).read_bytes()
     assert snapshot(root) == {}  # bundle writes no host files
+    pinned = (tmp_path / "bundle.pins").read_text().splitlines()  # beside DIR, to carry apart from it
+    assert sorted(line.split("  ", 1)[1] for line in pinned) == sorted([f"{GDIR}/gvisor.tar.bz2", KATA])
     assert "MiB" not in proc.stderr  # progress only on a terminal, never into logs
     # the bundle is a mirror: install from the directory with no server at all
     res = ensure_artifact(HostRoot(root), Settings(root=str(root), mirror=str(out)), "kata", "amd64")
