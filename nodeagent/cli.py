@@ -164,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: keep the promise of two lines, tracebacks only at -v
+        from nodeagent.artifacts.sources import redact_text  # a URL in the message may carry credentials
+
         if verbose:
             traceback.print_exc(file=sys.stderr)
         else:
-            structlog.get_logger("nodeagent").error("unexpected error", exc_info=False, error=repr(exc))
+            structlog.get_logger("nodeagent").error("unexpected error", exc_info=False, error=redact_text(repr(exc)))
         sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))}\n"
             "hint: this is a bug in nodeagent; run again with -v for the traceback and report it\n"
         )
         return errors.EXIT_FAIL
