@@ -209,13 +209,21 @@ def _resolve_kata(fetcher: Fetcher, version: str, arch: str, mirror: str | None,
                 continue
         pinned_hex = catalog.kata_pinned(version, arch, ext)
         pinned = Digest("sha256", pinned_hex) if pinned_hex else None
-        candidates = [d for d in (flag, pinned, pin, sidecar) if d is not None]
+        # over plain http the mirror's own .sha256 may only disagree (a conflict), never vouch
+        vouching = sidecar if loc.authenticated else None
+        candidates = [d for d in (flag, pinned, pin, vouching) if d is not None]
+        if not candidates and not loc.authenticated:
+            raise ArtifactError(
+                f"refusing {mirror_relpath('kata', version, arch, name)} from the plain http mirror {base}: "
+                "only the mirror itself vouches for it",
+                "pass --pins FILE or --kata-sha256 with its digest from a source you trust, or use an https mirror",
+            )
         if not candidates:
             raise ArtifactError(
                 f"no sha256 digest for {name} from any source (no --kata-sha256, not in the pinned catalog, no {name}.sha256 at {base})",
                 "pass --kata-sha256 <hex> from a source you trust, or install from a bundle made with `nodeagent bundle`",
             )
-        if len({d.hex for d in candidates if d.algo == candidates[0].algo}) > 1:
+        if len({d.hex for d in (*candidates, sidecar) if d is not None and d.algo == candidates[0].algo}) > 1:
             raise ArtifactError(
                 f"conflicting digests for {name} (--kata-sha256, the pinned catalog, --pins and {name}.sha256 disagree)",
                 "find out which is right before installing; the mirror may have been tampered with",

@@ -140,6 +140,21 @@ def test_kata_over_plain_http_needs_a_pin(root, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_catalog_pin_for_one_kata_tarball_does_not_vouch_for_another(root, tmp_path):
+    """3.7.0's .tar.xz is in the pinned catalog; an http mirror offering a .tar.zst with its own
+    .sha256 instead must not get that tarball accepted on its own word."""
+    m = tmp_path / "mirror"
+    M.kata_release(m, "3.7.0", ext="tar.zst")
+    with LoopbackServer(m) as srv:
+        before = snapshot(root)
+        proc = run_cli("--root", str(root), "install", "--skip-eligibility", "--runtime", "kata", "--restart", "none",
+                       "--kata-version", "3.7.0", "--mirror", srv.url, env=ENV)
+        message = assert_known_error(proc, 2)
+        assert [d for d in diff_snapshots(before, snapshot(root)) if d not in LOCK] == []  # found after the lock
+    assert message.startswith("refusing kata/3.7.0/kata-static-3.7.0-amd64.tar.zst from the plain http mirror")
+    assert "--pins" in proc.stderr.splitlines()[-1]
+
+
 BAD_PINS = {
     "short-hex": "abc123  gvisor/20990101.0/x86_64/gvisor.tar.bz2\n",
     "absolute-path": f"{'ab' * 64}  /gvisor/20990101.0/x86_64/gvisor.tar.bz2\n",
