@@ -224,7 +224,7 @@ def _runsc_release(runsc: Path) -> str | None:
     """
     try:
         with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-            os.chmod(tmp, 0o755)  # nobody may enter it, not write to it
+            os.chmod(tmp, 0o755)  # the nobody user may enter it, not write to it
             copy = Path(tmp) / catalog.RUNSC
             shutil.copyfile(runsc, copy)
             os.chmod(copy, 0o755)
