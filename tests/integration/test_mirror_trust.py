@@ -261,7 +261,7 @@ def test_bundle_refuses_a_directory_where_nobody_planted_a_link(tmp_path, evil_m
     assert f"bundle directory {out}" in message and ("uid 65534" in message or "writable by others" in message)
 
 
-def test_fetch_never_writes_through_a_link_at_its_partial_name(tmp_path, evil_mirror):
+def test_fetch_never_writes_through_a_link_at_its_partial_name(tmp_path, evil_mirror, monkeypatch):
     """Defence in depth below bundle's directory check: a link at `<dest>.partial` is replaced, not followed."""
     from nodeagent.artifacts.digest import Digest
     from nodeagent.artifacts.download import Fetcher, FetchOptions
@@ -272,7 +272,7 @@ def test_fetch_never_writes_through_a_link_at_its_partial_name(tmp_path, evil_mi
     dest = tmp_path / "out" / "gvisor.tar.bz2"
     dest.parent.mkdir()
     (dest.parent / "gvisor.tar.bz2.partial").symlink_to(secret)
-    os.environ.setdefault("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with LoopbackServer(evil_mirror) as srv:
         fetcher = Fetcher(FetchOptions(retries=0, backoff=0.01))
         try:
