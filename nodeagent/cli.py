@@ -41,6 +41,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, f"see `{self.prog} --help`")
 
 
+PINS_HELP = "file of `<sha256|sha512>  <mirror path>` digests that win over the mirror's checksum files"
+
+
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     d = argparse.SUPPRESS if suppress else None
     g = parser.add_argument_group("global options")
@@ -63,6 +66,7 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--gvisor-version", dest="gvisor_version", default=argparse.SUPPRESS)
     p.add_argument("--kata-version", dest="kata_version", default=argparse.SUPPRESS)
     p.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
+    p.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gvisor-version", dest="gvisor_version", default=argparse.SUPPRESS)
     b.add_argument("--kata-version", dest="kata_version", default=argparse.SUPPRESS)
     b.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
+    b.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
     b.add_argument("dir", metavar="DIR")
     a = subparsers["agent"]
     _install_options(a, dry_run=False)
@@ -159,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug: keep the promise of two lines, tracebacks only at -v
+        from nodeagent.artifacts.sources import redact_text  # a URL in the message may carry credentials
+
         if verbose:
             traceback.print_exc(file=sys.stderr)
         else:
-            structlog.get_logger("nodeagent").error("unexpected error", exc_info=False, error=repr(exc))
+            structlog.get_logger("nodeagent").error("unexpected error", exc_info=False, error=redact_text(repr(exc)))
         sys.stderr.write(
-            f"error: unexpected {type(exc).__name__}: {exc}\n"
+            f"error: unexpected {type(exc).__name__}: {redact_text(str(exc))}\n"
             "hint: this is a bug in nodeagent; run again with -v for the traceback and report it\n"
         )
         return errors.EXIT_FAIL

@@ -19,6 +19,39 @@ log = structlog.get_logger(__name__)
 # Tests may set this to a callable(argv) -> None that raises for forbidden commands.
 FORBID = None
 
+NOBODY = 65534  # the overflow uid/gid: owns nothing on a node
+UNPRIVILEGED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+
+
+def unprivileged(argv: Sequence[str]) -> list[str]:
+    """argv wrapped to run as nobody, with no groups, no capabilities (bounding set included),
+    no_new_privs, and in a new network namespace that holds only a down loopback.
+
+    For binaries nodeagent must run only to learn something about them (e.g. `runsc --version`
+    of a freshly downloaded `latest`): even verified, they are the server's code, not ours.
+    """
+    # Emptying the bounding set needs CAP_SETPCAP, which the systemd unit does not keep; without
+    # it, no_new_privs plus a non-root uid already mean no exec can gain a capability.
+    bounding = ["--bounding-set=-all"] if _effective_cap(CAP_SETPCAP) else []
+    return [
+        "unshare", "--net", "--",
+        "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--inh-caps=-all", *bounding, "--no-new-privs", "--",
+        *(os.fspath(a) for a in argv),
+    ]
+
+
+CAP_SETPCAP = 8
+
+
+def _effective_cap(bit: int) -> bool:
+    try:
+        with open("/proc/self/status") as fh:
+            line = next(l for l in fh if l.startswith("CapEff:"))
+        return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, StopIteration, ValueError):
+        return False
+
 
 def run(
     argv: Sequence[str],
@@ -29,9 +62,17 @@ def run(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     hint: str | None = None,
+    as_nobody: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run argv (never through a shell), capture output as text, raise CommandFailed on error."""
-    argv = [os.fspath(a) for a in argv]
+    """Run argv (never through a shell), capture output as text, raise CommandFailed on error.
+
+    `as_nobody`: run it unprivileged and offline (see `unprivileged`), from `/`, with a
+    minimal environment unless `env` is given.
+    """
+    argv = unprivileged(argv) if as_nobody else [os.fspath(a) for a in argv]
+    if as_nobody:
+        env = UNPRIVILEGED_ENV if env is None else env
+        cwd = cwd or "/"
     if FORBID is not None:
         FORBID(argv)
     log.debug("run", argv=argv)

@@ -50,6 +50,7 @@ class Settings:
     download_retries: int = 4
     download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
     max_download_size: int = 2 << 30  # bytes per artifact (Kata's tarball is ~400 MB); 0: no cap
+    pins: str | None = None  # file of `<hex>  <mirror path>` digests that win over a mirror's own
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False

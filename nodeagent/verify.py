@@ -30,7 +30,7 @@ log = structlog.get_logger(__name__)
 
 # our own symlink first (INTERFACE: /usr/local/bin/runsc), then the host's PATH
 RUNSC_CANDIDATES = ("/usr/local/bin/runsc",)
-_RUNSC_CGROUP = re.compile(r"^runsc-\d{6}$")
+_RUNSC_CGROUP = re.compile(r"runsc-\d{6}")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _runsc_cgroups() -> set[str]:
     found = set()
     for parent in parents:
         try:
-            found |= {str(parent / name) for name in os.listdir(parent) if _RUNSC_CGROUP.match(name)}
+            found |= {str(parent / name) for name in os.listdir(parent) if _RUNSC_CGROUP.fullmatch(name)}
         except OSError:
             continue
     return found

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from nodeagent.artifacts import catalog, extract, install
+from nodeagent.artifacts import catalog, extract, install, pins
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.download import Fetcher, FetchOptions
 from nodeagent.artifacts.progress import ProgressFn, tty_progress
-from nodeagent.artifacts.release import Release, resolve
+from nodeagent.artifacts.release import Release, check_trusted, resolve
 from nodeagent.artifacts.txn import Transaction
 from nodeagent.artifacts.digest import parse_hex
 from nodeagent.artifacts.sources import mirror_base
@@ -74,8 +74,9 @@ def fetch_options(settings) -> FetchOptions:
 
 
 def check_settings(settings, runtimes: list[str], arch: str | None = None) -> None:
-    """Refuse malformed artifact settings (version, arch, --kata-sha256, --mirror) without
-    touching the network or the host, so the installer can reject them before its lock."""
+    """Refuse malformed artifact settings (version, arch, --kata-sha256, --mirror, --pins) and a
+    plain-http mirror nothing vouches for, without touching the network or the host, so the
+    installer can reject them before its lock."""
     arch = arch or catalog.host_arch()
     for runtime in runtimes:
         _check_runtime(runtime)
@@ -85,6 +86,10 @@ def check_settings(settings, runtimes: list[str], arch: str | None = None) -> No
         parse_hex("sha256", settings.kata_sha256, "--kata-sha256")
     if settings.mirror:
         mirror_base(settings.mirror)
+    pinned = pins.load(settings.pins)
+    for runtime in runtimes:
+        check_trusted(runtime, _version(settings, runtime), arch, settings.mirror, pinned,
+                      settings.kata_sha256 if runtime == "kata" else None)
 
 
 def _version(settings, runtime: str) -> str:
@@ -105,6 +110,7 @@ def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher
         arch,
         mirror=settings.mirror,
         kata_sha256=settings.kata_sha256 if runtime == "kata" else None,
+        pins=pins.load(settings.pins),
     )
 
 

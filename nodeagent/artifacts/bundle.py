@@ -5,6 +5,11 @@ install would check them (safe members, the expected binaries present exactly on
 a bad bundle is caught on the connected machine rather than on the node. Files are
 fetched to temp names first and renamed into the layout only when all of them passed;
 a failed run leaves DIR as it was.
+
+DIR must belong to us and be writable by nobody else: root writing into a directory another
+user controls can be steered by links planted there (security review M1). The digests are also
+written to `DIR.pins`, beside DIR, so they can travel to the nodes by another channel than the
+mirror (`--pins`): a mirror must not vouch for its own files.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent.artifacts import catalog, extract, links
+from nodeagent.artifacts import catalog, extract, links, pins
 from nodeagent.artifacts.api import fetch_options
 from nodeagent.artifacts.digest import file_digest
 from nodeagent.artifacts.download import Fetcher
@@ -30,9 +35,20 @@ NEW_SUFFIX = ".nodeagent-new"
 class BundleResult:
     directory: str
     files: list[dict] = field(default_factory=list)
+    pins: str | None = None  # the pins file written beside the directory
 
     def as_dict(self) -> dict:
-        return {"dir": self.directory, "files": self.files}
+        return {"dir": self.directory, "files": self.files, "pins": self.pins}
+
+
+def _bundled_pins(pins_file: Path, text: bytes | None) -> dict:
+    """The pins an earlier bundle run wrote (other runtimes or arches stay pinned)."""
+    if text is None or pins_file.stat().st_uid not in (0, os.geteuid()):
+        return {}
+    try:
+        return dict(pins.parse(text.decode("utf-8"), str(pins_file)).digests)
+    except (ArtifactError, UnicodeDecodeError):
+        return {}  # not ours to keep: rewritten from what this run verified
 
 
 def check_archive(release: Release, path: Path, limits: extract.Limits = extract.Limits()) -> None:
@@ -63,11 +79,31 @@ def _present(dest: Path, sidecar: Path, release: Release, f) -> bool:
         return False
 
 
+def check_private(root: Path) -> None:
+    """Refuse a DIR (or any directory in it) that another user owns or may write to."""
+    if not root.exists():
+        return  # created by us below
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        st = d.stat()
+        if st.st_uid not in (0, os.geteuid()):
+            problem = f"owned by uid {st.st_uid}"
+        elif st.st_mode & 0o022:
+            problem = f"writable by {'others' if st.st_mode & 0o002 else 'its group'} (mode {st.st_mode & 0o7777:04o})"
+        else:
+            continue
+        raise HostError(
+            f"bundle directory {d} is {problem}; another user could plant links there that nodeagent would write through",
+            f"use a directory only you can write to (e.g. `install -d -m 0755 {root}`), or fix its owner and mode",
+        )
+
+
 def write_bundle(settings, runtimes: list[str], arches: list[str], directory: str, progress="auto") -> BundleResult:
     """Download and verify each runtime × arch release into `directory` in the mirror layout."""
     root = Path(directory)
     if root.exists() and not root.is_dir():
         raise HostError(f"bundle target {directory} exists and is not a directory", "pass a new or existing directory")
+    check_private(root)
+    pinned = pins.load(settings.pins)
     fetcher = Fetcher(fetch_options(settings))
     result = BundleResult(str(root))
     staged: list[tuple[Path, Path, Path, str]] = []  # (new, dest, sidecar, sidecar text)
@@ -79,7 +115,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                 for arch in arches:
                     releases.append(
                         resolve(fetcher, None, runtime, version, arch, settings.mirror,
-                                settings.kata_sha256 if runtime == "kata" else None)
+                                settings.kata_sha256 if runtime == "kata" else None, pinned)
                     )
             txn.mkdirs(root)
             for release in releases:
@@ -100,6 +136,12 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                     entry["size"] = (dest if entry["action"] == "present" else new).stat().st_size
                     result.files.append(entry)
                     result.files.append({"path": str(Path(rel).with_name(sidecar.name)), "digest": None, "action": entry["action"]})
+            pins_file = pins.pins_path_for(root)
+            before = pins_file.read_bytes() if pins_file.is_file() and not pins_file.is_symlink() else None
+            digests = {**_bundled_pins(pins_file, before), **{r.mirror_relpath(f.name): f.digest for r in releases for f in r.files}}
+            atomic_write(pins_file, pins.render(digests).encode(), mode=0o644)
+            txn.on_rollback(lambda: atomic_write(pins_file, before) if before is not None else pins_file.unlink(missing_ok=True))
+            result.pins = str(pins_file)
             for new, dest, sidecar, text in staged:
                 atomic_write(sidecar, text.encode())
                 os.replace(new, dest)

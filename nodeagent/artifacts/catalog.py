@@ -40,8 +40,9 @@ KATA_PINNED_SHA256: dict[tuple[str, str, str], str] = {
     ("3.7.0", "amd64", "tar.xz"): "bebf218cafdc082476c7dabbcc5439aee6a41d6dda24dd3cfffbe0a6ae94e23d",
 }
 
-_GVISOR_VERSION = re.compile(r"^(latest|\d{8}(\.\d+)?)$")
-_KATA_VERSION = re.compile(r"^\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?$")
+# Used with fullmatch: `$` also matches before a final newline, so `20240729.0\n` passed (L5).
+_GVISOR_VERSION = re.compile(r"latest|\d{8}(\.\d+)?")
+_KATA_VERSION = re.compile(r"\d+\.\d+\.\d+([.-][0-9A-Za-z.-]+)?")
 
 
 def host_arch() -> str:
@@ -73,7 +74,7 @@ def kata_arch(arch: str) -> str:
 def check_version(runtime: str, version: str) -> str:
     """Refuse versions that could not name a release (and could walk out of a URL or dir)."""
     pattern = _GVISOR_VERSION if runtime == "gvisor" else _KATA_VERSION
-    if not pattern.match(version):
+    if not pattern.fullmatch(version):
         example = "latest or 20240729.0" if runtime == "gvisor" else "3.11.0"
         raise ArtifactError(f"invalid {runtime} version {version!r}", f"pass a release version such as {example}")
     return version

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ import structlog
 from nodeagent import __version__
 from nodeagent.artifacts.digest import Digest, hash_file_into
 from nodeagent.artifacts.progress import ProgressFn
-from nodeagent.artifacts.sources import Location
+from nodeagent.artifacts.sources import Location, redact_text, redact_url
 from nodeagent.errors import ArtifactError, HostError
 from nodeagent.fsutil import fsync_dir
 
@@ -56,6 +57,40 @@ class _Retryable(Exception):
 
 def partial_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".partial")
+
+
+def _partial_size(partial: Path) -> int:
+    """Bytes of a resumable partial file; anything else at that name (a planted symlink) is removed."""
+    try:
+        st = os.lstat(partial)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size
+    partial.unlink()  # removes the link itself, never what it points at
+    return 0
+
+
+def _open_partial(partial: Path, append: bool):
+    """Open a partial file without following symlinks; a fresh one is created exclusively, 0600
+    whatever the umask (it becomes a cache entry; `fetch` sets the final mode once verified).
+
+    The directory may be one another user could write to (a bundle DIR): a link planted at
+    this name must not make a root process write through it (security review M1).
+    """
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    if append:
+        flags |= os.O_APPEND
+    else:
+        partial.unlink(missing_ok=True)
+        flags |= os.O_CREAT | os.O_EXCL
+    fd = os.open(partial, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "ab" if append else "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class Fetcher:
@@ -151,7 +186,7 @@ class Fetcher:
         hasher = digest.hasher()
         total = os.fstat(src.fileno()).st_size
         done = 0
-        with src, _open_private(partial, "wb") as out:
+        with src, _open_partial(partial, append=False) as out:
             self._check_size(loc, total)
             while True:
                 block = src.read(CHUNK)
@@ -173,7 +208,7 @@ class Fetcher:
         failures = 0
         restarted_after_mismatch = False
         while True:
-            have = partial.stat().st_size if partial.exists() else 0
+            have = _partial_size(partial)
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
                 with self._get(loc, headers) as resp:
@@ -277,7 +312,7 @@ class Fetcher:
                 resp.close()
                 if urlparse(url).scheme == "https" and urlparse(target).scheme != "https":
                     raise ArtifactError(
-                        f"refused redirect from {url} to the insecure {target}",
+                        f"refused redirect from {redact_url(url)} to the insecure {redact_url(target)}",
                         "an https source must not redirect to plain http; fix the mirror or proxy",
                     )
                 url = target
@@ -365,7 +400,7 @@ class _Sink:
     WRITEBACK = 32 << 20
 
     def __init__(self, path: Path, mode: str, hasher):
-        self._file = _open_private(path, mode)
+        self._file = _open_partial(path, append=mode.startswith("a"))
         self._start = self._file.tell()
         self._pending = 0
         self._closed = False
@@ -412,18 +447,6 @@ class _Sink:
                 pass
 
 
-def _open_private(path: Path, mode: str):
-    """Open a partial download ("wb" or "ab") as 0600, whatever the umask: it becomes a cache entry."""
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
-    fd = os.open(path, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        return os.fdopen(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size} bytes"
 
@@ -433,7 +456,7 @@ def _check_scheme(url: str, allow_http: bool) -> None:
     if scheme == "https" or (scheme == "http" and allow_http):
         return
     raise ArtifactError(
-        f"refused to fetch {url}: only https is allowed here",
+        f"refused to fetch {redact_url(url)}: only https is allowed here",
         "plain http is only used for a mirror you name explicitly with --mirror http://...",
     )
 
@@ -467,7 +490,7 @@ _REASONS = (  # requests nests urllib3's message several levels deep; say what i
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = redact_text(str(exc) or type(exc).__name__)
     for needles, meaning in _REASONS:
         if any(n in text for n in needles):
             return meaning

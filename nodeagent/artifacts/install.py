@@ -227,10 +227,24 @@ def _choose_dirname(host: HostRoot, release: Release, out: Path) -> str:
 
 
 def _runsc_release(runsc: Path) -> str | None:
-    """`runsc --version` says e.g. "runsc version release-20240729.0"; a foreign arch cannot run."""
+    """`runsc --version` says e.g. "runsc version release-20240729.0"; a foreign arch cannot run.
+
+    Called only on a runsc whose archive matched its digest. Still, it is a downloaded binary:
+    it runs from a root-owned copy as nobody, without capabilities or network (security review
+    H1). Where that sandbox cannot be had (no unshare/setpriv, no CAP_SYS_ADMIN), the release
+    stays unnamed (`latest-<digest>`) rather than running it as root.
+    """
     try:
-        proc = run_mod.run([str(runsc), "--version"], timeout=15, check=False)
+        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
+            os.chmod(tmp, 0o755)  # the nobody user may enter it, not write to it
+            copy = Path(tmp) / catalog.RUNSC
+            shutil.copyfile(runsc, copy)
+            os.chmod(copy, 0o755)
+            proc = run_mod.run([str(copy), "--version"], timeout=15, check=False, as_nobody=True)
     except (CommandFailed, OSError):
+        return None
+    if proc.returncode != 0:
+        log.info("could not learn the runsc release unprivileged", exit=proc.returncode, stderr=proc.stderr[-200:])
         return None
     m = re.search(r"(\d{8}(?:\.\d+)?)", proc.stdout)
     return m.group(1) if m else None

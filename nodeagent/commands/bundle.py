@@ -13,4 +13,6 @@ def run(settings, args) -> Result:
     result = write_bundle(settings, runtimes, arches, args.dir)
     rows = [[f["action"], f["path"]] for f in result.files]
     text = f"bundle in {result.directory}\n" + table(rows, ["action", "file"])
+    if result.pins:
+        text += f"\npins in {result.pins}: carry it to the nodes apart from the mirror and pass --pins {result.pins}\n"
     return Result(result.as_dict(), text)

@@ -26,7 +26,7 @@ import tomlkit.exceptions
 from nodeagent.containerd import model
 from nodeagent.errors import ConfigError
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: a key ending in "\n" must be quoted
 BOM = "\ufeff"
 
 
@@ -83,7 +83,7 @@ def parse(text: str, path: str) -> dict[str, Any]:
 
 
 def format_key(key: str, style: TextStyle) -> str:
-    if _BARE_KEY.match(key):
+    if _BARE_KEY.fullmatch(key):
         return key
     if style.single_quotes and "'" not in key:
         return f"'{key}'"

@@ -32,7 +32,7 @@ KATA_HYPERVISORS = ("qemu", "clh", "fc")
 # handler-level keys every Kata handler carries (the contract's handler table)
 KATA_HANDLER_KEYS = {"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]}
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: `$` would allow "runsc\n"
 
 
 def config_version(value: Any) -> int:
@@ -63,7 +63,7 @@ def runtimes_table_path(version: int) -> tuple[str, ...]:
 
 def validate_handler_name(name: str) -> str:
     """A RuntimeClass handler must be a DNS label (Kubernetes validation)."""
-    if not isinstance(name, str) or not _DNS_LABEL.match(name):
+    if not isinstance(name, str) or not _DNS_LABEL.fullmatch(name):
         raise UsageError(
             f"invalid handler name {name!r}",
             "a handler must be a DNS label: lowercase letters, digits and '-', at most 63 characters",

@@ -190,7 +190,7 @@ def test_testinfra_verifies_the_converged_node(journey):
     host = testinfra.host.Host(NsenterBackend(node.pid))
 
     config = host.file("/etc/nodeagent/config.toml")
-    assert config.is_file and config.user == "root" and config.mode == 0o644
+    assert config.is_file and config.user == "root" and config.mode == 0o600
     assert 'runtime = "gvisor"' in config.content_string and 'mirror = "/srv/mirror"' in config.content_string
 
     agent = host.file(f"{VENV}/bin/nodeagent")

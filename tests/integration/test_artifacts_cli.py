@@ -20,16 +20,22 @@ from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from tests.fixtures.artifacts import mirror as M
 from tests.support.cli import assert_known_error, run_cli
-from tests.support.http_server import LoopbackServer, make_tls
+from tests.support.http_server import LoopbackServer, make_tls, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 
 pytestmark = pytest.mark.integration
 
-ENV = {"NODEAGENT_DOWNLOAD_BACKOFF": "0.01", "NODEAGENT_DOWNLOAD_RETRIES": "2", "NO_PROXY": "127.0.0.1,localhost"}
+ENV = {"NODEAGENT_DOWNLOAD_BACKOFF": "0.01", "NODEAGENT_DOWNLOAD_RETRIES": "2", "NO_PROXY": "127.0.0.1,localhost",
+       "REQUESTS_CA_BUNDLE": str(shared_tls().ca)}
 SMALL_GVISOR = [M.Member("./runsc", data=b"#!/bin/sh\necho runsc\n"), M.Member("./containerd-shim-runsc-v1", data=b"#!/bin/sh\n")]
 V = "20240729.0"
 GDIR = f"gvisor/{V}/x86_64"
 KATA = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+
+
+def Mirror(directory) -> LoopbackServer:
+    """The mirror under test, over https with the test CA (plain http needs pins: test_mirror_trust.py)."""
+    return LoopbackServer(directory, tls=shared_tls())
 
 
 @pytest.fixture
@@ -55,6 +61,7 @@ def refused(world, srv_url: str, *extra: str, env: dict | None = None) -> str:
     message = assert_known_error(proc, 2)
     assert diff_snapshots(before_root, snapshot(root)) == []
     assert diff_snapshots(before_out, snapshot(out)) == [], "no partial files, no temp leftovers"
+    assert not out.with_name(out.name + ".pins").exists(), "pins only for a bundle that was written"
     return message
 
 
@@ -62,7 +69,7 @@ def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp
     mirror, root, out = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
     M.kata_release(mirror, "3.11.0")
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         proc = bundle(srv.url, root, out, "--runtime", "all", "--gvisor-version", V, "-o", "json")
         assert proc.returncode == 0, proc.stderr
         data = json.loads(proc.stdout)
@@ -77,6 +84,8 @@ def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp
         assert sidecar.read_text() == f"{hashlib.new(algo, (out / rel).read_bytes()).hexdigest()}  {Path(rel).name}\n"
         assert (out / rel).read_bytes() == (mirror / rel).read_bytes()
     assert snapshot(root) == {}  # bundle writes no host files
+    pinned = (tmp_path / "bundle.pins").read_text().splitlines()  # beside DIR, to carry apart from it
+    assert sorted(line.split("  ", 1)[1] for line in pinned) == sorted([f"{GDIR}/gvisor.tar.bz2", KATA])
     assert "MiB" not in proc.stderr  # progress only on a terminal, never into logs
     # the bundle is a mirror: install from the directory with no server at all
     res = ensure_artifact(HostRoot(root), Settings(root=str(root), mirror=str(out)), "kata", "amd64")
@@ -87,14 +96,14 @@ def test_digest_mismatch(world):
     mirror, _, _ = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
     (mirror / GDIR / "gvisor.tar.bz2.sha512").write_text("ab" * 64 + "  gvisor.tar.bz2\n")
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         assert "digest mismatch" in refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
 
 
 def test_truncated_body(world):
     mirror, _, _ = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         srv.fault(f"{GDIR}/gvisor.tar.bz2", drop_after=100)  # every response stops after 100 bytes
         srv.range_support = False
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
@@ -104,7 +113,7 @@ def test_truncated_body(world):
 def test_missing_checksum_file(world):
     mirror, _, _ = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR, digest=False)
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
     assert "has no gvisor.tar.bz2.sha512 digest file" in message
 
@@ -112,7 +121,7 @@ def test_missing_checksum_file(world):
 def test_kata_without_any_digest(world):
     mirror, _, _ = world
     M.kata_release(mirror, "3.11.0", digest=False)
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "kata")
     assert "no sha256 digest for kata-static-3.11.0-amd64.tar.zst from any source" in message
 
@@ -120,7 +129,7 @@ def test_kata_without_any_digest(world):
 def test_kata_sha256_flag_is_a_digest_source(world):
     mirror, root, out = world
     tarball = M.kata_release(mirror, "3.11.0", digest=False)
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         bad = refused(world, srv.url, "--runtime", "kata", "--kata-sha256", "0" * 64)
         assert "digest mismatch" in bad
         good = hashlib.sha256(tarball.read_bytes()).hexdigest()
@@ -145,7 +154,7 @@ HOSTILE = {
 def test_hostile_members(world, case):
     mirror, _, _ = world
     M.gvisor_tarball_release(mirror, V, [SMALL_GVISOR[0], HOSTILE[case], SMALL_GVISOR[1]])
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
     assert message.startswith("refusing gvisor.tar.bz2:")
 
@@ -153,7 +162,7 @@ def test_hostile_members(world, case):
 def test_hostile_kata_member(world):
     mirror, _, _ = world
     M.kata_release(mirror, "3.11.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "kata")
     assert "points outside the archive" in message
 
@@ -164,7 +173,7 @@ def test_non_tarball(world):
     d.mkdir(parents=True)
     (d / "gvisor.tar.bz2").write_text("<html><body>Access denied by proxy</body></html>\n")
     M.write_digest(d / "gvisor.tar.bz2", "sha512")
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
     assert "not a readable tar archive" in message
 
@@ -172,7 +181,7 @@ def test_non_tarball(world):
 def test_404(world):
     mirror, _, _ = world
     mirror.mkdir()
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", "20991231.0")
     assert "no gVisor release 20991231.0 for x86_64" in message
 
@@ -180,7 +189,7 @@ def test_404(world):
 def test_bounded_failure_is_fast(world):
     mirror, _, _ = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
-    with LoopbackServer(mirror) as srv:
+    with Mirror(mirror) as srv:
         srv.fault(f"{GDIR}/gvisor.tar.bz2", status=500)
         t0 = time.monotonic()
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
@@ -207,14 +216,15 @@ def test_redirect_from_https_to_http_is_refused(world, tmp_path):
         assert proc.returncode == 0, proc.stderr
 
 
-def test_proxy_from_the_environment_is_used(world):
+def test_proxy_from_the_environment_is_used(world, tmp_path):
     """HTTP_PROXY is honoured (requests' trust_env): the mirror's own port is closed, the proxy serves."""
     mirror, root, out = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
-    gone = LoopbackServer(mirror).start()
+    gone = LoopbackServer(mirror).start()  # plain http: a forward proxy sees the request
     gone.stop()  # nothing listens at the mirror URL any more
+    pins = M.write_pins(mirror, tmp_path / "pins")  # a plain http mirror needs pins
     with LoopbackServer(mirror) as proxy:  # answers absolute-URI requests like a forward proxy
-        proc = bundle(gone.url, root, out, "--runtime", "gvisor", "--gvisor-version", V,
+        proc = bundle(gone.url, root, out, "--runtime", "gvisor", "--gvisor-version", V, "--pins", str(pins),
                       env={"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""})
         assert proc.returncode == 0, proc.stderr
         assert proxy.requests_for(f"{GDIR}/gvisor.tar.bz2")

@@ -1,4 +1,7 @@
-"""Install gVisor and Kata from a REAL HTTP server on 127.0.0.1 into a temp --root.
+"""Install gVisor and Kata from a REAL HTTPS server on 127.0.0.1 into a temp --root.
+
+The server is https (a throwaway CA) so its own checksum files count, as upstream's do; plain
+http mirrors need pins (test_mirror_trust.py).
 
 The gVisor releases carry Debian's real runsc (/usr/bin/runsc). containerd-shim-runsc-v1
 is not packaged anywhere we can reach, so a copy of containerd-shim-runc-v2 stands in for
@@ -22,7 +25,7 @@ from nodeagent.errors import ArtifactError, ConflictError, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from tests.fixtures.artifacts import mirror as M
-from tests.support.http_server import LoopbackServer
+from tests.support.http_server import LoopbackServer, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 
 pytestmark = pytest.mark.integration
@@ -33,6 +36,12 @@ BUSYBOX = Path("/bin/busybox")
 def _fast_network(monkeypatch):
     monkeypatch.setenv("NODEAGENT_DOWNLOAD_BACKOFF", "0.01")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(shared_tls().ca))
+
+
+def Mirror(directory) -> LoopbackServer:
+    """The mirror under test, served over https with the test CA."""
+    return LoopbackServer(directory, tls=shared_tls())
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +75,7 @@ def artifact_gets(srv: LoopbackServer) -> list:
 def test_gvisor_tarball_layout_installs_and_runsc_runs(tmp_path, root, gvisor_tarball):
     M.gvisor_tarball_release(tmp_path / "m", "20240729.0", prebuilt=gvisor_tarball)
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         st = settings(root, srv.url, gvisor_version="20240729.0")
         assert plan_artifact(host, st, "gvisor", "amd64").action == "download"
         res = ensure_artifact(host, st, "gvisor", "amd64")
@@ -89,7 +98,7 @@ def test_gvisor_old_separate_files_layout_and_latest_resolves_to_a_release(tmp_p
     # only the old names exist: the tarball's .sha512 404s and we fall back (gvisor#13718)
     M.gvisor_files_release(tmp_path / "m", "latest")
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         res = ensure_artifact(host, settings(root, srv.url), "gvisor", "amd64")
         assert any(s.path.endswith("gvisor.tar.bz2.sha512") for s in srv.seen)
     # Debian's runsc says "runsc version 0.0~20221219.0": `latest` is installed under that release
@@ -100,7 +109,7 @@ def test_gvisor_old_separate_files_layout_and_latest_resolves_to_a_release(tmp_p
 def test_kata_installs_tree_and_links(tmp_path, root):
     M.kata_release(tmp_path / "m", "3.11.0", M.kata_members(BUSYBOX))
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         res = ensure_artifact(host, settings(root, srv.url), "kata", "amd64")
     assert res.install_dir == "/opt/nodeagent/kata/3.11.0"
     assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
@@ -115,7 +124,7 @@ def test_kata_installs_tree_and_links(tmp_path, root):
 def test_cache_hit_with_the_server_stopped(tmp_path, root):
     M.gvisor_files_release(tmp_path / "m", "20221219.0")
     host = HostRoot(root)
-    srv = LoopbackServer(tmp_path / "m").start()
+    srv = Mirror(tmp_path / "m").start()
     st = settings(root, srv.url, gvisor_version="20221219.0")
     try:
         ensure_artifact(host, st, "gvisor", "amd64")
@@ -132,7 +141,7 @@ def test_cache_hit_with_the_server_stopped(tmp_path, root):
 def test_resume_after_a_dropped_connection_uses_range(tmp_path, root):
     M.gvisor_files_release(tmp_path / "m", "20221219.0")
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         srv.fault("gvisor/20221219.0/x86_64/runsc", drop_after=3_000_000, times=1)
         res = ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
         ranges = [s.range for s in srv.requests_for("gvisor/20221219.0/x86_64/runsc") if s.method == "GET"]
@@ -145,7 +154,7 @@ def test_server_without_range_support_restarts_cleanly(tmp_path, root):
     M.gvisor_files_release(tmp_path / "m", "20221219.0")
     host = HostRoot(root)
     path = "gvisor/20221219.0/x86_64/containerd-shim-runsc-v1"
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         srv.range_support = False  # answers 200 with the whole file even when asked for a range
         srv.fault(path, drop_after=1_000_000, times=1)
         ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
@@ -157,7 +166,7 @@ def test_server_without_range_support_restarts_cleanly(tmp_path, root):
 def test_retries_on_500_then_success(tmp_path, root):
     M.kata_release(tmp_path / "m", "3.11.0")
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
         srv.fault(name, status=500, times=2)
         res = ensure_artifact(host, settings(root, srv.url, retries=3), "kata", "amd64")
@@ -169,7 +178,7 @@ def test_bounded_failure_when_the_server_keeps_failing(tmp_path, root):
     M.kata_release(tmp_path / "m", "3.11.0")
     host = HostRoot(root)
     before = snapshot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
         srv.fault(name, status=503)
         t0 = time.monotonic()
@@ -187,7 +196,7 @@ def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, roo
     M.kata_release(m, "3.10.0", M.kata_members(BUSYBOX))
     M.kata_release(m, "3.11.0", M.kata_members(BUSYBOX))
     host = HostRoot(root)
-    with LoopbackServer(m) as srv:
+    with Mirror(m) as srv:
         ensure_artifact(host, settings(root, srv.url, kata_version="3.10.0"), "kata", "amd64")
         old_shim = root / "opt/nodeagent/kata/3.10.0/bin/containerd-shim-kata-v2"
         # a "running shim": busybox's sleep applet executed from the old version's file
@@ -221,7 +230,7 @@ def test_foreign_runsc_is_refused_unless_forced_and_restored_on_remove(tmp_path,
     (root / "usr/local/bin/runsc").write_bytes(b"#!/bin/sh\necho someone else's runsc\n")
     host = HostRoot(root)
     before = snapshot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         st = settings(root, srv.url, gvisor_version="20221219.0")
         with pytest.raises(ConflictError) as exc:
             ensure_artifact(host, st, "gvisor", "amd64")
@@ -254,7 +263,7 @@ def test_hostile_tarball_with_a_valid_digest_changes_nothing(tmp_path, root, cas
     M.gvisor_tarball_release(tmp_path / "m", "20240729.0", [*small[:1], HOSTILE_GVISOR[case], *small[1:]])
     host = HostRoot(root)
     before = snapshot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         with pytest.raises(ArtifactError) as exc:
             ensure_artifact(host, settings(root, srv.url, gvisor_version="20240729.0"), "gvisor", "amd64")
     assert exc.value.message.startswith("refusing gvisor.tar.bz2:") and exc.value.hint
@@ -281,7 +290,7 @@ def test_broken_release_changes_nothing(tmp_path, root, case):
         M.gvisor_tarball_release(m, "20221219.0", [*M.gvisor_members(BUSYBOX, BUSYBOX), M.Member("extra/runsc", data=b"2")])
     host = HostRoot(root)
     before = snapshot(root)
-    with LoopbackServer(m) as srv:
+    with Mirror(m) as srv:
         with pytest.raises(NodeagentError) as exc:
             ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64", limits=limits)
     words = {"mismatch": "digest mismatch", "oversized": "larger than 4096", "not-a-tarball": "not a readable tar", "ambiguous": "ambiguous"}
@@ -304,7 +313,7 @@ def test_stalled_server_times_out_and_fails_bounded(tmp_path, root):
     M.kata_release(tmp_path / "m", "3.11.0", [*M.kata_members(), M.Member("./opt/kata/blob", data=os.urandom(300_000))])
     host = HostRoot(root)
     before = snapshot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         srv.fault("kata/3.11.0/kata-static-3.11.0-amd64.tar.zst", delay=2.0)  # 64 KiB, then a long pause
         t0 = time.monotonic()
         with pytest.raises(ArtifactError, match="failed after 2 attempts.*timed out"):
@@ -324,7 +333,7 @@ def test_partial_left_by_a_killed_run_is_resumed_or_discarded(tmp_path, root, le
     prefix = {"good-prefix": runsc[:5_000_000], "garbage-prefix": b"\0" * 5_000_000, "longer-than-file": runsc + b"x" * 10}[leftover]
     (cache / f"{hexval}.partial").write_bytes(prefix)
     host = HostRoot(root)
-    with LoopbackServer(tmp_path / "m") as srv:
+    with Mirror(tmp_path / "m") as srv:
         ensure_artifact(host, settings(root, srv.url, gvisor_version="20221219.0"), "gvisor", "amd64")
         ranges = [s.range for s in srv.requests_for("gvisor/20221219.0/x86_64/runsc") if s.method == "GET"]
     expected = {

@@ -330,6 +330,7 @@ def agent(node, tmp_path_factory):
         node.path("/etc/nodeagent/config.toml").write_text(textwrap.dedent(f"""\
             runtime = "gvisor"
             mirror = "http://127.0.0.1:{MIRROR_PORT}"
+            pins = "/srv/mirror.pins"
             gvisor_version = "{node_venv.GVISOR_VERSION}"
             restart = "systemd"
             listen = "127.0.0.1:9101"

@@ -77,6 +77,27 @@ def make_tls(directory: Path) -> TLSFiles:
     return TLSFiles(ca, cert, key)
 
 
+_SHARED_TLS: TLSFiles | None = None
+
+
+def shared_tls() -> TLSFiles:
+    """One throwaway CA and server certificate per test process, removed at exit.
+
+    Mirror tests serve over https unless they test plain http: a plain http mirror is
+    refused for anything no pin covers (INTERFACE.md "Pins").
+    """
+    global _SHARED_TLS
+    if _SHARED_TLS is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="nodeagent-tls-")
+        atexit.register(shutil.rmtree, d, True)
+        _SHARED_TLS = make_tls(Path(d))
+    return _SHARED_TLS
+
+
 class LoopbackServer:
     """`with LoopbackServer(mirror_dir) as srv: srv.url` — stop() makes the port refuse connections."""
 

@@ -101,7 +101,11 @@ def make_gvisor_mirror(directory: str | os.PathLike) -> Path:
     release.mkdir(parents=True, exist_ok=True)
     shutil.copy2("/usr/bin/runsc", release / "runsc")
     shutil.copy2("/usr/bin/containerd-shim-runc-v2", release / "containerd-shim-runsc-v1")
+    pins = []
     for name in ("runsc", "containerd-shim-runsc-v1"):
         digest = hashlib.sha512((release / name).read_bytes()).hexdigest()
         (release / f"{name}.sha512").write_text(f"{digest}  {name}\n")
+        pins.append(f"{digest}  gvisor/{GVISOR_VERSION}/x86_64/{name}\n")
+    # beside the mirror, as `bundle` writes it: what a plain http mirror needs (INTERFACE.md "Pins")
+    Path(directory).with_name(Path(directory).name + ".pins").write_text("".join(pins))
     return Path(directory)
