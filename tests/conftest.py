@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,3 +20,22 @@ pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def _version_line(binary: Path) -> str:
+    """First line of `binary --version`, plus the Debian build setup-test-env recorded next to it."""
+    if not binary.exists():
+        return f"{binary}: missing (run scripts/setup-test-env)"
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout
+    recorded = next((p / "VERSION" for p in binary.parents if (p / "VERSION").is_file()), None)
+    build = f" [deb {recorded.read_text().strip()}]" if recorded else ""
+    return f"{binary}: {(out.splitlines() or ['?'])[0]}{build}"
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The real components this run uses: the newest builds setup-test-env found, so say which."""
+    from tests.support.containerd_daemon import BINDIRS
+
+    binaries = [bindir / "containerd" for bindir in BINDIRS.values()]
+    binaries += [Path("/usr/bin/runsc"), TESTENV / "runsc-2024/usr/bin/runsc"]
+    return [_version_line(b) for b in binaries]
