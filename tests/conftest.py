@@ -17,6 +17,22 @@ pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node
                   "tests.catalogue.plugin"]  # marks bad-input tests `bad_input` (counted for the README)
 
 
+@pytest.fixture(autouse=True)
+def cli_tmpdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Each test's own TMPDIR for the CLI runs it makes (tests/support/cli.py passes it on). A
+    bad-input test must leave it as empty as it found it: a refused command leaves no temp files."""
+    from tests.support import cli
+    from tests.support.tree import diff_snapshots, snapshot
+
+    cli.TMPDIR = tmp_path_factory.mktemp("TMPDIR")
+    try:
+        yield cli.TMPDIR
+        if request.node.get_closest_marker("bad_input"):
+            assert diff_snapshots({}, snapshot(cli.TMPDIR)) == [], f"left in TMPDIR {cli.TMPDIR}"
+    finally:
+        cli.TMPDIR = None
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -23,6 +23,8 @@ from tests.unit.containerd.scenarios import have_containerd
 pytestmark = pytest.mark.bad_input
 INSTALL = ["install", "--runtime", "kata", "--skip-eligibility", "--restart", "none"]
 LOCK_TRACE = ["added run", "added run/nodeagent.lock"]
+# for settings given by file or environment: no flag that would override them (flags win)
+UNFLAGGED = ["install", "--skip-eligibility"]
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +40,16 @@ def template():
 
 
 def refused(template: Path, tmp_path: Path, args: list[str], config: bytes | None = None,
-            allowed: list[str] | None = None) -> str:
+            allowed: list[str] | None = None, *, code: int = 2, env: dict | None = None,
+            with_root: bool = True) -> str:
+    """Run the CLI on a copy of the template root; assert the error contract and an unchanged root
+    (tests/conftest.py checks the test's TMPDIR as well)."""
     root = tmp_path / "root"
     harness.copy_root(template, root)
     if config is not None:
         (root / harness.CONFIG).write_bytes(config)
     before = snapshot(root)
-    message = assert_known_error(run_cli("--root", str(root), *args), 2)
+    message = assert_known_error(run_cli(*(["--root", str(root)] if with_root else []), *args, env=env), code)
     assert diff_snapshots(before, snapshot(root)) in ([], allowed or [])
     return message
 
@@ -81,3 +86,98 @@ def test_containerd_config_that_is_a_directory(template, tmp_path):
     """Regression: refused only when the config was written, after the artifacts were installed."""
     message = refused(template, tmp_path, INSTALL + ["--containerd-config", "/etc"], allowed=LOCK_TRACE)
     assert "is a directory" in message
+
+
+# --- containerd rejects what our parser accepts: refused by `containerd config dump` itself -------
+
+@pytest.mark.parametrize("config, expect", [
+    (b'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  enable_selinux = "yes"\n', "containerd"),
+    (b'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\n  snapshotter = 5\n', "containerd"),
+], ids=["bool-as-string", "string-as-int"])
+def test_config_containerd_itself_rejects(template, tmp_path, config, expect):
+    # validation copies the config chain into a TMPDIR work dir: it must be gone again too
+    assert expect in refused(template, tmp_path, INSTALL, config, allowed=LOCK_TRACE)
+
+
+# --- nodeagent's own settings: the file, the environment, the command line ----------------------
+
+SETTINGS_FILES = {
+    "settings-bad-toml": (b"restart = \n", "is not valid TOML"),
+    "settings-unknown-key": (b'restrat = "none"\n', "unknown setting 'restrat'"),
+    "settings-wrong-type": (b'download_retries = "many"\n', "invalid value 'many'"),
+    "settings-bad-choice": (b'restart = "sometimes"\n', "invalid restart 'sometimes'"),
+    "settings-not-utf8": (b'node_name = "caf\xe9"\n', "is not valid TOML"),
+    "settings-config-key": (b'config = "/etc/other.toml"\n', "unknown setting 'config'"),
+    "settings-bool-garbage": (b'force = "perhaps"\n', "invalid value 'perhaps'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SETTINGS_FILES))
+def test_settings_file(template, tmp_path, case):
+    text, expect = SETTINGS_FILES[case]
+    settings_file = tmp_path / "nodeagent.toml"
+    settings_file.write_bytes(text)
+    assert expect in refused(template, tmp_path, ["--config", str(settings_file), *UNFLAGGED], code=64)
+
+
+@pytest.mark.parametrize("name, expect", [("nope.toml", "does not exist"), (".", "cannot read config file")],
+                         ids=["settings-file-missing", "settings-file-is-a-directory"])
+def test_settings_file_missing_or_a_directory(template, tmp_path, name, expect):
+    assert expect in refused(template, tmp_path, ["--config", str(tmp_path / name), *INSTALL], code=64)
+
+
+ENVIRONMENT = {
+    "env-restart-bogus": ({"NODEAGENT_RESTART": "bogus"}, "invalid restart 'bogus'", 64),
+    "env-runtime-bogus": ({"NODEAGENT_RUNTIME": "docker"}, "invalid runtime 'docker'", 64),
+    "env-output-bogus": ({"NODEAGENT_OUTPUT": "xml"}, "invalid output 'xml'", 64),
+    "env-timeout-not-a-number": ({"NODEAGENT_DOWNLOAD_TIMEOUT": "soon"}, "invalid value 'soon'", 64),
+    "env-bool-garbage": ({"NODEAGENT_SKIP_ELIGIBILITY": "maybe"}, "invalid value 'maybe'", 64),
+    "env-config-missing": ({"NODEAGENT_CONFIG": "/nonexistent/nodeagent.toml"}, "does not exist", 64),
+    "env-platform-bogus": ({"NODEAGENT_GVISOR_PLATFORM": "hyperv"}, "invalid gvisor-platform 'hyperv'", 64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ENVIRONMENT))
+def test_environment(template, tmp_path, case):
+    env, expect, code = ENVIRONMENT[case]
+    assert expect in refused(template, tmp_path, UNFLAGGED, env=env, code=code)
+
+
+def test_env_root_that_does_not_exist(template, tmp_path):
+    # NODEAGENT_ROOT names a missing dir: refused, and the --root-less run touches no other root
+    message = refused(template, tmp_path, INSTALL, env={"NODEAGENT_ROOT": str(tmp_path / "gone")}, with_root=False)
+    assert "does not exist" in message
+
+
+COMMAND_LINES = {
+    "cli-unknown-option": (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    "cli-bad-output": (["-o", "yaml"], "invalid choice: 'yaml'"),
+    "cli-bad-runtime": (["--runtime", "docker"], "invalid choice: 'docker'"),
+    "cli-bad-restart": (["--restart", "always"], "invalid choice: 'always'"),
+    "cli-health-timeout-not-a-number": (["--health-timeout", "soon"], "invalid float value: 'soon'"),
+    "cli-option-without-value": (["--mirror"], "expected one argument"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COMMAND_LINES))
+def test_command_line(template, tmp_path, case):
+    extra, expect = COMMAND_LINES[case]
+    assert expect in refused(template, tmp_path, [*INSTALL, *extra], code=64)
+
+
+@pytest.mark.parametrize("args, expect", [
+    ([], "no command given"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["bundle"], "the following arguments are required: DIR"),
+], ids=["cli-no-command", "cli-unknown-command", "cli-bundle-without-dir"])
+def test_command_line_without_a_command(template, tmp_path, args, expect):
+    assert expect in refused(template, tmp_path, args, code=64)
+
+
+def test_root_that_is_a_regular_file(template, tmp_path):
+    not_a_dir = tmp_path / "root-file"
+    not_a_dir.write_text("not a root\n")
+    before = snapshot(tmp_path)
+    message = assert_known_error(run_cli("--root", str(not_a_dir), *INSTALL), 2)
+    assert diff_snapshots(before, snapshot(tmp_path)) == []
+    assert "not a directory" in message
