@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.faults import harness
+from tests.fixtures.artifacts import mirror as M
+from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' hostile members
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.http_server import LoopbackServer, make_tls
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import have_containerd
 
@@ -181,3 +184,78 @@ def test_root_that_is_a_regular_file(template, tmp_path):
     message = assert_known_error(run_cli("--root", str(not_a_dir), *INSTALL), 2)
     assert diff_snapshots(before, snapshot(tmp_path)) == []
     assert "not a directory" in message
+
+
+# --- hostile archives and broken downloads through `install` (bundle has its own in
+# --- tests/integration/test_artifacts_cli.py): the same checks guard the path onto the node -----
+
+GVISOR_INSTALL = ["install", "--runtime", "gvisor", "--gvisor-version", ARTIFACTS.V, "--skip-eligibility",
+                  "--restart", "none"]
+FAST_HTTP = {"NODEAGENT_DOWNLOAD_BACKOFF": "0.01", "NODEAGENT_DOWNLOAD_RETRIES": "2", "NO_PROXY": "127.0.0.1,localhost"}
+
+
+def refused_from(template: Path, tmp_path: Path, srv_url: str, args: list[str], env: dict | None = None) -> str:
+    return refused(template, tmp_path, [*args, "--mirror", srv_url], allowed=LOCK_TRACE, env={**FAST_HTTP, **(env or {})})
+
+
+@pytest.mark.parametrize("case", sorted(ARTIFACTS.HOSTILE))
+def test_install_hostile_gvisor_member(template, tmp_path, case):
+    mirror = tmp_path / "mirror"
+    M.gvisor_tarball_release(mirror, ARTIFACTS.V, [ARTIFACTS.SMALL_GVISOR[0], ARTIFACTS.HOSTILE[case],
+                                                   ARTIFACTS.SMALL_GVISOR[1]])
+    with LoopbackServer(mirror) as srv:
+        message = refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
+    assert message.startswith("refusing gvisor.tar.bz2:")
+
+
+def test_install_hostile_kata_member(template, tmp_path):
+    mirror = tmp_path / "mirror"
+    M.kata_release(mirror, "3.11.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
+    with LoopbackServer(mirror) as srv:
+        assert "points outside the archive" in refused_from(template, tmp_path, srv.url, INSTALL)
+
+
+def test_install_non_tarball(template, tmp_path):
+    d = tmp_path / "mirror" / ARTIFACTS.GDIR
+    d.mkdir(parents=True)
+    (d / "gvisor.tar.bz2").write_text("<html><body>Access denied by proxy</body></html>\n")
+    M.write_digest(d / "gvisor.tar.bz2", "sha512")
+    with LoopbackServer(tmp_path / "mirror") as srv:
+        assert "not a readable tar archive" in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
+
+
+@pytest.mark.parametrize("fault, expect", [
+    ({"status": 500}, "failed after 3 attempts: HTTP 500"),
+    ({"drop_after": 100}, "connection closed after 100 of"),
+], ids=["http-500-after-retries", "http-truncated-body"])
+def test_install_download_fails(template, tmp_path, fault, expect):
+    M.gvisor_tarball_release(tmp_path / "mirror", ARTIFACTS.V, ARTIFACTS.SMALL_GVISOR)
+    with LoopbackServer(tmp_path / "mirror") as srv:
+        srv.fault(f"{ARTIFACTS.GDIR}/gvisor.tar.bz2", **fault)
+        srv.range_support = False
+        assert expect in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
+
+
+def test_install_http_404(template, tmp_path):
+    (tmp_path / "mirror").mkdir()
+    with LoopbackServer(tmp_path / "mirror") as srv:
+        message = refused_from(template, tmp_path, srv.url, [*GVISOR_INSTALL, "--gvisor-version", "20991231.0"])
+    assert "no gVisor release 20991231.0 for x86_64" in message
+
+
+def test_install_wrong_digest(template, tmp_path):
+    M.gvisor_tarball_release(tmp_path / "mirror", ARTIFACTS.V, ARTIFACTS.SMALL_GVISOR)
+    (tmp_path / "mirror" / ARTIFACTS.GDIR / "gvisor.tar.bz2.sha512").write_text("ab" * 64 + "  gvisor.tar.bz2\n")
+    with LoopbackServer(tmp_path / "mirror") as srv:
+        assert "digest mismatch" in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
+
+
+def test_install_redirect_from_https_to_http(template, tmp_path):
+    mirror = tmp_path / "mirror"
+    M.gvisor_tarball_release(mirror, ARTIFACTS.V, ARTIFACTS.SMALL_GVISOR)
+    tls = make_tls(tmp_path / "tls")
+    with LoopbackServer(mirror) as plain, LoopbackServer(mirror, tls=tls) as secure:
+        secure.fault(f"{ARTIFACTS.GDIR}/gvisor.tar.bz2", redirect=f"{plain.url}/{ARTIFACTS.GDIR}/gvisor.tar.bz2")
+        message = refused_from(template, tmp_path, secure.url, GVISOR_INSTALL, env={"REQUESTS_CA_BUNDLE": str(tls.ca)})
+        assert plain.requests_for(f"{ARTIFACTS.GDIR}/gvisor.tar.bz2") == []
+    assert "to the insecure http://127.0.0.1" in message

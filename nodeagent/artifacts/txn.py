@@ -39,6 +39,12 @@ class Transaction:
         while not p.exists() and not p.is_symlink():
             missing.append(p)
             p = p.parent
+        if missing:
+            # Undone last: once the dirs we made are gone again, their parent gets its mtime back,
+            # so a rolled-back run leaves the host as it found it, metadata included.
+            parent, top = missing[-1].parent, missing[-1]
+            st = os.stat(parent)
+            self._undo.append(lambda: _restore_mtime(parent, top, st))
         for d in reversed(missing):
             d.mkdir(mode=mode)
             self._undo.append(lambda d=d: _rmdir_if_empty(d))
@@ -61,6 +67,11 @@ class Transaction:
 
     def commit(self) -> None:
         self._undo.clear()
+
+
+def _restore_mtime(parent: Path, created: Path, before: os.stat_result) -> None:
+    if not created.exists():
+        os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
 
 
 def _rmdir_if_empty(path: Path) -> None:
