@@ -13,6 +13,8 @@ from typing import Callable
 
 import structlog
 
+from nodeagent.fsutil import restore_mtime
+
 log = structlog.get_logger(__name__)
 
 
@@ -71,7 +73,7 @@ class Transaction:
 
 def _restore_mtime(parent: Path, created: Path, before: os.stat_result) -> None:
     if not created.exists():
-        os.utime(parent, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+        restore_mtime(parent, before)
 
 
 def _rmdir_if_empty(path: Path) -> None:
