@@ -9,6 +9,7 @@ counted with `python3 bench/count_bad_input.py`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.faults import harness
 from tests.fixtures.artifacts import mirror as M
 from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' hostile members
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
 from tests.support.http_server import LoopbackServer, make_tls
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import have_containerd
@@ -259,3 +261,38 @@ def test_install_redirect_from_https_to_http(template, tmp_path):
         message = refused_from(template, tmp_path, secure.url, GVISOR_INSTALL, env={"REQUESTS_CA_BUNDLE": str(tls.ca)})
         assert plain.requests_for(f"{ARTIFACTS.GDIR}/gvisor.tar.bz2") == []
     assert "to the insecure http://127.0.0.1" in message
+
+
+# --- the Kubernetes API (the loopback stand-in, tests/support/fake_apiserver.py: no
+# --- kube-apiserver can be had here): refusals leave the root and the Node object alone ---------
+
+NODE = "/api/v1/nodes/node-a"
+API_CASES = {
+    "api-wrong-token": ({"user": {"token": "not-the-token"}}, None, "401"),
+    "api-wrong-ca": ({"ca": "other"}, None, "certificate"),
+    "api-forbidden": ({}, (403, {"method": "PATCH"}), "403"),
+    "api-5xx-after-retries": ({}, (500, {}), "500"),
+    "api-unknown-node": ({"node": "ghost"}, None, "node 'ghost' does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_kubernetes_api_refusal(tmp_path, apiserver, pki, case):  # noqa: F811
+    how, fault, expect = API_CASES[case]
+    apiserver.put_object(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"labels": {"zone": "a"}},
+                                "status": {"nodeInfo": {"kubeletVersion": "v1.31.0"}}})
+    node_before = json.dumps(apiserver.object(NODE), sort_keys=True)
+    ca = pki.other_ca_cert if how.get("ca") == "other" else pki.ca_cert
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(kubeconfig_text(apiserver.url, user=how.get("user", {"token": TOKEN}),
+                                  cluster_extra={"certificate-authority": str(ca)}))
+    if fault:
+        apiserver.inject(fault[0], times=50, **fault[1])
+    root = tmp_path / "root"
+    root.mkdir()
+    before = snapshot(root)
+    proc = run_cli("labels", "--apply", "--root", str(root), "--kubeconfig", str(kc),
+                   "--node-name", how.get("node", "node-a"), env={"NODEAGENT_DOWNLOAD_BACKOFF": "0.01"}, timeout=180)
+    assert expect in assert_known_error(proc, 2)
+    assert diff_snapshots(before, snapshot(root)) == []
+    assert json.dumps(apiserver.object(NODE), sort_keys=True) == node_before
