@@ -14,7 +14,6 @@ import errno
 import fcntl
 import os
 import stat
-import struct
 from typing import Any
 
 from nodeagent.host import HostRoot
@@ -23,6 +22,7 @@ GUEST_SIDE_MODULES = ("vmw_vsock_virtio_transport", "vmw_vsock_vmci_transport", 
 DEVICE = "/dev/vhost-vsock"
 VHOST_GET_FEATURES = 0x8008AF00  # _IOR(VHOST_VIRTIO=0xAF, 0x00, __u64)
 _NO_DRIVER = (errno.ENODEV, errno.ENXIO)  # a node whose major/minor no loaded driver serves
+UNUSABLE = f"host-side vsock ({DEVICE}) is unusable"  # the reason's start when a node is there but dead
 
 
 def ask_device(host: HostRoot, path: str = DEVICE) -> str | None:
@@ -64,7 +64,7 @@ def probe(host: HostRoot) -> dict[str, Any]:
         reasons.append(f"host-side vsock ({DEVICE}) is missing: {why}")
     elif problem:
         why = "" if module else "; load the vhost_vsock module"
-        reasons.append(f"host-side vsock ({DEVICE}) is unusable: {problem}{why}")
+        reasons.append(f"{UNUSABLE}: {problem}{why}")
     if problem and guest:
         reasons.append(
             f"guest-side vsock ({', '.join(guest)}) is loaded: this node is a VM, which does not serve vsock to Kata guests"
