@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,18 +20,23 @@ pytest_plugins = ["tests.support.containerd_daemon", "tests.support.systemd_node
 
 
 @pytest.fixture(autouse=True)
-def cli_tmpdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def cli_tmpdir(request: pytest.FixtureRequest):
     """Each test's own TMPDIR for the CLI runs it makes (tests/support/cli.py passes it on). A
-    bad-input test must leave it as empty as it found it: a refused command leaves no temp files."""
+    bad-input test must leave it as empty as it found it: a refused command leaves no temp files.
+
+    Not under pytest's basetemp: that tree is mode 0700, and `runsc do` (nodeagent verify) cannot
+    start a sandbox whose TMPDIR lies below a directory only root may enter."""
     from tests.support import cli
     from tests.support.tree import diff_snapshots, snapshot
 
-    cli.TMPDIR = tmp_path_factory.mktemp("TMPDIR")
+    cli.TMPDIR = Path(tempfile.mkdtemp(prefix="nodeagent-test-TMPDIR-"))
+    cli.TMPDIR.chmod(0o755)
     try:
         yield cli.TMPDIR
         if request.node.get_closest_marker("bad_input"):
             assert diff_snapshots({}, snapshot(cli.TMPDIR)) == [], f"left in TMPDIR {cli.TMPDIR}"
     finally:
+        shutil.rmtree(cli.TMPDIR, ignore_errors=True)
         cli.TMPDIR = None
 
 
