@@ -1,7 +1,10 @@
-"""Hostile or malformed input the product handles that no other test covered yet.
+"""Hostile or malformed input the product handles that no other test covered yet: configs,
+settings files, environment, command lines, archives and downloads through `install`, the API.
 
 Each case runs the real CLI on a fake root (real containerd 1.6 binary for validation, the
-suite's directory mirror) and asserts the error contract and an unchanged root. The run lock
+suite's directory mirror or a loopback HTTP(S) server) and asserts the error contract and an
+unchanged root (owner, mode, size, mtime, inode and bytes; tests/conftest.py also checks the
+test's TMPDIR is left empty). Each parameter id is the case's catalogue id. The run lock
 under /run is the one trace allowed when the input is judged after the lock is taken (as in
 tests/unit/containerd/test_bad_input.py::test_read_only_config_file). The whole catalogue is
 counted with `python3 bench/count_bad_input.py`.
