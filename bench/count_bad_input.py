@@ -4,18 +4,43 @@
     python3 bench/count_bad_input.py [--json]
 
 Collects only (`pytest --collect-only -m bad_input`), so it takes seconds; prints the total and
-the count per test file. The number goes into the README's "Fault injection" section.
+the count per area and per test file. The number goes into the README's "Fault injection" section
+and is pinned by tests/test_bad_input_count.py.
+
+What counts: one distinct bad input per collected case. A parametrized test is as many cases as
+it has parameters, because each parameter is a different input that takes a different path
+to its refusal (a traversal member and a device member fail different checks); one test that
+feeds one input is one case, however many assertions it makes. Areas come from AREAS below,
+first match wins, so each case is counted once.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# (area, regex on the test id): the kinds of input the catalogue must cover
+AREAS = [
+    ("races", r"lock_held|race|concurren"),
+    ("api", r"kube|api-|runtimeclasses"),
+    ("settings", r"settings"),
+    ("environment", r"environment|test_env_"),
+    ("cli", r"command_line|install_options|cli-"),
+    ("http", r"digest|truncated|404|500|redirect|download_fails|checksum|bounded_failure|http"),
+    ("configs", r"containerd_config|config_|toml|import|handler|template|v2_table|version_as_string|nested"),
+    ("archives", r"hostile|tarball|member"),
+    ("hosts", r"host_faults|read_only|root_that|verify|eligible"),
+]
+
+
+def area(test_id: str) -> str:
+    return next((name for name, rx in AREAS if re.search(rx, test_id)), "other")
 
 
 def collect(expr: str) -> list[str]:
@@ -30,11 +55,15 @@ def main() -> int:
     ids = collect("bad_input and not xfail")
     known_bugs = collect("bad_input and xfail")  # cases the product still gets wrong (strict xfail)
     per_file = collections.Counter(i.split("::", 1)[0] for i in ids)
+    per_area = collections.Counter(area(i) for i in ids)
     if "--json" in sys.argv:
-        print(json.dumps({"total": len(ids), "per_file": dict(sorted(per_file.items())),
-                          "known_bugs": known_bugs}, indent=2))
+        print(json.dumps({"total": len(ids), "per_area": dict(sorted(per_area.items())),
+                          "per_file": dict(sorted(per_file.items())), "known_bugs": known_bugs}, indent=2))
         return 0
-    print(f"bad-input tests: {len(ids)}")
+    print(f"bad-input cases: {len(ids)}")
+    for name, n in sorted(per_area.items(), key=lambda kv: -kv[1]):
+        print(f"  {n:4}  {name}")
+    print("per file:")
     for path, n in sorted(per_file.items()):
         print(f"  {n:4}  {path}")
     if known_bugs:

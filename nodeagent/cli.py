@@ -14,7 +14,7 @@ import traceback
 
 import structlog
 
-from nodeagent import errors, logsetup, settings as settings_mod
+from nodeagent import cli_help, errors, logsetup, settings as settings_mod
 from nodeagent.errors import EXIT_USAGE, NodeagentError, UsageError
 from nodeagent.output import emit
 
@@ -75,7 +75,8 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nodeagent", description="Make this node able to run sandboxed pods (gVisor, Kata).")
+    parser = _Parser(prog="nodeagent", description="Make this node able to run sandboxed pods (gVisor, Kata).",
+                     epilog=cli_help.EPILOG, formatter_class=cli_help.TopLevelFormatter)
     _global_options(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers = {}
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--interval", type=float, default=argparse.SUPPRESS)
     a.add_argument("--listen", default=argparse.SUPPRESS)
     a.add_argument("--once", action="store_true", default=False, help="converge once and exit")
-    return parser
+    return cli_help.fill_help(parser)
 
 
 def _settings_from(ns: argparse.Namespace) -> settings_mod.Settings:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from nodeagent.containerd import model
-from nodeagent.detect import detect_host, eligibility, trust
+from nodeagent.detect import detect_host, eligibility, trust, vsock
 from nodeagent.errors import CommandFailed, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import table
@@ -78,10 +78,11 @@ def check_nested(ctx: Context) -> Check:
 def check_vsock(ctx: Context) -> Check:
     v = ctx.facts["virtualization"]
     if v["vhost_vsock"]:
-        return Check("vhost-vsock", OK, "/dev/vhost-vsock present (Kata can reach its guest agent)")
+        return Check("vhost-vsock", OK, "/dev/vhost-vsock answers (Kata can reach its guest agent)")
     extra = " (the guest-side vsock modules loaded here do not count)" if v["guest_vsock"] else ""
+    state = "unusable" if any(r.startswith(vsock.UNUSABLE) for r in v["reasons"]) else "missing"
     return Check(
-        "vhost-vsock", WARN, f"host-side vsock /dev/vhost-vsock missing: Kata cannot run{extra}; gVisor does not need it",
+        "vhost-vsock", WARN, f"host-side vsock /dev/vhost-vsock {state}: Kata cannot run{extra}; gVisor does not need it",
         "modprobe vhost_vsock and persist it in /etc/modules-load.d/vhost_vsock.conf",
     )
 

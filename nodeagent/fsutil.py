@@ -36,6 +36,11 @@ def _explain(exc: OSError, path: Path, verb: str) -> HostError:
     return HostError(f"{verb} {path} failed: {exc.strerror or exc}", None)
 
 
+def restore_mtime(directory: str | os.PathLike, before: os.stat_result) -> None:
+    """Give a directory back the times it had, after entries we made in it are gone again."""
+    os.utime(directory, ns=(before.st_atime_ns, before.st_mtime_ns), follow_symlinks=False)
+
+
 def make_dirs(path: str | os.PathLike, mode: int = 0o755) -> list[Path]:
     """mkdir -p giving every level it creates exactly `mode`, whatever the umask; returns them.
 
@@ -70,6 +75,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None, 
     tmp = None
     try:
         make_dirs(path.parent, dir_mode)
+        parent_before = os.stat(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -88,6 +94,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int | None = None, 
             if tmp is not None:
                 try:
                     os.unlink(tmp)
+                    restore_mtime(path.parent, parent_before)  # a failed write leaves no trace
                 except OSError:
                     pass
         fsync_dir(path.parent)

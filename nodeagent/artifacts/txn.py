@@ -13,7 +13,7 @@ from typing import Callable
 
 import structlog
 
-from nodeagent.fsutil import make_dirs
+from nodeagent.fsutil import make_dirs, restore_mtime
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,17 @@ class Transaction:
         """mkdir -p, remembering each level we created (removed on rollback if empty).
 
         Each created level gets exactly `mode`, whatever the umask."""
+        missing = []
+        p = Path(path)
+        while not p.exists() and not p.is_symlink():
+            missing.append(p)
+            p = p.parent
+        if missing:
+            # Undone last: once the dirs we made are gone again, their parent gets its mtime back,
+            # so a rolled-back run leaves the host as it found it, metadata included.
+            parent, top = missing[-1].parent, missing[-1]
+            st = os.stat(parent)
+            self._undo.append(lambda: _restore_mtime(parent, top, st))
         for d in make_dirs(path, mode):
             self._undo.append(lambda d=d: _rmdir_if_empty(d))
         return Path(path)
@@ -59,6 +70,11 @@ class Transaction:
 
     def commit(self) -> None:
         self._undo.clear()
+
+
+def _restore_mtime(parent: Path, created: Path, before: os.stat_result) -> None:
+    if not created.exists():
+        restore_mtime(parent, before)
 
 
 def _rmdir_if_empty(path: Path) -> None:

@@ -108,7 +108,7 @@ def release_trees(root: Path) -> dict[str, dict]:
     for rt_dir in sorted(opt.iterdir()) if opt.is_dir() else []:
         for version in sorted(rt_dir.iterdir()):
             if not version.name.startswith(TEMP_PREFIX):
-                out[f"opt/nodeagent/{rt_dir.name}/{version.name}"] = snapshot(version)
+                out[f"opt/nodeagent/{rt_dir.name}/{version.name}"] = snapshot(version, metadata=False)  # compared across roots
     return out
 
 

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+# The running test's own TMPDIR (tests/conftest.py sets it per test), given to every CLI run so
+# the bad-input tests can prove a refused command left no temp files behind either.
+TMPDIR: Path | None = None
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: str | None = None,
@@ -17,6 +22,8 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120, input: st
     from tests.support.mirror import default_mirror
 
     full_env.setdefault("NODEAGENT_MIRROR", str(default_mirror()))
+    if TMPDIR is not None:
+        full_env["TMPDIR"] = str(TMPDIR)
     if env:
         full_env.update(env)
     return subprocess.run(

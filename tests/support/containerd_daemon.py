@@ -31,11 +31,12 @@ import pytest
 
 TESTENV = Path(os.environ.get("NODEAGENT_TESTENV", "/opt/nodeagent-testenv"))
 
-# version -> directory holding containerd, ctr and the runc shim of that version
+# version -> directory holding containerd, ctr and the runc shim of that version. scripts/setup-test-env
+# puts the newest 2.x it finds into containerd-2 (sid moves; the tests still call that series "2.1").
 BINDIRS: dict[str, Path] = {
     "1.6": Path("/usr/bin"),
     "1.7": TESTENV / "containerd-1.7/usr/bin",
-    "2.1": TESTENV / "containerd-2.1/usr/bin",
+    "2.1": TESTENV / "containerd-2/usr/bin",
 }
 VERSIONS = tuple(BINDIRS)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent.host import HostRoot
+from tests.support.containerd_daemon import BINDIRS
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 CORPUS = FIXTURES / "corpus"
@@ -115,11 +116,7 @@ def all_scenarios() -> list[Scenario]:
 SCENARIOS = {s.name: s for s in all_scenarios()}
 
 
-BINARIES = {
-    "1.6": Path("/usr/bin/containerd"),
-    "1.7": Path("/opt/nodeagent-testenv/containerd-1.7/usr/bin/containerd"),
-    "2.1": Path("/opt/nodeagent-testenv/containerd-2.1/usr/bin/containerd"),
-}
+BINARIES = {series: bindir / "containerd" for series, bindir in BINDIRS.items()}
 DPKG_VERSIONS = {"1.6": "1.6.20~ds1-1+b1", "1.7": "1.7.24~ds1-6+deb13u1", "2.1": "2.1.9+ds1-5"}
 
 

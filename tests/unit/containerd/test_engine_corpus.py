@@ -25,8 +25,9 @@ STATE_PREFIX = "var/lib/nodeagent"
 
 
 def host_snapshot(root):
-    """Everything but nodeagent's own state dir (backups stay there on purpose)."""
-    return {k: v for k, v in snapshot(root).items() if k not in ("var", "var/lib") and not k.startswith(STATE_PREFIX)}
+    """Everything but nodeagent's own state dir (backups stay there on purpose). Bytes and modes
+    only: an uninstall restores the original bytes by an atomic write (a new inode and mtime)."""
+    return {k: v for k, v in snapshot(root, metadata=False).items() if k not in ("var", "var/lib") and not k.startswith(STATE_PREFIX)}
 
 
 def only_insertions(old: bytes, new: bytes) -> list[str]:

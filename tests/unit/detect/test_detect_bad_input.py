@@ -4,11 +4,11 @@ import os
 
 import pytest
 
-from nodeagent.detect import cpu, detect_host, kvm
+from nodeagent.detect import cpu, detect_host, kvm, vsock
 from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.unit.detect.hosttrees import mknod_char
+from tests.unit.detect.hosttrees import VHOST_VSOCK_DEV, mknod_char
 
 
 def detect(root):
@@ -109,3 +109,41 @@ def test_cpu_flags_are_whole_words():
 @pytest.mark.parametrize("raw, expected", [("Y\n", True), ("N\n", False), ("1\n", True), ("0", False), ("?", None), (None, None)])
 def test_nested_param_values(raw, expected):
     assert kvm._truthy_param(raw) is expected
+
+
+def _no_vhost_vsock_driver() -> bool:
+    """This machine's kernel has no vhost_vsock (module not loaded, `nomodule` boot), see the notes."""
+    return not os.path.exists("/sys/module/vhost_vsock") and not os.path.exists("/dev/vhost-vsock")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not _no_vhost_vsock_driver(),
+                    reason="mknod needs root, and the kernel must have no vhost_vsock driver to answer")
+def test_mknoded_vhost_vsock_without_a_kernel_driver_is_false(host_tree):
+    # The real device numbers (10,241) in a captured root: a node exists, but no driver answers.
+    root = host_tree("baremetal-intel-nested")
+    mknod_char(root / "dev/vhost-vsock", VHOST_VSOCK_DEV)
+    v = detect(root)["virtualization"]
+    assert v["vhost_vsock"] is False
+    assert ("host-side vsock (/dev/vhost-vsock) is unusable: a device node without a kernel driver behind it "
+            "(No such device)") in v["reasons"]  # the captured tree lists the module under /sys/module
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_vhost_vsock_node_that_is_another_device_does_not_answer(tmp_path):
+    # /dev/null's numbers under the name /dev/vhost-vsock: opens fine, the vhost ioctl fails
+    mknod_char(tmp_path / "dev/vhost-vsock", (1, 3))
+    facts = vsock.probe(HostRoot(tmp_path))
+    assert facts["vhost_vsock"] is False
+    assert any("did not answer VHOST_GET_FEATURES" in r for r in facts["vsock_reasons"])
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda dev: dev.write_text(""), "is unusable: a regular file, not the vhost-vsock character device; load the vhost_vsock module"),
+    (lambda dev: None, "is missing: load the vhost_vsock module"),
+])
+def test_vhost_vsock_regular_file_or_missing_is_false(tmp_path, make, reason):
+    (tmp_path / "dev").mkdir()
+    make(tmp_path / "dev/vhost-vsock")
+    facts = vsock.probe(HostRoot(tmp_path))
+    assert facts["vhost_vsock"] is False
+    assert facts["vsock_reasons"] == [f"host-side vsock (/dev/vhost-vsock) {reason}"]
