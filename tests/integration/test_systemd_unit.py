@@ -318,6 +318,35 @@ def test_runsc_needs_exactly_what_the_unit_no_longer_grants(node, extra):
         assert proc.returncode != 0 and proc.stdout.strip() != "4.4.0", (extra, proc.stdout, proc.stderr)
 
 
+_HOLD_LOCK = r"""
+import fcntl, os, sys
+fd = os.open("/run/nodeagent.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_shot_converge_fails_visibly_when_another_nodeagent_holds_the_lock(node):
+    """Exit 3 ("locked") used to be SuccessExitStatus: a held lock stopped convergence silently."""
+    node.path("/etc/systemd/system/nodeagent-converge.service").write_text(
+        (UNIT_DIR / "nodeagent-converge.service").read_text())
+    node.systemctl("daemon-reload")
+    holder = subprocess.Popen(["nsenter", "-t", str(node.pid), "-m", "-u", "-i", "-n", "-p", "--",
+                               "python3", "-c", _HOLD_LOCK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = node.systemctl("start", "nodeagent-converge.service", check=False)
+        assert proc.returncode != 0, _status(node, "nodeagent-converge.service")
+        assert node.unit_property("nodeagent-converge.service", "Result") == "exit-code"
+        assert node.unit_property("nodeagent-converge.service", "ExecMainStatus") == "3"
+        assert "another nodeagent holds /run/nodeagent.lock" in _status(node, "nodeagent-converge.service")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        node.systemctl("reset-failed", "nodeagent-converge.service", check=False)
+
+
 # --- the real agent under the real unit --------------------------------------------------------
 
 # A mirror on 127.0.0.1 inside the node's network namespace that holds every request until the
