@@ -203,6 +203,16 @@ def mount_tmpfs():  # ProtectSystem= must not be undone from inside: no CAP_SYS_
 check("mount", mount_tmpfs)
 out["nofile"] = open("/proc/self/limits").read()
 
+# a downloaded binary run only to learn its version: as nobody, offline (own user + net namespace)
+def offline_as_nobody():
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                           "--no-new-privs", "--", "unshare", "--user", "--net", "--", "cat", "/proc/net/dev"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return sorted(l.split(":")[0].strip() for l in proc.stdout.splitlines()[2:])
+check("offline as nobody", offline_as_nobody)
+check("mount namespace", lambda: subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True).stderr.strip())
+
 detect = subprocess.run(["/usr/local/lib/nodeagent/venv/bin/nodeagent", "-o", "json", "detect"],
                         capture_output=True, text=True)
 out["detect"] = json.loads(detect.stdout) if detect.returncode == 0 else detect.stderr
@@ -264,8 +274,11 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
     assert result["systemctl restart containerd"] == "ok"
     assert "runc" in result["cri status"], result["cri status"]
     for key in ("runsc do /usr/bin/runsc", "runsc do /opt/nodeagent-testenv/runsc-2024/usr/bin/runsc"):
-        assert "not permitted" in result[key], result[key]  # no CAP_SYS_ADMIN: no sandbox from here
+        # no CAP_SYS_ADMIN, read-only cgroups, no mount namespaces: no sandbox from here
+        assert result[key] != "4.4.0" and ("not permitted" in result[key] or "read-only" in result[key]), result[key]
     assert result["mount"] == "Operation not permitted"
+    assert result["offline as nobody"] == ["lo"], result["offline as nobody"]
+    assert "Operation not permitted" in result["mount namespace"], result["mount namespace"]  # RestrictNamespaces
     assert re.search(r"Max open files\s+1024\s+1024", result["nofile"]), result["nofile"]
     assert result["kvm api version"] == 12
     assert "Operation not permitted" in result["mem device blocked"]
@@ -286,7 +299,8 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
 
 def _with_runsc_grants(directives: list[str]) -> list[str]:
     """The unit's sandbox plus what `runsc do` (`nodeagent verify`, run from a shell) needs: the
-    capabilities the unit drops (SYS_ADMIN, SYS_CHROOT, SETFCAP) and the mount calls."""
+    capabilities the unit drops (SYS_ADMIN, SYS_CHROOT, SETFCAP), the mount calls, cgroups and
+    namespaces."""
     granted = []
     for d in directives:
         if d.startswith("CapabilityBoundingSet="):
@@ -294,14 +308,16 @@ def _with_runsc_grants(directives: list[str]) -> list[str]:
         elif d.startswith("SystemCallFilter=~"):
             assert " @mount" in d
             d = d.replace(" @mount", "")
+        elif d.startswith(("ProtectControlGroups=", "RestrictNamespaces=")):
+            continue  # runsc creates its sandbox cgroups and every kind of namespace
         granted.append(d)
     return granted
 
 
 @pytest.mark.parametrize("extra", [None, "ProtectControlGroups=yes", "RestrictNamespaces=yes", "MemoryDenyWriteExecute=yes"])
 def test_runsc_needs_exactly_what_the_unit_no_longer_grants(node, extra):
-    """The unit's sandbox cannot start a gVisor sandbox; with SYS_ADMIN (+ chroot, setfcap) and the
-    mount calls given back it can, and each option left off would still break it."""
+    """The unit's sandbox cannot start a gVisor sandbox; with SYS_ADMIN (+ chroot, setfcap), the
+    mount calls, cgroups and namespaces given back it can, and each of those options breaks it."""
     def run(directives: list[str]):
         argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect"]
         for directive in directives + ([extra] if extra else []):
@@ -310,7 +326,7 @@ def test_runsc_needs_exactly_what_the_unit_no_longer_grants(node, extra):
 
     if extra is None:
         bare = run(_directives(AGENT_UNIT))
-        assert bare.returncode != 0 and "not permitted" in bare.stderr, (bare.stdout, bare.stderr)
+        assert bare.returncode != 0 and bare.stdout.strip() != "4.4.0", (bare.stdout, bare.stderr)
     proc = run(_with_runsc_grants(_directives(AGENT_UNIT)))
     if extra is None:
         assert (proc.returncode, proc.stdout.strip()) == (0, "4.4.0"), proc.stderr
