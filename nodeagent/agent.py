@@ -13,12 +13,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 import structlog
 
 from nodeagent import sdnotify
+from nodeagent.endpoint import BoundedHTTPServer
 from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.metrics import Metrics
 
@@ -37,7 +37,7 @@ class ConvergeOutcome:
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise UsageError(f"invalid listen address {listen!r}", "use HOST:PORT, e.g. 0.0.0.0:9101 (port 0 picks one)")
+        raise UsageError(f"invalid listen address {listen!r}", "use HOST:PORT, e.g. 127.0.0.1:9101 (port 0 picks one)")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -65,38 +65,22 @@ class Agent:
         self.last_error: str | None = None
         self.last_failure: NodeagentError | None = None  # `agent --once` reports it as error/hint
         self.heartbeat = time.monotonic()
-        self.server: ThreadingHTTPServer | None = None
+        self.server: BoundedHTTPServer | None = None
 
     # --- HTTP -----------------------------------------------------------------
-    def _handler(self):
-        agent = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server API)
-                if self.path == "/healthz":
-                    # alive = the loop has ticked within a few intervals (not wedged)
-                    stale = time.monotonic() - agent.heartbeat > max(3 * agent.interval, 60)
-                    self._send(503 if stale else 200, "stale\n" if stale else "ok\n")
-                elif self.path == "/readyz":
-                    ok = agent.ready
-                    self._send(200 if ok else 503, "ready\n" if ok else f"not ready: {agent.last_error or 'converging'}\n")
-                elif self.path == "/metrics":
-                    self._send(200, agent.metrics.render(), "text/plain; version=0.0.4")
-                else:
-                    self._send(404, "not found\n")
-
-            def _send(self, code: int, body: str, ctype: str = "text/plain"):
-                data = body.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # keep stderr for structured logs
-                pass
-
-        return Handler
+    def route(self, path: str) -> tuple[int, str, str]:
+        """(status, body, content type) for a GET of `path`."""
+        if path == "/healthz":
+            # alive = the loop has ticked within a few intervals (not wedged)
+            stale = time.monotonic() - self.heartbeat > max(3 * self.interval, 60)
+            return (503, "stale\n", "text/plain") if stale else (200, "ok\n", "text/plain")
+        if path == "/readyz":
+            if self.ready:
+                return 200, "ready\n", "text/plain"
+            return 503, f"not ready: {self.last_error or 'converging'}\n", "text/plain"
+        if path == "/metrics":
+            return 200, self.metrics.render(), "text/plain; version=0.0.4"
+        return 404, "not found\n", "text/plain"
 
     def start_server(self) -> tuple[str, int]:
         """Start serving (once); returns the bound address (port 0 picks a free port)."""
@@ -104,10 +88,9 @@ class Agent:
             return self.server.server_address[:2]
         host, port = parse_listen(self.listen)
         try:
-            self.server = ThreadingHTTPServer((host, port), self._handler())
+            self.server = BoundedHTTPServer((host, port), self.route)
         except OSError as exc:
             raise NodeagentError(f"cannot listen on {self.listen}: {exc.strerror}", "choose another --listen address") from exc
-        self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name="health", daemon=True).start()
         bound = self.server.server_address[:2]
         log.info("health endpoint listening", address=f"{bound[0]}:{bound[1]}")

@@ -276,8 +276,12 @@ def uninstall(settings: Settings) -> Report:
     with apply.lock(host):
         from nodeagent.commands.install import detect_facts
 
+        from nodeagent.host import HostReadError
+
         try:
             facts = detect_facts(host, settings)
+        except HostReadError:
+            raise  # out of fds/memory: removing on a host we cannot read is acting blind
         except NodeagentError:
             facts = {}
         _refuse_in_use(host, runtimes, settings.force)

@@ -10,10 +10,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+import structlog
+
 from nodeagent.errors import HostError, LockHeld
+
+log = structlog.get_logger(__name__)
 
 TEMP_PREFIX = ".nodeagent-tmp-"
 
@@ -170,44 +175,138 @@ def remove_file(path: str | os.PathLike) -> bool:
     return True
 
 
+LOCK_MODE = 0o600
+
+
+def _lock_is_sound(st: os.stat_result) -> bool:
+    """Ours alone: a regular file owned by us, mode 0600, no other names (hard links)."""
+    return (stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_gid == os.getegid()
+            and stat.S_IMODE(st.st_mode) == LOCK_MODE and st.st_nlink == 1)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class RunLock:
-    """An exclusive flock on the lock file; a second holder fails fast with exit 3."""
+    """An exclusive flock on the lock file; a second holder fails fast with exit 3.
+
+    The file must be ours alone: anyone who can open it can flock it and stop every nodeagent
+    (security review L2: the old units `touch`ed it 0644, and `nobody` held it). A lock file that
+    is a symlink, not a regular file, or has another owner or mode is replaced by a new 0600 file
+    (a new inode: whoever opened the old one keeps only that), and the lock counts only while the
+    path still names the file we locked (a concurrent nodeagent may have replaced it).
+    """
+
+    ATTEMPTS = 5
 
     def __init__(self, path: str | os.PathLike, wait: float = 0.0):
         self.path = Path(path)
         self.wait = wait
         self.fd: int | None = None
+        self.writable = True
 
     def __enter__(self) -> "RunLock":
-        import time
-
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise _explain(exc, self.path, "opening lock") from exc
+        for _ in range(self.ATTEMPTS):
+            fd, st = self._open_sound()
+            self._flock(fd)
+            try:
+                current = os.lstat(self.path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and _same_file(current, st):
+                self.fd = fd
+                if self.writable:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                return self
+            os.close(fd)  # replaced while we waited: lock the file the path names now
+        raise HostError(f"{self.path} keeps being replaced while nodeagent locks it",
+                        "find what rewrites the lock file; nothing was changed")
+
+    @classmethod
+    def prepare(cls, path: str | os.PathLike) -> None:
+        """Make `path` a sound lock file (create it 0600, or replace an unsound one) without
+        taking the lock: the units run this as root before their sandbox makes /run read-only."""
+        lock = cls(path)
+        try:
+            lock.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _explain(exc, lock.path, "opening lock") from exc
+        fd, _ = lock._open_sound()
+        os.close(fd)
+
+    def _open_sound(self) -> tuple[int, os.stat_result]:
+        """Open (creating it 0600, never through a symlink) a lock file that is ours alone."""
+        for _ in range(self.ATTEMPTS):
+            try:
+                fd = self._open()
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:  # ELOOP: the path is a symlink
+                    raise _explain(exc, self.path, "opening lock") from exc
+                self._replace(os.lstat(self.path))
+                continue
+            st = os.fstat(fd)
+            if _lock_is_sound(st):
+                return fd, st
+            os.close(fd)
+            self._replace(st)
+        raise HostError(f"cannot make {self.path} a lock file only root can open",
+                        "remove it by hand (it holds no state), then run again")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+        # The systemd units keep /run read-only and prepare the file before (nodeagent.prepare_lock):
+        # flock needs no write access; only the holder's pid is not recorded then.
+        self.writable = False
+        return os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def _replace(self, bad: os.stat_result) -> None:
+        """Unlink the unsound lock file `bad` (if the path still names it); the caller recreates it."""
+        log.warning(
+            "replacing a lock file others could open", path=str(self.path), mode=oct(stat.S_IMODE(bad.st_mode)),
+            uid=bad.st_uid, gid=bad.st_gid, symlink=stat.S_ISLNK(bad.st_mode))
+        try:
+            if _same_file(os.lstat(self.path), bad):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EBUSY):  # a read-only /run, or bind-mounted there
+                raise HostError(f"{self.path} could be opened by other users, and cannot be replaced from here",
+                                "remove it as root (it holds no state; the systemd units replace it "
+                                "before they start), then run again") from exc
+            raise _explain(exc, self.path, "replacing lock") from exc
+
+    def _flock(self, fd: int) -> None:
+        import time
+
         deadline = time.monotonic() + self.wait
         while True:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = ""
                     try:
-                        holder = os.pread(self.fd, 32, 0).decode().strip()
+                        holder = os.pread(fd, 32, 0).decode().strip()
                     except OSError:
                         pass
-                    os.close(self.fd)
-                    self.fd = None
+                    os.close(fd)
                     raise LockHeld(
                         f"another nodeagent holds {self.path}" + (f" (pid {holder})" if holder else ""),
                         "wait for it to finish, or stop it; nothing was changed",
                     ) from None
                 time.sleep(0.1)
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-        return self
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:

@@ -7,11 +7,22 @@ tests/fixtures) run the very same code.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
 
 from nodeagent.errors import HostError
+
+# Read errors that only mean "absent": the file, or the process under /proc, is not there.
+_ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ESRCH}
+# Read errors that say nothing about the file, only about this process or this moment (out of
+# file descriptors or memory, an I/O error): what was not read is unknown, not missing.
+UNRELIABLE = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN, errno.EINTR, errno.EIO}
+
+
+class HostReadError(HostError):
+    """The host could not be read reliably (e.g. out of file descriptors): act on nothing."""
 
 
 class HostRoot:
@@ -19,11 +30,32 @@ class HostRoot:
 
     def __init__(self, root: str | os.PathLike = "/"):
         self.root = Path(root)
+        # every read that failed for a reason other than absence, in order: "path: why (ERRNO)"
+        self.read_errors: list[str] = []
+        self.unreliable_reads: list[str] = []
         if not self.root.is_dir():
             raise HostError(
                 f"host root {str(root)!r} does not exist or is not a directory",
                 "pass --root the directory where the node's root filesystem is mounted (e.g. /host)",
             )
+
+    def _note(self, host_path: str, exc: OSError) -> None:
+        """Keep a read error as a fact (absence is not an error)."""
+        if exc.errno in _ABSENT:
+            return
+        name = errno.errorcode.get(exc.errno or 0, "?")
+        entry = f"{host_path}: {exc.strerror or exc} ({name})"
+        self.read_errors.append(entry)
+        if exc.errno in UNRELIABLE:
+            self.unreliable_reads.append(entry)
+
+    def read_error(self, host_path: str) -> str | None:
+        """Why the last read of `host_path` failed, if it failed for another reason than absence."""
+        prefix = f"{host_path}: "
+        for entry in reversed(self.read_errors):
+            if entry.startswith(prefix):
+                return entry[len(prefix):]
+        return None
 
     @property
     def is_live(self) -> bool:
@@ -77,7 +109,8 @@ class HostRoot:
         return os.path.lexists(self.path(host_path))
 
     def read_text(self, host_path: str, limit: int = 4 << 20) -> str | None:
-        """File text, or None if missing/unreadable; never raises for an absent file."""
+        """File text, or None if missing/unreadable; never raises. A failure other than absence
+        is kept in `read_errors` (see read_error()): unreadable is a fact, not "missing"."""
         try:
             with open(self.path(host_path), "rb") as fh:
                 # Modest reads: one read(4 MiB) of a /proc/sys file fails with ENOMEM (the
@@ -92,19 +125,22 @@ class HostRoot:
                     chunks.append(chunk)
                     size += len(chunk)
                 return b"".join(chunks).decode("utf-8", errors="replace")
-        except OSError:
+        except OSError as exc:
+            self._note(host_path, exc)
             return None
 
     def read_bytes(self, host_path: str) -> bytes | None:
         try:
             return self.path(host_path).read_bytes()
-        except OSError:
+        except OSError as exc:
+            self._note(host_path, exc)
             return None
 
     def listdir(self, host_path: str) -> list[str]:
         try:
             return sorted(os.listdir(self.path(host_path)))
-        except OSError:
+        except OSError as exc:
+            self._note(host_path, exc)
             return []
 
     def is_char_device(self, host_path: str) -> bool:

@@ -63,7 +63,10 @@ class Settings:
     max_concurrent_restarts: int = 1
     # agent
     interval: float = 300.0
-    listen: str = "0.0.0.0:9101"
+    # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and
+    # /metrics are unauthenticated. The DaemonSet's ConfigMap sets 0.0.0.0:9101, which inside the
+    # pod's own network namespace is the pod IP the kubelet's probes dial.
+    listen: str = "127.0.0.1:9101"
 
     @property
     def json(self) -> bool:

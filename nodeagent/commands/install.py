@@ -59,9 +59,10 @@ def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str
 
 
 def detect_facts(host: HostRoot, settings: Settings) -> dict[str, Any]:
-    from nodeagent.detect import detect_host
+    """Host facts to act on; HostReadError when the host could not be read reliably."""
+    from nodeagent.detect import usable_facts
 
-    return detect_host(host, settings)
+    return usable_facts(host, settings)
 
 
 def build_plan(settings: Settings, facts: dict[str, Any] | None = None) -> tuple[Plan | None, list[str]]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from nodeagent.detect import cgroup, containerd, cpu, eligibility, kvm, systemd, vsock
-from nodeagent.host import HostRoot
+from nodeagent.host import HostReadError, HostRoot
 from nodeagent.settings import Settings
 
 
 def detect_host(host: HostRoot, settings: Settings | None = None) -> dict[str, Any]:
     """All host facts as one JSON-able dict (the `detect` command's output)."""
     settings = settings or Settings(root=str(host.root))
+    errors_before, unreliable_before = len(host.read_errors), len(host.unreliable_reads)
     cpu_facts = cpu.probe(host)
     virt = kvm.probe(host, arch=cpu_facts["arch"], cpu_flags=cpu_facts["flags"])
     virt["in_vm"] = cpu_facts["in_vm"]
@@ -48,6 +49,27 @@ def detect_host(host: HostRoot, settings: Settings | None = None) -> dict[str, A
         "root": str(host.root),
         "root_is_live": host.is_live,
         "cpu_reasons": cpu_facts["reasons"],
+        # host files that could not be read (other than missing ones): "path: why (ERRNO)"
+        "read_errors": host.read_errors[errors_before:],
+        "unreliable_reads": host.unreliable_reads[unreliable_before:],
     }
     facts["runtimes"] = eligibility.evaluate(facts)
+    return facts
+
+
+def usable_facts(host: HostRoot, settings: Settings | None = None) -> dict[str, Any]:
+    """detect_host() for callers that act on the facts: refuse facts read while the reads failed
+    for reasons unrelated to the files (out of file descriptors or memory, I/O errors). A host
+    read that way looks like "architecture unknown" or "no KVM", and acting on that would skip or
+    remove runtimes that work (security review M2)."""
+    facts = detect_host(host, settings)
+    unreliable = facts["unreliable_reads"]
+    if unreliable:
+        more = f" (and {len(unreliable) - 1} more)" if len(unreliable) > 1 else ""
+        raise HostReadError(
+            f"cannot read the host reliably: {unreliable[0]}{more}; nothing was changed",
+            "nodeagent ran out of file descriptors or memory (raise LimitNOFILE or the pod's limits, "
+            "look for a flood of connections to the health endpoint); `nodeagent detect` lists the "
+            "read errors; run again",
+        )
     return facts

@@ -83,7 +83,9 @@ def probe(host: HostRoot) -> dict[str, Any]:
     reasons: list[str] = []
     cpuinfo = host.read_text("/proc/cpuinfo")
     if cpuinfo is None:
-        reasons.append("/proc/cpuinfo is missing or unreadable: CPU flags unknown")
+        why = host.read_error("/proc/cpuinfo")
+        reasons.append("/proc/cpuinfo is missing or unreadable" + (f" ({why})" if why else "")
+                       + ": CPU flags unknown")
     elif not cpu_flags(cpuinfo) and _machine_from_cpuinfo(cpuinfo) is None:
         reasons.append("/proc/cpuinfo has no recognisable content: CPU flags unknown")
 
@@ -93,12 +95,16 @@ def probe(host: HostRoot) -> dict[str, Any]:
     if machine is None and cpuinfo:
         machine = _machine_from_cpuinfo(cpuinfo)
     if machine is None:
-        reasons.append("architecture unknown: no /proc/sys/kernel/arch and /proc/cpuinfo did not tell")
+        unread = [f"{p} ({host.read_error(p)})" for p in ("/proc/sys/kernel/arch", "/proc/cpuinfo") if host.read_error(p)]
+        reasons.append("architecture unknown: could not read " + ", ".join(unread) if unread
+                       else "architecture unknown: no /proc/sys/kernel/arch and /proc/cpuinfo did not tell")
     arch = GOARCH.get(machine, machine) if machine else None
 
     kernel = kernel_release(host)
     if kernel is None:
-        reasons.append("kernel release unknown: /proc/sys/kernel/osrelease is missing")
+        why = host.read_error("/proc/sys/kernel/osrelease")
+        reasons.append(f"kernel release unknown: /proc/sys/kernel/osrelease could not be read ({why})" if why
+                       else "kernel release unknown: /proc/sys/kernel/osrelease is missing")
 
     flags = cpu_flags(cpuinfo)
     cpu_flag = "vmx" if "vmx" in flags else "svm" if "svm" in flags else None

@@ -94,11 +94,11 @@ def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | Non
 
     `state` overrides the inferred one (the agent says `installing` / `removing` while it works).
     """
-    from nodeagent.detect import detect_host
+    from nodeagent.detect import usable_facts  # labels act on the facts: never on an unreadable host
     from nodeagent.kube.labels import desired_labels, infer_state
 
     host = host or HostRoot(settings.root)
-    facts = facts if facts is not None else detect_host(host, settings)
+    facts = facts if facts is not None else usable_facts(host, settings)
     runtimes = runtime_status(host, settings, facts)
     state = state or infer_state(runtimes)
     desired = desired_labels(

@@ -203,3 +203,39 @@ def test_two_long_running_agents_both_become_ready(ref, tmp_path):
     state = json.loads((root / "var/lib/nodeagent/state.json").read_text())
     assert "kata" in json.dumps(state)
     assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
+
+
+# --- out of file descriptors (security review M2) ------------------------------------------------
+
+STARVED = Path(__file__).resolve().parents[1] / "support/fd_starved.py"
+CAPTURED_HOST = Path(__file__).resolve().parents[1] / "fixtures/hosts/containerd-v2"
+
+
+@pytest.mark.bad_input
+@pytest.mark.parametrize("command", [["install", "--runtime", "all"], ["install", "--runtime", "gvisor"]])
+def test_out_of_file_descriptors_is_a_clear_error_not_a_misdetected_host(tmp_path, command):
+    """With one descriptor left, the run lock takes it and the detection under the lock cannot
+    open /proc/cpuinfo or /proc/sys/kernel/arch. Today that reads as "architecture unknown": gVisor
+    is skipped as ineligible and install says "nothing to install" with exit 0 (an agent would
+    then be ready and label the node without it). It must be an error that names the read error."""
+    from tests.support.mirror import default_mirror
+    from tests.support.tree import diff_snapshots, snapshot
+
+    root = tmp_path / "root"
+    shutil.copytree(CAPTURED_HOST, root, symlinks=True)
+    for leftover in (root / "usr/local/bin").iterdir():  # the capture's own runsc: not ours to replace
+        leftover.unlink()
+    before = snapshot(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
+    env.update(NODEAGENT_MIRROR=str(default_mirror()), NODEAGENT_LOG_FORMAT="json")
+    proc = subprocess.run([sys.executable, str(STARVED), "1", "--root", str(root), *command, "--restart", "none"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    message = assert_known_error(proc, 2)
+    assert "cannot read the host reliably" in message and "Too many open files" in message, message
+    assert "architecture unknown" not in proc.stdout + proc.stderr
+    assert set(diff_snapshots(before, snapshot(root))) <= LOCK_TRACE
+    # with descriptors to spare the very same install converges
+    ok = subprocess.run([sys.executable, str(STARVED), "64", "--root", str(root), *command, "--restart", "none"],
+                        capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert os.readlink(root / "usr/local/bin/runsc").startswith("/opt/nodeagent/gvisor/")

@@ -82,6 +82,9 @@ def test_daemonset_downward_api_mounts_probes_and_scheduling(objects):
     cm = next(o for (k, n), o in objects.items() if k == "ConfigMap" and n == config_map)
     listen = tomllib.loads(cm["data"]["config.toml"])["listen"]
     assert listen.endswith(f":{port}")
+    # the kubelet dials the pod IP: the loopback default of systemd hosts would fail every probe
+    assert not listen.startswith(("127.", "[::1]", "localhost")), listen
+    assert settings_mod.Settings().listen.startswith("127.0.0.1:")
 
 
 def test_config_map_is_valid_nodeagent_settings(objects, tmp_path):

@@ -40,6 +40,7 @@ mount -t tmpfs nodeagent-verify /usr/local/lib
 mkdir -p {node_venv.VENV}/bin
 printf '#!/bin/sh\\n' > {EXEC}
 chmod +x {EXEC}
+cp {EXEC} {node_venv.VENV}/bin/python
 cd "$1"; shift
 exec systemd-analyze verify "$@"
 """
@@ -142,11 +143,12 @@ def swap_opt_symlink():  # how /opt/kata is replaced: new link under a temp name
     os.unlink("/opt/nodeagent-unit-probe")
 check("swap /opt symlink", swap_opt_symlink)
 
-def lock():
-    fd = os.open("/run/nodeagent.lock", os.O_RDWR)
+def lock():  # flock needs no write access: the sandbox keeps /run, lock file included, read-only
+    fd = os.open("/run/nodeagent.lock", os.O_RDONLY | os.O_NOFOLLOW)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(fd)
 check("lock /run/nodeagent.lock", lock)
+check("denied lock write", lambda: os.open("/run/nodeagent.lock", os.O_RDWR))
 
 for d in ("/usr/bin", "/etc", "/var/lib", "/run", "/usr/local/lib/nodeagent/venv", "/boot"):
     check("denied " + d, lambda d=d: write_probe(d))
@@ -178,7 +180,7 @@ def cri_status():
         time.sleep(0.1)
 check("cri status", cri_status)
 
-# runsc as root creates its sandbox cgroups (the node's cgroup hierarchies are like the host's)
+# runsc needs CAP_SYS_ADMIN (mounts, namespaces), which the unit no longer grants: it must fail
 for runsc in RUNSCS:
     check("runsc do " + runsc, lambda r=runsc: (lambda p: p.stdout.strip() or p.stderr.strip()[-300:])(
         subprocess.run([r, "--network=none", "do", "uname", "-r"], capture_output=True, text=True, timeout=60)))
@@ -191,6 +193,25 @@ def kvm():
         os.close(fd)
 check("kvm api version", kvm)
 check("mem device blocked", lambda: os.open("/dev/mem", os.O_RDONLY))
+
+def mount_tmpfs():  # ProtectSystem= must not be undone from inside: no CAP_SYS_ADMIN, @mount filtered
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"probe", b"/usr/local/bin", b"tmpfs", 0, None) == 0:
+        return "mounted"
+    return os.strerror(ctypes.get_errno())
+check("mount", mount_tmpfs)
+out["nofile"] = open("/proc/self/limits").read()
+
+# a downloaded binary run only to learn its version: as nobody, offline (own user + net namespace)
+def offline_as_nobody():
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                           "--no-new-privs", "--", "unshare", "--user", "--net", "--", "cat", "/proc/net/dev"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return sorted(l.split(":")[0].strip() for l in proc.stdout.splitlines()[2:])
+check("offline as nobody", offline_as_nobody)
+check("mount namespace", lambda: subprocess.run(["unshare", "--mount", "true"], capture_output=True, text=True).stderr.strip())
 
 detect = subprocess.run(["/usr/local/lib/nodeagent/venv/bin/nodeagent", "-o", "json", "detect"],
                         capture_output=True, text=True)
@@ -227,10 +248,15 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
         Restart=no
     """))
     node.systemctl("daemon-reload")
+    # what the old units' `touch` under UMask=0022 left behind: a lock others can open (L2)
+    node.run(["sh", "-c", "rm -f /run/nodeagent.lock; touch /run/nodeagent.lock; chmod 0644 /run/nodeagent.lock"])
     try:
         proc = node.systemctl("start", "nodeagent.service", check=False)
         assert proc.returncode == 0, _status(node)
         result = json.loads(node.path("/var/lib/nodeagent/unit-duties.json").read_text())
+        # the unit's ExecStartPre replaced it with a root-only 0600 file before the sandbox bound it
+        assert node.run(["stat", "-c", "%a %u %g %F", "/run/nodeagent.lock"]).stdout.split() == \
+            ["600", "0", "0", "regular", "empty", "file"]
     finally:
         (dropin / "50-duties.conf").unlink()
         node.systemctl("daemon-reload")
@@ -240,6 +266,7 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
         assert result[f"write {path}"] == "ok", result
     assert result["swap /opt symlink"] == "ok"
     assert result["lock /run/nodeagent.lock"] == "ok"
+    assert "Read-only file system" in result["denied lock write"]
     for path in ("/usr/bin", "/etc", "/var/lib", "/run", "/usr/local/lib/nodeagent/venv", "/boot"):
         assert "Read-only file system" in result[f"denied {path}"], (path, result[f"denied {path}"])
     assert result["home hidden"] == [] or "Permission denied" in str(result["home hidden"])
@@ -247,11 +274,18 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
     assert result["systemctl restart containerd"] == "ok"
     assert "runc" in result["cri status"], result["cri status"]
     for key in ("runsc do /usr/bin/runsc", "runsc do /opt/nodeagent-testenv/runsc-2024/usr/bin/runsc"):
-        assert result[key] == "4.4.0", result[key]  # gVisor's kernel, not the host's
+        # no CAP_SYS_ADMIN, read-only cgroups, no mount namespaces: no sandbox from here
+        assert result[key] != "4.4.0" and ("not permitted" in result[key] or "read-only" in result[key]), result[key]
+    assert result["mount"] == "Operation not permitted"
+    assert result["offline as nobody"] == ["lo"], result["offline as nobody"]
+    assert "Operation not permitted" in result["mount namespace"], result["mount namespace"]  # RestrictNamespaces
+    assert re.search(r"Max open files\s+1024\s+1024", result["nofile"]), result["nofile"]
     assert result["kvm api version"] == 12
     assert "Operation not permitted" in result["mem device blocked"]
     assert result["no_new_privs"] == "1"
-    assert int(result["cap_bnd"], 16) != int("1ffffffffff", 16)
+    cap_bnd = int(result["cap_bnd"], 16)
+    assert cap_bnd != int("1ffffffffff", 16)
+    assert not cap_bnd & (1 << 21), "CAP_SYS_ADMIN (21) is in the bounding set"
     # detection sees the same host under the sandbox as outside it
     outside = _detect_outside(node, EXEC)
     assert isinstance(result["detect"], dict), result["detect"]
@@ -263,19 +297,70 @@ def test_agent_duties_work_inside_the_units_sandbox(node):
     node.wait_active("containerd.service")
 
 
+def _with_runsc_grants(directives: list[str]) -> list[str]:
+    """The unit's sandbox plus what `runsc do` (`nodeagent verify`, run from a shell) needs: the
+    capabilities the unit drops (SYS_ADMIN, SYS_CHROOT, SETFCAP), the mount calls, cgroups and
+    namespaces."""
+    granted = []
+    for d in directives:
+        if d.startswith("CapabilityBoundingSet="):
+            d += " CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_SETFCAP"
+        elif d.startswith("SystemCallFilter=~"):
+            assert " @mount" in d
+            d = d.replace(" @mount", "")
+        elif d.startswith(("ProtectControlGroups=", "RestrictNamespaces=")):
+            continue  # runsc creates its sandbox cgroups and every kind of namespace
+        granted.append(d)
+    return granted
+
+
 @pytest.mark.parametrize("extra", [None, "ProtectControlGroups=yes", "RestrictNamespaces=yes", "MemoryDenyWriteExecute=yes"])
-def test_hardening_left_off_is_exactly_what_runsc_needs(node, extra):
-    """The unit's sandbox runs `runsc do`; each option the unit leaves off would break it."""
-    argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect"]
-    for directive in _directives(AGENT_UNIT):
-        argv += ["-p", directive]
-    if extra:
-        argv += ["-p", extra]
-    proc = node.run([*argv, "/usr/bin/runsc", "--network=none", "do", "uname", "-r"], check=False, timeout=60)
+def test_runsc_needs_exactly_what_the_unit_no_longer_grants(node, extra):
+    """The unit's sandbox cannot start a gVisor sandbox; with SYS_ADMIN (+ chroot, setfcap), the
+    mount calls, cgroups and namespaces given back it can, and each of those options breaks it."""
+    def run(directives: list[str]):
+        argv = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect"]
+        for directive in directives + ([extra] if extra else []):
+            argv += ["-p", directive]
+        return node.run([*argv, "/usr/bin/runsc", "--network=none", "do", "uname", "-r"], check=False, timeout=60)
+
+    if extra is None:
+        bare = run(_directives(AGENT_UNIT))
+        assert bare.returncode != 0 and bare.stdout.strip() != "4.4.0", (bare.stdout, bare.stderr)
+    proc = run(_with_runsc_grants(_directives(AGENT_UNIT)))
     if extra is None:
         assert (proc.returncode, proc.stdout.strip()) == (0, "4.4.0"), proc.stderr
     else:
         assert proc.returncode != 0 and proc.stdout.strip() != "4.4.0", (extra, proc.stdout, proc.stderr)
+
+
+_HOLD_LOCK = r"""
+import fcntl, os, sys
+fd = os.open("/run/nodeagent.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_shot_converge_fails_visibly_when_another_nodeagent_holds_the_lock(node):
+    """Exit 3 ("locked") used to be SuccessExitStatus: a held lock stopped convergence silently."""
+    node.path("/etc/systemd/system/nodeagent-converge.service").write_text(
+        (UNIT_DIR / "nodeagent-converge.service").read_text())
+    node.systemctl("daemon-reload")
+    holder = subprocess.Popen(["nsenter", "-t", str(node.pid), "-m", "-u", "-i", "-n", "-p", "--",
+                               "python3", "-c", _HOLD_LOCK], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = node.systemctl("start", "nodeagent-converge.service", check=False)
+        assert proc.returncode != 0, _status(node, "nodeagent-converge.service")
+        assert node.unit_property("nodeagent-converge.service", "Result") == "exit-code"
+        assert node.unit_property("nodeagent-converge.service", "ExecMainStatus") == "3"
+        assert "another nodeagent holds /run/nodeagent.lock" in _status(node, "nodeagent-converge.service")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+        node.systemctl("reset-failed", "nodeagent-converge.service", check=False)
 
 
 # --- the real agent under the real unit --------------------------------------------------------

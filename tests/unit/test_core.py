@@ -111,3 +111,20 @@ def test_hostroot_resolves_absolute_links_inside_root(tmp_path):
     assert host.which("runsc") == "/usr/local/bin/runsc"
     assert host.which("containerd") is None
     assert host.read_text("/nope") is None
+
+
+def test_hostroot_keeps_read_errors_as_facts_but_absence_is_not_one(tmp_path):
+    """A file that exists but cannot be read is not "missing" (security review M2)."""
+    from nodeagent.detect import cpu
+
+    root = tmp_path / "host"
+    (root / "proc/sys/kernel/arch").mkdir(parents=True)  # a directory: reading it fails (EISDIR)
+    (root / "proc/cpuinfo").write_text("processor : 0\n")
+    host = HostRoot(root)
+    assert host.read_text("/proc/sys/kernel/missing") is None
+    assert host.read_errors == []
+    facts = cpu.probe(host)
+    assert facts["machine"] is None
+    assert host.read_error("/proc/sys/kernel/arch") == "Is a directory (EISDIR)"
+    assert "could not read /proc/sys/kernel/arch (Is a directory (EISDIR))" in " ".join(facts["reasons"])
+    assert host.unreliable_reads == []  # a fact about the file, not about this process
