@@ -33,10 +33,13 @@ def unprivileged(argv: Sequence[str]) -> list[str]:
     # Emptying the bounding set needs CAP_SETPCAP, which the systemd unit does not keep; without
     # it, no_new_privs plus a non-root uid already mean no exec can gain a capability.
     bounding = ["--bounding-set=-all"] if _effective_cap(CAP_SETPCAP) else []
+    # setpriv first, then an unprivileged `unshare --user --net`: a new network namespace then
+    # needs no CAP_SYS_ADMIN, which the hardened systemd unit does not keep (RestrictNamespaces
+    # allows user and net).
     return [
-        "unshare", "--net", "--",
         "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
         "--inh-caps=-all", *bounding, "--no-new-privs", "--",
+        "unshare", "--user", "--net", "--",
         *(os.fspath(a) for a in argv),
     ]
 

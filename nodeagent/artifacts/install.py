@@ -231,7 +231,7 @@ def _runsc_release(runsc: Path) -> str | None:
 
     Called only on a runsc whose archive matched its digest. Still, it is a downloaded binary:
     it runs from a root-owned copy as nobody, without capabilities or network (security review
-    H1). Where that sandbox cannot be had (no unshare/setpriv, no CAP_SYS_ADMIN), the release
+    H1). Where that sandbox cannot be had (no unshare/setpriv, or user namespaces refused), the release
     stays unnamed (`latest-<digest>`) rather than running it as root.
     """
     try:
