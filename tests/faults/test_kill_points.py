@@ -2,7 +2,9 @@
 
 CI runs the reduced set below (100 kill points, Kata's small release, ~1.5 min); `scripts/faults`
 runs the full set (more points, both runtimes incl. gVisor's real runsc, plus real restarts on the
-systemd node). See tests/faults/harness.py for what is checked after each kill.
+systemd node). See tests/faults/harness.py for what is checked after each kill: the config, runsc.toml,
+state.json and its backups agree with the config in effect; after the recovery, uninstall gives
+back the original bytes; the whole process group is killed (children such as `config dump` too).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def test_sigkill_at_random_points_leaves_old_or_new_state(base):
     if not have_containerd("1.6"):
         pytest.skip("containerd 1.6 is not installed (run scripts/setup-test-env)")
     ref, tally = harness.run_campaign(base, RUNTIME, POINTS, SEED)
-    harness.REPORTS.append(f"runtime={RUNTIME} seed={SEED}: {tally.summary()}")
+    timed = ", ".join(f"{op} {d:.2f}s" for op, d in ref.durations.items())
+    harness.REPORTS.append(f"runtime={RUNTIME} seed={SEED}: {tally.summary()} (runs under the kills' load: {timed})")
     assert tally.tried == POINTS
     # a point whose run finished before the kill proves little: most must be real kills
     assert tally.killed >= 0.8 * POINTS, tally.summary()
@@ -69,3 +72,30 @@ def test_rerun_sweeps_temp_files_a_killed_run_left(base):
     assert proc.returncode == 0, proc.stderr
     assert harness._leftovers(root) == [] and not (root / "opt/nodeagent/kata").exists()
     assert (root / harness.CONFIG).read_bytes() == ref.original_config
+
+
+def test_the_checks_see_bookkeeping_that_disagrees_with_the_config(base):
+    """The after-kill checks can fail: a lost or altered backup, a converged config nobody owns in
+    state.json, and an uninstall that does not give the original bytes back are all reported."""
+    if not have_containerd("1.6"):
+        pytest.skip("containerd 1.6 is not installed (run scripts/setup-test-env)")
+    ref = harness.Reference.build(base / "ref", "kata", warm_up=False)
+    assert harness.check_node(ref.installed, ref, "install", after_rerun=True) == ("converged", [])
+
+    def problems_after(damage) -> list[str]:
+        root = base / "damaged"
+        shutil.rmtree(root, ignore_errors=True)
+        harness.copy_root(ref.installed, root)
+        damage(root)
+        return harness.check_node(root, ref, "install", after_rerun=True)[1]
+
+    backups = lambda root: sorted((root / "var/lib/nodeagent/backups").iterdir())  # noqa: E731
+    assert any("which is missing" in p for p in problems_after(lambda r: backups(r)[0].unlink()))
+    assert any("does not hold" in p for p in problems_after(lambda r: backups(r)[0].write_bytes(b"[x]\n")))
+    assert any("does not own it" in p for p in problems_after(lambda r: (r / harness.STATE).unlink()))
+
+    root = base / "left"
+    harness.copy_root(ref.installed, root)
+    (root / "etc/containerd/stray.toml").write_text("# left behind\n")
+    harness.converge(root, "uninstall", "kata")
+    assert harness.content(root) != ref.uninstalled
