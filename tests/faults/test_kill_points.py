@@ -99,3 +99,44 @@ def test_the_checks_see_bookkeeping_that_disagrees_with_the_config(base):
     (root / "etc/containerd/stray.toml").write_text("# left behind\n")
     harness.converge(root, "uninstall", "kata")
     assert harness.content(root) != ref.uninstalled
+
+
+def _renames(trace: Path) -> list[str]:
+    """Destination of each rename(2) in an strace log, in order."""
+    import re
+
+    return [m.group(1) for m in re.finditer(r'rename(?:at2?)?\(.*?"[^"]*", (?:\w+, )?"([^"]*)"', trace.read_text())]
+
+
+def test_kill_right_before_runsc_toml_lands_leaves_no_config_naming_it(base):
+    """A SIGKILL between the two writes of a gVisor install must not leave a config that names a
+    runsc.toml which is not there (runsc's shim reads it for every sandbox). Random kill points
+    hardly hit that gap, so strace kills the run exactly at the rename(2) that puts runsc.toml in
+    place (found by a traced run first; `inject=...:when=N`)."""
+    import subprocess
+
+    if not have_containerd("1.6"):
+        pytest.skip("containerd 1.6 is not installed (run scripts/setup-test-env)")
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed (scripts/setup-test-env installs it)")
+    ref = harness.Reference.build(base / "ref", "gvisor", warm_up=False)
+    assert "etc/containerd/runsc.toml" in ref.converged_files
+    renames = ["rename", "renameat", "renameat2"]
+    runs = {}
+    for name, inject in (("traced", []), ("killed", None)):
+        root, tmp = base / name / "root", base / name / "tmp"
+        harness.copy_root(ref.template, root)
+        tmp.mkdir()
+        if inject is None:
+            order = _renames(base / "traced/trace")
+            nth = order.index(str(base / "traced/root/etc/containerd/runsc.toml")) + 1
+            inject = ["-e", f"inject={','.join(renames)}:signal=KILL:when={nth}"]
+        runs[name] = subprocess.run(
+            ["strace", "-f", "-qqq", "-o", str(base / name / "trace"), "-e", f"trace={','.join(renames)}", *inject,
+             *harness.argv(root, "install", "gvisor")], env=harness.cli_env(tmp), capture_output=True, timeout=300)
+    assert runs["traced"].returncode == 0, runs["traced"].stderr[-2000:]
+    assert runs["killed"].returncode == -9  # strace ends itself with the signal that killed the tracee
+    root = base / "killed/root"
+    assert not (root / "etc/containerd/runsc.toml").exists()  # killed before it landed
+    state, problems = harness.check_node(root, ref, "install", after_rerun=False)
+    assert problems == [], (state, problems)
