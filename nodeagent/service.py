@@ -119,6 +119,8 @@ class SystemctlTransport:
     def __init__(self, prefix: list[str] | None = None, name: str = "systemctl"):
         self.prefix = list(prefix or [])
         self.name = name
+        # what the restart log names as the way in: "systemctl" or "nsenter -t PID ... systemctl"
+        self.endpoint = " ".join([*self.prefix[:3], "systemctl"])
 
     def _systemctl(self, *args: str, check: bool = True, timeout: float = 90):
         return run([*self.prefix, "systemctl", *args], check=check, timeout=timeout,
@@ -145,6 +147,7 @@ class DbusTransport:
 
     def __init__(self, socket_path: str):
         self.socket_path = socket_path
+        self.endpoint = socket_path  # named in the restart log: the D-Bus socket used
 
     def _bus(self, attempts: int = 3):
         """Connect, retrying a connection systemd did not answer (seen under heavy load: the
@@ -330,7 +333,10 @@ def restart_unit(transport: Transport, unit: str, *, timeout: float = 60.0, max_
                            f"see `journalctl -u {unit}` on the node; the previous config can be restored "
                            "from nodeagent's backup")
     result.elapsed = time.monotonic() - start
-    log.info("restarted", unit=unit, method=result.method, old_pid=result.old_pid, new_pid=result.new_pid,
+    # `method` and `via` say which way the node's systemd was reached (dbus, nsenter, systemctl):
+    # the DaemonSet test reads this line to prove a pod without hostPID restarted over D-Bus
+    log.info("restarted", unit=unit, method=result.method, via=getattr(transport, "endpoint", transport.name),
+             old_pid=result.old_pid, new_pid=result.new_pid,
              attempts=result.attempts, resets=result.start_limit_resets, elapsed=round(result.elapsed, 3))
     return result
 

@@ -94,6 +94,17 @@ def preflight(host: HostRoot, changes: list[FileChange]) -> None:
             )
 
 
+# roles of files a containerd config names by path (a runtime's options file, e.g. runsc.toml)
+_NAMED_BY_CONFIG = {"runsc"}
+
+
+def _named_files_first(changes: list[FileChange]) -> list[FileChange]:
+    """Install order: a file the config names lands before the config that names it, so a kill
+    between the two writes never leaves a config pointing at a missing file (gVisor's shim reads
+    runsc.toml for every sandbox). Found by tests/faults/test_kill_points.py."""
+    return sorted(changes, key=lambda c: c.role not in _NAMED_BY_CONFIG)
+
+
 def _write_all(host: HostRoot, changes: list[FileChange]) -> None:
     done: list[FileChange] = []
     try:
@@ -186,7 +197,7 @@ def commit_install(host: HostRoot, plan: Plan) -> Outcome:
         if spec.name in plan.added:
             state.handlers[spec.name] = spec.runtime
     state_mod.save(host, state)  # ownership first: a crash mid-write leaves uninstall able to clean up
-    _write_all(host, plan.files)
+    _write_all(host, _named_files_first(plan.files))
     _remove_empty_dirs(host, retired_dirs)
     return outcome
 

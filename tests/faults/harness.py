@@ -25,10 +25,13 @@ Used by the pytest tests (a reduced seeded set in CI) and by scripts/faults (the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -42,10 +45,11 @@ from nodeagent.fsutil import TEMP_PREFIX
 from nodeagent.host import HostRoot
 from tests.support.containerd_daemon import minimal_config
 from tests.support.mirror import default_mirror
-from tests.support.tree import snapshot
+from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import BINARIES, install_containerd
 
 CONFIG = "etc/containerd/config.toml"
+STATE = "var/lib/nodeagent/state.json"
 CACHE = "var/lib/nodeagent/cache"
 LINKS = ("usr/local/bin/runsc", "usr/local/bin/containerd-shim-runsc-v1", "usr/local/bin/containerd-shim-kata-v2",
          "opt/kata")
@@ -125,6 +129,11 @@ class Reference:
     durations: dict[str, float] = field(default_factory=dict)
     write_at: dict[str, float] = field(default_factory=dict)
     started: dict[Path, float] = field(default_factory=dict)  # kill root -> wall time its run began
+    # every file under etc/containerd before the install and after it (runsc.toml, drop-ins ...)
+    original_files: dict[str, bytes] = field(default_factory=dict)
+    converged_files: dict[str, bytes] = field(default_factory=dict)
+    # the whole root after a clean install + uninstall (state/cache/lock aside): the original bytes
+    uninstalled: dict[str, tuple] = field(default_factory=dict)
 
     @classmethod
     def build(cls, base: Path, runtime: str, parallel: int = 1, warm_up: bool = True) -> "Reference":
@@ -133,7 +142,10 @@ class Reference:
         (template / "etc/containerd").mkdir(parents=True)
         (template / CONFIG).write_text(minimal_config("1.6", base / "daemon-work"))
         install_containerd(template, "1.6")
+        for d in ("opt", "usr/local/bin"):  # there on every real node: nodeagent does not remove them
+            (template / d).mkdir(parents=True, exist_ok=True)
         ref = cls(runtime, template, base / "installed", (template / CONFIG).read_bytes(), b"", {})
+        ref.original_files = containerd_files(template)
         if warm_up:  # byte-compiles, fills the page cache: the timings below are steady-state
             warm = base / "warm-up"
             copy_root(template, warm)
@@ -151,23 +163,28 @@ class Reference:
             if op == "install":
                 ref.converged_config = (works[0] / CONFIG).read_bytes()
                 ref.releases = release_trees(works[0])
+                ref.converged_files = containerd_files(works[0])
                 assert ref.releases and ref.converged_config != ref.original_config, "reference install did nothing"
                 copy_root(works[0], ref.installed)
         for work in works:
             assert (work / CONFIG).read_bytes() == ref.original_config, "reference uninstall did not restore"
+            assert content(work) == content(template), "reference uninstall did not restore the original bytes"
+        ref.uninstalled = content(works[0])
+        for work in works:
             shutil.rmtree(work)
         return ref
 
     def points(self, op: str, count: int, rng: random.Random) -> list[tuple[str | None, float]]:
-        """(anchor, delay) per kill point: 40 % a delay from the start, uniform over the measured run
-        (the machine's load stretches runs, so they reach further in); 60 % anchored on an event
+        """(anchor, delay) per kill point: 40 % a delay from the start, uniform over the run as
+        measured with the kills' parallelism (measured one at a time, runs look shorter than they
+        are under the kills' load, and the kills bunch up in interpreter start-up); 60 % anchored on an event
         seen in the root (the run lock taken, a staging dir appearing, the release dir in place,
         the config switched), then a delay of up to 100 ms: the windows where files change."""
         anchors = list(EVENTS[op])
         out: list[tuple[str | None, float]] = []
         for i in range(count):
             if i % 5 < 2:
-                out.append((None, rng.uniform(0.0, self.durations[op] * 1.2)))
+                out.append((None, rng.uniform(0.0, self.durations[op])))
             else:
                 out.append((anchors[i % len(anchors)], rng.uniform(0.0, 0.1)))
         return out
@@ -207,6 +224,7 @@ class KillResult:
     killed: bool
     config_state: str  # "original" | "converged" | "other"
     problems: list[str]
+    run_seconds: float = 0.0  # from start until the run exited or was killed
 
 
 @dataclass
@@ -231,6 +249,91 @@ class Tally:
         return (f"kill points tried: {self.tried} (killed {self.killed}, finished before the kill "
                 f"{self.finished_first}); left in the old state {self.left_original}, in the new state "
                 f"{self.left_converged}; corruptions found: {len(self.corruptions)}")
+
+
+# state, download cache and the run lock are nodeagent's own bookkeeping, not the node's files
+BOOKKEEPING = ("var/lib/nodeagent", "run")
+
+
+def containerd_files(root: Path) -> dict[str, bytes]:
+    """rel path -> bytes of every regular file under etc/containerd (config, drop-ins, runsc.toml)."""
+    base = root / "etc/containerd"
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(base.rglob("*"))
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(TEMP_PREFIX)} if base.is_dir() else {}
+
+
+def content(root: Path) -> dict[str, tuple]:
+    """The root's files as (kind, mode, bytes or link target), nodeagent's bookkeeping aside.
+
+    Files over 1 MB (the containerd binary, hard-linked into every root and never written by
+    nodeagent) are named by inode and size: reading 50 MB per check would slow the kill runs."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if any(rel_dir == b or rel_dir.startswith(b + "/") for b in BOOKKEEPING):
+            dirnames[:] = []
+            continue
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in BOOKKEEPING:
+                continue
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("link", 0, os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), None)
+            elif st.st_size > 1 << 20:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), ("inode", st.st_ino, st.st_size))
+            else:
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), Path(full).read_bytes())
+    return out
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def check_bookkeeping(root: Path, ref: Reference, config_state: str) -> list[str]:
+    """state.json, its backups and the files the config names agree with the config in effect.
+
+    - a converged config is served only with every file it names converged too (runsc.toml: the
+      runsc shim reads it per sandbox), and with state.json owning it (uninstall needs that);
+    - every file state.json records holds its original bytes or the bytes it says we wrote;
+    - every backup it names exists and holds that file's original bytes.
+    """
+    problems = []
+    if config_state == "converged":
+        for rel, data in ref.converged_files.items():
+            if _read(root / rel) != data:
+                problems.append(f"the config in effect is the new one but {rel} is not")
+    try:
+        raw = _read(root / STATE)
+        records = {} if raw is None else json.loads(raw)["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return problems + [f"state.json unreadable: {exc}"]
+    if config_state == "converged" and "/" + CONFIG not in records:
+        problems.append("the config in effect is the new one but state.json does not own it")
+    for path, rec in records.items():
+        rel = path.lstrip("/")
+        if rel not in ref.original_files and rel not in ref.converged_files:
+            continue  # not a file under etc/containerd: nothing to compare with
+        original = ref.original_files.get(rel)
+        now = _read(root / rel)
+        if now != original and hashlib.sha256(now or b"").hexdigest() != rec.get("written_sha256"):
+            problems.append(f"{rel} is neither its original bytes nor what state.json says was written")
+        if rec.get("backup"):
+            backup = _read(root / rec["backup"].lstrip("/"))
+            if backup is None:
+                problems.append(f"state.json names the backup {rec['backup']} of {rel}, which is missing")
+            elif backup != original:
+                problems.append(f"the backup {rec['backup']} does not hold {rel}'s original bytes")
+        elif rec.get("created") is False:
+            problems.append(f"state.json records no backup of {rel}, which existed before")
+    return problems
 
 
 def _walk(root: Path):
@@ -283,6 +386,7 @@ def check_node(root: Path, ref: Reference, op: str, *, after_rerun: bool) -> tup
         for link in _links_for(ref.runtime):
             if not HostRoot(root).resolve("/" + link).exists():
                 problems.append(f"config names the handlers but {link} is missing")
+    problems += check_bookkeeping(root, ref, state)
     leftovers = _leftovers(root)
     if after_rerun:
         problems += leftovers
@@ -300,6 +404,33 @@ def _links_for(runtime: str) -> list[str]:
     return links
 
 
+def _group_alive(pgid: int) -> list[int]:
+    """PIDs of the group's members that are not zombies (a killed child may wait to be reaped)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+def kill_group(pgid: int, timeout: float = 30) -> None:
+    """SIGKILL a whole process group (nodeagent and its children: `containerd config dump`,
+    systemctl ...) and wait until none of it runs, so nothing writes after the checks begin."""
+    os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process group {pgid} still alive {timeout}s after SIGKILL: {_group_alive(pgid)}")
+        time.sleep(0.005)
+
+
 def kill_point(ref: Reference, op: str, anchor: str | None, delay: float, work: Path) -> KillResult:
     """One fresh root, one SIGKILL after `delay` seconds, the checks, the re-runs."""
     root = work / "root"
@@ -307,6 +438,7 @@ def kill_point(ref: Reference, op: str, anchor: str | None, delay: float, work: 
     tmp = work / "tmp"
     tmp.mkdir()
     ref.started[root] = time.time()
+    started = time.monotonic()
     proc = subprocess.Popen(argv(root, op, ref.runtime), env=cli_env(tmp), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     if anchor is not None:
@@ -318,8 +450,9 @@ def kill_point(ref: Reference, op: str, anchor: str | None, delay: float, work: 
         time.sleep(min(0.005, max(0.0, deadline - time.monotonic())))
     killed = proc.poll() is None
     if killed:
-        os.kill(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid)
     _, err = proc.communicate(timeout=60)
+    run_seconds = time.monotonic() - started
     problems = []
     if not killed and proc.returncode != 0:
         problems.append(f"run exited {proc.returncode} unkilled: {err.decode(errors='replace')[-300:]}")
@@ -340,22 +473,46 @@ def kill_point(ref: Reference, op: str, anchor: str | None, delay: float, work: 
         if again.changed:
             problems.append(f"second re-run still changed something: {again.to_json()}")
         del report
+        # the recovered node uninstalls back to the original bytes, whatever the kill interrupted
+        if op == "install":
+            converge(root, "uninstall", ref.runtime)
+        if content(root) != ref.uninstalled:
+            problems.append("uninstall after the recovery did not restore the original bytes: "
+                            + ", ".join(diff_snapshots(ref.uninstalled, content(root))[:8]))
     except Exception as exc:  # noqa: BLE001 - any failure to re-converge is what we are looking for
         problems.append(f"re-run failed: {type(exc).__name__}: {exc}")
     shutil.rmtree(work, ignore_errors=True)
-    return KillResult(op, anchor, delay, killed, config_state, problems)
+    return KillResult(op, anchor, delay, killed, config_state, problems, run_seconds)
+
+
+NO_KILL = 600.0  # a delay no run reaches: the point runs to its end
+
+
+def calibrate(ref: Reference, base: Path, workers: int, ops: tuple[str, ...]) -> list[str]:
+    """Measure each op's duration under the kills' own load: 2 x `workers` points per op run
+    through kill_point, `workers` at a time, but never killed (runs timed one at a time look
+    shorter, and the kills then bunch up early in the run). Returns their problems (a clean
+    run is checked like any other)."""
+    jobs = [op for op in ops for _ in range(2 * workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(lambda ij: kill_point(ref, ij[1], None, NO_KILL, base / f"calibrate-{ij[0]:03d}"),
+                                enumerate(jobs)))
+    for op in ops:
+        ref.durations[op] = statistics.median(r.run_seconds for r in results if r.op == op)
+    return [f"{r.op} run to its end: {p}" for r in results for p in r.problems]
 
 
 def run_campaign(base: Path, runtime: str, points: int, seed: int, workers: int = 4,
                  ops: tuple[str, ...] = ("install", "uninstall")) -> tuple[Reference, Tally]:
     """`points` kill points split over `ops`, seeded, run `workers` at a time."""
     ref = Reference.build(base / "ref", runtime)
+    tally = Tally()
+    tally.corruptions += calibrate(ref, base, workers, ops)
     rng = random.Random(seed)
     jobs = []
     per_op = [points // len(ops) + (1 if i < points % len(ops) else 0) for i in range(len(ops))]
     for op, count in zip(ops, per_op):
         jobs += [(op, anchor, d) for anchor, d in ref.points(op, count, rng)]
-    tally = Tally()
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(kill_point, ref, op, anchor, delay, base / f"point-{i:04d}")
                    for i, (op, anchor, delay) in enumerate(jobs)]

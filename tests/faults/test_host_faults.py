@@ -1,5 +1,8 @@
 """A full disk, a read-only root and two nodeagents at once: a clear error or a wait, never damage.
 
+The races are staged, not hoped for: the first run is frozen while it holds the run lock
+(tests/support/locks.py), the second runs against the held lock, then the first finishes.
+
 Disk full / read-only run in a private mount namespace (`unshare -m`, see confined.py) with a
 real containerd 1.6 binary in the root (it validates the config) and the suite's mirror (real
 runsc, stand-in shims).
@@ -13,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ import pytest
 from tests.faults import harness
 from tests.support import cli
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.locks import flock_holders, paused_while_holding
+from tests.support.wait import wait_for
 from tests.unit.containerd.scenarios import have_containerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -29,6 +33,7 @@ CONFINED = Path(__file__).with_name("confined.py")
 # real node) and is the one trace a failed run may leave
 # the run lock: created (its directory too, or that directory's mtime moves), or reused
 LOCK_TRACE = {"added run", "added run/nodeagent.lock", "changed run/nodeagent.lock", "changed run (mtime)"}
+LOCK = "run/nodeagent.lock"
 INSTALL = ["install", "--runtime", "kata", "--skip-eligibility", "--restart", "none"]
 
 
@@ -104,27 +109,42 @@ def test_uninstall_that_cannot_remove_its_links_leaves_none_dangling(ref):
     assert "read-only" in assert_known_error(as_proc(result), 2)
 
 
-def _concurrent(root: Path, argvs: list[list[str]]) -> list[subprocess.CompletedProcess]:
-    tmp = Path(tempfile.mkdtemp(prefix="na-faults-tmp-"))
+def _popen(argv: list[str], tmp: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(argv, env=harness.cli_env(tmp), text=True, **kw)
+
+
+def _race(root: Path, tmp: Path, first: list[str], second: list[str]) -> tuple[subprocess.CompletedProcess, ...]:
+    """Run `second` while `first` holds the run lock (a barrier, not luck: see tests/support/locks.py).
+
+    Returns (first, second) completed: `second` ran to its end against the held lock, then
+    `first` was resumed and finished."""
+    a = _popen(first, tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        procs = [subprocess.Popen(a, env=harness.cli_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for a in argvs]
-        return [subprocess.CompletedProcess(p.args, p.wait(120), *p.communicate()) for p in procs]
+        with paused_while_holding(a, root / LOCK):
+            b = subprocess.run(second, env=harness.cli_env(tmp), capture_output=True, text=True, timeout=120)
+            assert a.pid in flock_holders(root / LOCK)  # still held: the two really overlapped
+            assert f"(pid {a.pid})" in b.stderr, b.stderr[-2000:]  # and the loser named the holder
+        out, err = a.communicate(timeout=120)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if a.poll() is None:
+            a.kill()
+            a.wait()
+    return subprocess.CompletedProcess(a.args, a.returncode, out, err), b
+
+
+def _lost_the_lock(loser: subprocess.CompletedProcess, holder: subprocess.CompletedProcess) -> None:
+    assert holder.returncode == 0, holder.stderr[-2000:]
+    message = assert_known_error(loser, 3)
+    assert "another nodeagent holds" in message
 
 
 @pytest.mark.parametrize("round_", range(3))
-def test_two_installs_at_once_one_waits_or_exits_3_no_lost_update(ref, tmp_path, round_):
+def test_two_installs_at_once_the_second_exits_3_no_lost_update(ref, tmp_path, round_):
     root = tmp_path / "root"
     harness.copy_root(ref.template, root)
     argv = harness.argv(root, "install", "kata")
-    results = _concurrent(root, [argv, argv])
-    codes = sorted(r.returncode for r in results)
-    assert codes in ([0, 0], [0, 3]), [(r.returncode, r.stderr[-500:]) for r in results]
-    for r in results:
-        if r.returncode == 3:
-            assert "another nodeagent holds" in assert_known_error(r, 3)
+    first, second = _race(root, tmp_path, argv, argv)
+    _lost_the_lock(second, first)
     assert (root / harness.CONFIG).read_bytes() == ref.converged_config
     state = json.loads((root / "var/lib/nodeagent/state.json").read_text())
     assert "kata" in json.dumps(state), state
@@ -133,16 +153,19 @@ def test_two_installs_at_once_one_waits_or_exits_3_no_lost_update(ref, tmp_path,
     assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False, again.stdout
 
 
-def test_install_and_uninstall_at_once_end_in_one_whole_state(ref, tmp_path):
-    """Whichever runs second wins; the node is wholly installed or wholly uninstalled."""
+@pytest.mark.parametrize("holder", ["uninstall", "install"])
+def test_install_and_uninstall_at_once_the_holder_wins_whole(ref, tmp_path, holder):
+    """The run holding the lock finishes; the other exits 3 having changed nothing, so the node
+    is wholly what the holder made it."""
     root = tmp_path / "root"
-    harness.copy_root(ref.installed, root)
-    results = _concurrent(root, [harness.argv(root, "uninstall", "kata"), harness.argv(root, "install", "kata")])
-    assert all(r.returncode in (0, 3) for r in results), [(r.returncode, r.stderr[-500:]) for r in results]
+    harness.copy_root(ref.installed if holder == "uninstall" else ref.template, root)
+    other = "install" if holder == "uninstall" else "uninstall"
+    first, second = _race(root, tmp_path, harness.argv(root, holder, "kata"), harness.argv(root, other, "kata"))
+    _lost_the_lock(second, first)
     state, problems = harness.check_node(root, ref, "install", after_rerun=True)
     assert not problems, problems
-    if state == "converged":
-        assert harness.release_trees(root) == ref.releases
+    if holder == "install":
+        assert state == "converged" and harness.release_trees(root) == ref.releases
     else:
         assert state == "original" and harness.release_trees(root) == {}
 
@@ -152,49 +175,56 @@ def _agent_argv(root: Path, *extra: str) -> list[str]:
             "--skip-eligibility", "--restart", "none", "--listen", "127.0.0.1:0", *extra]
 
 
-def test_two_agents_once_at_once_one_exits_3(ref, tmp_path):
-    """`agent --once` that finds the lock held exits 3 (it used to say 2); the other converges."""
+def test_two_agents_once_at_once_the_second_exits_3(ref, tmp_path):
+    """`agent --once` that finds the lock held exits 3 (it used to say 2); the holder converges."""
     root = tmp_path / "root"
     harness.copy_root(ref.template, root)
-    results = _concurrent(root, [_agent_argv(root, "--once"), _agent_argv(root, "--once")])
-    codes = sorted(r.returncode for r in results)
-    assert codes in ([0, 0], [0, 3]), [(r.returncode, r.stdout[-300:], r.stderr[-300:]) for r in results]
-    for r in results:
-        if r.returncode == 3:
-            assert "another nodeagent holds" in assert_known_error(r, 3)
+    first, second = _race(root, tmp_path, _agent_argv(root, "--once"), _agent_argv(root, "--once"))
+    _lost_the_lock(second, first)
     assert (root / harness.CONFIG).read_bytes() == ref.converged_config
     assert harness.release_trees(root) == ref.releases and harness._leftovers(root) == []
 
 
-def test_two_long_running_agents_both_become_ready(ref, tmp_path):
-    """The agent that loses the lock retries after its back-off (it waits), and both end ready on
-    one converged node: no lost update, no second restart."""
+def _readyz(proc: subprocess.Popen) -> int:
+    """HTTP status of the agent's /readyz (0 while it does not listen yet)."""
+    import urllib.error
     import urllib.request
 
     import psutil
 
+    for conn in psutil.Process(proc.pid).net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN:
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            try:
+                with opener.open(f"http://127.0.0.1:{conn.laddr.port}/readyz", timeout=5) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+            except OSError:
+                return 0
+    return 0
+
+
+def test_two_long_running_agents_the_second_waits_then_both_are_ready(ref, tmp_path):
+    """The agent that finds the lock held is not ready and says why, retries after its back-off
+    (it waits), and both end ready on one converged node: no lost update, no second restart."""
     root = tmp_path / "root"
     harness.copy_root(ref.template, root)
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    procs = [subprocess.Popen(_agent_argv(root, "--interval", "300"), env=harness.cli_env(tmp),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs: list[subprocess.Popen] = []
     try:
-        ready = set()
-        deadline = time.monotonic() + 90  # first back-off is 5 s
-        while len(ready) < 2 and time.monotonic() < deadline:
-            for p in procs:
-                assert p.poll() is None, f"agent {p.pid} exited {p.returncode}"
-                for conn in psutil.Process(p.pid).net_connections("tcp"):
-                    if conn.status == psutil.CONN_LISTEN:
-                        try:
-                            with urllib.request.urlopen(f"http://127.0.0.1:{conn.laddr.port}/readyz", timeout=2) as r:
-                                if r.status == 200:
-                                    ready.add(p.pid)
-                        except OSError:
-                            pass
-            time.sleep(0.5)
-        assert len(ready) == 2, "both agents must converge (the loser after its back-off)"
+        procs.append(_popen(_agent_argv(root, "--interval", "300"), tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=logs[0].open("w")))
+        with paused_while_holding(procs[0], root / LOCK):
+            procs.append(_popen(_agent_argv(root, "--interval", "300"), tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=logs[1].open("w")))
+            wait_for(lambda: "another nodeagent holds" in logs[1].read_text(), 60,
+                     "the second agent to find the lock held", interval=0.1, detail=logs[1].read_text)
+            assert procs[1].poll() is None, "the agent that lost the lock must keep running and retry"
+            assert _readyz(procs[1]) == 503
+        # first back-off is 5 s
+        wait_for(lambda: all(p.poll() is None and _readyz(p) == 200 for p in procs), 90, "both agents ready",
+                 interval=0.5, detail=lambda: "\n".join(log.read_text()[-1500:] for log in logs))
     finally:
         for p in procs:
             p.terminate()

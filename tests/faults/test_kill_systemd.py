@@ -2,10 +2,12 @@
 
 The node (tests/support/systemd_node.py) runs Debian's containerd.service under this machine's own
 systemd in namespaces. A kill can land before the config switch, between the switch and the
-restart (containerd still serves the old handlers), or while systemd restarts containerd. After
-each: containerd is active and parses its config, the config is the old or the new one, no
-partial release; the re-run converges, restarting containerd if it does not yet serve the
-handlers its config names; a second re-run restarts nothing (MainPID unchanged). CI runs a few
+restart (containerd still serves the old handlers), or while systemd restarts containerd. The
+whole process group dies (nsenter, nodeagent, its `config dump` or systemctl). After each:
+containerd is active and parses its config, the config is the old or the new one, state.json and
+its backups agree with it, no partial release; the re-run converges, restarting containerd if it does not yet serve the
+handlers its config names; a second re-run restarts nothing (MainPID unchanged); uninstall gives
+back the original bytes of every file under /etc/containerd. CI runs a few
 points; `scripts/faults` runs more (NODEAGENT_FAULTS_NODE_POINTS).
 """
 
@@ -15,12 +17,10 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from nodeagent.containerd.cri import cri_status
@@ -42,22 +42,20 @@ def nodeagent(node, *args):
 
 
 def killed_run(node, delay: float) -> bool:
-    """Start install in the node, SIGKILL its python process after `delay` s; True if it was killed."""
+    """Start install in the node, SIGKILL its whole process group after `delay` s (nodeagent and
+    what it runs: `config dump`, systemctl); True if it was still running then."""
     node.systemctl("reset-failed", "containerd.service", check=False)
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **ENV}
     launcher = subprocess.Popen(node.nsenter_argv([sys.executable, "-m", "nodeagent", *INSTALL]), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    killed = False
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        for child in psutil.Process(launcher.pid).children(recursive=True):
-            if "nodeagent" in " ".join(child.cmdline()):
-                os.kill(child.pid, signal.SIGKILL)
-                killed = True
-    except psutil.NoSuchProcess:
+        launcher.wait(delay)
+        return False
+    except subprocess.TimeoutExpired:
         pass
+    harness.kill_group(launcher.pid)  # nsenter, the nodeagent it forked, and their children
     launcher.wait(60)
-    return killed
+    return True
 
 
 def test_sigkill_during_install_with_real_restarts(clean_node):
@@ -65,12 +63,14 @@ def test_sigkill_during_install_with_real_restarts(clean_node):
     if not node.path(MIRROR).exists():
         shutil.copytree(default_mirror(), node.path(MIRROR))
     original = node.path(harness.CONFIG).read_bytes()
+    original_files = harness.containerd_files(node.root)
     try:
         start = time.perf_counter()
         assert nodeagent(node, *INSTALL).returncode == 0
         duration = time.perf_counter() - start
         ref = harness.Reference("kata", node.root, node.root, original, node.path(harness.CONFIG).read_bytes(),
-                                harness.release_trees(node.root))
+                                harness.release_trees(node.root), original_files=original_files,
+                                converged_files=harness.containerd_files(node.root))
         assert nodeagent(node, "uninstall", "--restart", "systemd").returncode == 0
         rng = random.Random(SEED)
         tally = harness.Tally()
@@ -91,7 +91,8 @@ def test_sigkill_during_install_with_real_restarts(clean_node):
                 problems.append(f"second re-run changed something or restarted containerd: {again.stdout[-300:]}")
             tally.add(harness.KillResult("install", "start", delay, killed, state, problems))
             assert nodeagent(node, "uninstall", "--restart", "systemd").returncode == 0
-            assert node.path(harness.CONFIG).read_bytes() == original
+            # the recovered node uninstalls back to the original bytes (config and every file beside it)
+            assert harness.containerd_files(node.root) == original_files
         harness.REPORTS.append(f"systemd node, seed={SEED}: {tally.summary()}")
         assert tally.killed >= POINTS // 2, tally.summary()
         assert not tally.corruptions, "\n".join(tally.corruptions)

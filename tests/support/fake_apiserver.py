@@ -238,8 +238,10 @@ def _subresource(path: str):
 class FakeApiServer:
     """Start with `with FakeApiServer(pki, tokens={"t"}) as api:`; `api.url` is the base URL."""
 
-    def __init__(self, pki: Pki, tokens: set[str] | None = None, client_cert_auth: bool = True):
+    def __init__(self, pki: Pki, tokens: set[str] | None = None, client_cert_auth: bool = True,
+                 netns: str | None = None):
         self.pki = pki
+        self.netns = netns  # listen on 127.0.0.1 of this network namespace (a node's) instead of ours
         self.tokens = set(tokens or ())
         self.client_cert_auth = client_cert_auth
         self.store = Store()
@@ -311,7 +313,12 @@ class FakeApiServer:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
-        self._httpd = Httpd(("127.0.0.1", 0), Handler)
+        if self.netns:
+            from tests.support.netns import in_netns
+
+            self._httpd = in_netns(self.netns, lambda: Httpd(("127.0.0.1", 0), Handler))
+        else:
+            self._httpd = Httpd(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
