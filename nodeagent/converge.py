@@ -174,10 +174,17 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
             log.info("removed temp files of an interrupted run", directory=directory, names=removed)
 
 
-def _build(settings: Settings, host: HostRoot):
-    from nodeagent.commands.install import build_plan, detect_facts, handler_specs, select_runtimes
+def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+    from nodeagent.detect import detect_host
 
-    facts = detect_facts(host, settings)
+    return detect_host(host, settings)
+
+
+def _build(settings: Settings, host: HostRoot):
+    """Observe, then plan: the facts, the config plan, and the runtimes/handlers it installs."""
+    from nodeagent.planning import build_plan, handler_specs, select_runtimes
+
+    facts = _detect(host, settings)
     plan, warnings = build_plan(settings, facts)
     runtimes, _ = select_runtimes(settings, facts) if plan is not None else ([], [])
     handlers = [s.name for s in handler_specs(settings, runtimes)] if runtimes else []
@@ -274,10 +281,8 @@ def uninstall(settings: Settings) -> Report:
     host = HostRoot(settings.root)
     runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
     with apply.lock(host):
-        from nodeagent.commands.install import detect_facts
-
         try:
-            facts = detect_facts(host, settings)
+            facts = _detect(host, settings)
         except NodeagentError:
             facts = {}
         _refuse_in_use(host, runtimes, settings.force)
