@@ -234,7 +234,7 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
     # an interrupted removal never leaves a dangling shim link (found by tests/faults)
     for link in reversed(list(install.desired_links(runtime, "x"))):
         real = host.path(link)
-        if real.is_symlink() and install._is_ours(runtime, link, os.readlink(real)):
+        if real.is_symlink() and install.is_ours(runtime, link, os.readlink(real)):
             remove_file(real)  # a read-only /usr/local/bin is a HostError with a hint, not a crash
             removed.append(link)
         back = install.restore_replaced(host, link)
