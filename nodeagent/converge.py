@@ -54,7 +54,6 @@ class Report:
     restarted: dict[str, Any] | None = None
     restart_pending: bool = False
     health: dict[str, Any] | None = None
-    verify: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     runtimes: list[str] = field(default_factory=list)
@@ -70,7 +69,7 @@ class Report:
             "handlers": self.handlers,
             "restart_pending": self.restart_pending,
         }
-        for key in ("restarted", "health", "verify"):
+        for key in ("restarted", "health"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.warnings:

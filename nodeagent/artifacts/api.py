@@ -61,15 +61,10 @@ class RemoveResult:
 
 
 def fetch_options(settings) -> FetchOptions:
-    """Network settings; NODEAGENT_DOWNLOAD_BACKOFF (seconds) shortens retry waits (tests, labs)."""
-    backoff = getattr(settings, "download_backoff", None)
-    if backoff is None:
-        try:
-            backoff = float(os.environ.get("NODEAGENT_DOWNLOAD_BACKOFF", "1.0"))
-        except ValueError:
-            backoff = 1.0
+    """Network settings (`download_backoff` is NODEAGENT_DOWNLOAD_BACKOFF through settings.load)."""
     cap = getattr(settings, "max_download_size", None)
-    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff,
+    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries),
+                        backoff=settings.download_backoff,
                         max_size=cap if cap and cap > 0 else None)
 
 
