@@ -174,6 +174,7 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
 
 
 def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+    """Observe: the host facts (imported on use, like the other steps, to keep startup light)."""
     from nodeagent.detect import detect_host
 
     return detect_host(host, settings)
