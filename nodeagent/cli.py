@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_from(ns: argparse.Namespace) -> settings_mod.Settings:
-    flags = {k: v for k, v in vars(ns).items() if k in settings_mod._FIELDS}
+    flags = {k: v for k, v in vars(ns).items() if k in settings_mod.FIELD_NAMES}
     flags["verbosity"] = (getattr(ns, "verbose", 0) or 0) - (getattr(ns, "quiet", 0) or 0)
     if flags["verbosity"] == 0:
         flags.pop("verbosity")

@@ -28,7 +28,7 @@ from nodeagent.containerd import apply
 from nodeagent.containerd.cri import socket_for
 from nodeagent.containerd.plan import FileChange
 from nodeagent.errors import ConfigError, NodeagentError
-from nodeagent.host import HostRoot
+from nodeagent.host import HostReadError, HostRoot
 from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -54,7 +54,6 @@ class Report:
     restarted: dict[str, Any] | None = None
     restart_pending: bool = False
     health: dict[str, Any] | None = None
-    verify: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     runtimes: list[str] = field(default_factory=list)
@@ -70,7 +69,7 @@ class Report:
             "handlers": self.handlers,
             "restart_pending": self.restart_pending,
         }
-        for key in ("restarted", "health", "verify"):
+        for key in ("restarted", "health"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.warnings:
@@ -174,10 +173,18 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
             log.info("removed temp files of an interrupted run", directory=directory, names=removed)
 
 
-def _build(settings: Settings, host: HostRoot):
-    from nodeagent.commands.install import build_plan, detect_facts, handler_specs, select_runtimes
+def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+    """Observe: the host facts (imported on use, like the other steps, to keep startup light)."""
+    from nodeagent.detect import usable_facts
 
-    facts = detect_facts(host, settings)
+    return usable_facts(host, settings)
+
+
+def _build(settings: Settings, host: HostRoot):
+    """Observe, then plan: the facts, the config plan, and the runtimes/handlers it installs."""
+    from nodeagent.planning import build_plan, handler_specs, select_runtimes
+
+    facts = _detect(host, settings)
     plan, warnings = build_plan(settings, facts)
     runtimes, _ = select_runtimes(settings, facts) if plan is not None else ([], [])
     handlers = [s.name for s in handler_specs(settings, runtimes)] if runtimes else []
@@ -274,12 +281,8 @@ def uninstall(settings: Settings) -> Report:
     host = HostRoot(settings.root)
     runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
     with apply.lock(host):
-        from nodeagent.commands.install import detect_facts
-
-        from nodeagent.host import HostReadError
-
         try:
-            facts = detect_facts(host, settings)
+            facts = _detect(host, settings)
         except HostReadError:
             raise  # out of fds/memory: removing on a host we cannot read is acting blind
         except NodeagentError:

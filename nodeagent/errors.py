@@ -54,10 +54,6 @@ class CommandFailed(NodeagentError):
         super().__init__(msg, hint)
 
 
-class NotImplementedYet(NodeagentError):
-    default_hint = "this command is not available in this version of nodeagent"
-
-
 class ConfigError(NodeagentError):
     """containerd configuration is unusable or would be made unusable."""
 

@@ -1,7 +1,6 @@
 """The only way nodeagent runs a subprocess.
 
-Errors carry the command, exit code and stderr (CommandFailed). Tests can set
-`FORBID` to make any unexpected subprocess an assertion error.
+Errors carry the command, exit code and stderr (CommandFailed).
 """
 
 from __future__ import annotations
@@ -15,9 +14,6 @@ import structlog
 from nodeagent.errors import CommandFailed
 
 log = structlog.get_logger(__name__)
-
-# Tests may set this to a callable(argv) -> None that raises for forbidden commands.
-FORBID = None
 
 NOBODY = 65534  # the overflow uid/gid: owns nothing on a node
 UNPRIVILEGED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -76,8 +72,6 @@ def run(
     if as_nobody:
         env = UNPRIVILEGED_ENV if env is None else env
         cwd = cwd or "/"
-    if FORBID is not None:
-        FORBID(argv)
     log.debug("run", argv=argv)
     try:
         proc = subprocess.run(

@@ -82,6 +82,7 @@ CHOICES = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+FIELD_NAMES = frozenset(_FIELDS)  # what the CLI may pass to load() as flags
 _TYPES = get_type_hints(Settings)
 
 

@@ -61,15 +61,10 @@ class RemoveResult:
 
 
 def fetch_options(settings) -> FetchOptions:
-    """Network settings; NODEAGENT_DOWNLOAD_BACKOFF (seconds) shortens retry waits (tests, labs)."""
-    backoff = getattr(settings, "download_backoff", None)
-    if backoff is None:
-        try:
-            backoff = float(os.environ.get("NODEAGENT_DOWNLOAD_BACKOFF", "1.0"))
-        except ValueError:
-            backoff = 1.0
+    """Network settings (`download_backoff` is NODEAGENT_DOWNLOAD_BACKOFF through settings.load)."""
     cap = getattr(settings, "max_download_size", None)
-    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries), backoff=backoff,
+    return FetchOptions(timeout=settings.download_timeout, retries=max(0, settings.download_retries),
+                        backoff=settings.download_backoff,
                         max_size=cap if cap and cap > 0 else None)
 
 
@@ -234,7 +229,7 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
     # an interrupted removal never leaves a dangling shim link (found by tests/faults)
     for link in reversed(list(install.desired_links(runtime, "x"))):
         real = host.path(link)
-        if real.is_symlink() and install._is_ours(runtime, link, os.readlink(real)):
+        if real.is_symlink() and install.is_ours(runtime, link, os.readlink(real)):
             remove_file(real)  # a read-only /usr/local/bin is a HostError with a hint, not a crash
             removed.append(link)
         back = install.restore_replaced(host, link)

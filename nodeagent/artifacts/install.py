@@ -52,7 +52,8 @@ def desired_links(runtime: str, dirname: str) -> dict[str, str]:
     return {KATA_LINK: base, f"/usr/local/bin/{catalog.KATA_SHIM}": KATA_SHIM_TARGET}
 
 
-def _is_ours(runtime: str, link: str, target: str) -> bool:
+def is_ours(runtime: str, link: str, target: str) -> bool:
+    """Whether a link at `link` pointing to `target` is one nodeagent made for `runtime`."""
     if target.startswith(runtime_dir(runtime) + "/"):
         return True
     return runtime == "kata" and link.endswith(catalog.KATA_SHIM) and target == KATA_SHIM_TARGET
@@ -65,7 +66,7 @@ def foreign_links(host: HostRoot, runtime: str) -> list[str]:
         real = host.path(link)
         if not os.path.lexists(real):
             continue
-        if real.is_symlink() and _is_ours(runtime, link, os.readlink(real)):
+        if real.is_symlink() and is_ours(runtime, link, os.readlink(real)):
             continue
         out.append(link)
     return out

@@ -220,10 +220,7 @@ def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord,
     """Planner path for a file the operator changed after us: take out only our handlers."""
     if record.role == "template":
         for name in sorted(names):
-            for version in (1, 2, 3):
-                for block in edit._our_block_candidates(text, version, name, style):
-                    if block in text:
-                        text = edit._cut_block(text, block)
+            text = edit.remove_our_blocks(text, name, style)
         return text
     version = model.config_version(edit.parse(text, record.path).get("version"))
     for name in sorted(names):

@@ -475,22 +475,3 @@ def cri_status(socket: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 5.0)
     """One CRI status probe of the containerd behind `socket` (see CriStatus)."""
     with CriClient(socket, timeout) as client:
         return client.status()
-
-
-# One-call helpers (a client per call) for callers that need a single operation.
-
-
-def run_pod_sandbox(socket: str | os.PathLike, handler: str, name: str = "verify", **kwargs: Any) -> Pod:
-    """RunPodSandbox with `handler` on the host network; see CriClient.run_pod."""
-    with CriClient(socket) as client:
-        return client.run_pod(handler, name, **kwargs)
-
-
-def stop_pod_sandbox(socket: str | os.PathLike, pod_id: str) -> None:
-    with CriClient(socket) as client:
-        client.stop_pod(pod_id)
-
-
-def remove_pod_sandbox(socket: str | os.PathLike, pod_id: str) -> None:
-    with CriClient(socket) as client:
-        client.remove_pod(pod_id)

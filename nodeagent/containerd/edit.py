@@ -248,6 +248,18 @@ def _cut_block(text: str, block: str) -> str:
     return before + after
 
 
+def remove_our_blocks(text: str, name: str, style: TextStyle) -> str:
+    """Cut the exact blocks we would have appended for handler `name`, in any config version.
+
+    For files TOML cannot read as they are (a k3s/rke2 Go template): only our own bytes go.
+    """
+    for version in (1, 2, 3):
+        for block in _our_block_candidates(text, version, name, style):
+            if block in text:
+                text = _cut_block(text, block)
+    return text
+
+
 # -- imports ---------------------------------------------------------------------------------------
 # Edited as text, not with tomlkit: tomlkit refuses some valid files (it reports a duplicate key
 # for a sub-table declared after an unrelated table that shares a prefix), and only the one

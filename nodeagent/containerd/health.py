@@ -57,14 +57,6 @@ def judge(status: CriStatus, expected_handlers: Iterable[str]) -> tuple[bool, st
     return True, None, []
 
 
-def check_health(socket: str, expected_handlers: Iterable[str] = (), timeout: float = 5.0) -> HealthReport:
-    """One probe, no waiting."""
-    start = time.monotonic()
-    status = cri_status(socket, timeout=timeout)
-    healthy, reason, missing = judge(status, expected_handlers)
-    return HealthReport(healthy, reason, time.monotonic() - start, 1, status, missing)
-
-
 def wait_healthy(socket: str, expected_handlers: Iterable[str] = (), timeout: float = 60.0,
                  interval: float = 0.1) -> HealthReport:
     """Poll until healthy or `timeout` seconds pass; the report carries the last reason.

@@ -22,8 +22,6 @@ from nodeagent.containerd import model
 from nodeagent.containerd.imports import LoadedFile, load_chain
 from nodeagent.host import HostRoot
 
-V2_CRI = model.cri_runtime_plugin(2)
-V3_CRI = model.cri_runtime_plugin(3)
 
 
 def containerd_major(containerd_version: str | None, main_version: int) -> int:

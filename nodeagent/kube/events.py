@@ -20,20 +20,11 @@ log = structlog.get_logger(__name__)
 
 EVENT_NAMESPACE = "default"
 COMPONENT = "nodeagent"
-# reason -> type; reasons are CamelCase like Kubernetes' own
-REASONS = {
-    "SandboxRuntimeInstalled": "Normal",
-    "SandboxRuntimeRemoved": "Normal",
-    "ContainerdRestarted": "Normal",
-    "ContainerdConfigRolledBack": "Warning",
-    "SandboxRuntimeFailed": "Warning",
-    "DriftRepaired": "Normal",
-}
 
 
-def node_event(node: str, reason: str, message: str, *, event_type: str | None = None,
+def node_event(node: str, reason: str, message: str, *, event_type: str = "Normal",
                now: float | None = None) -> dict[str, Any]:
-    """A core/v1 Event about the Node."""
+    """A core/v1 Event about the Node; `reason` is CamelCase like Kubernetes' own."""
     stamp = time.time() if now is None else now
     second = microtime(stamp)[:19] + "Z"  # firstTimestamp/lastTimestamp are whole-second Times
     return {
@@ -43,7 +34,7 @@ def node_event(node: str, reason: str, message: str, *, event_type: str | None =
         "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
         "reason": reason,
         "message": message[:1024],
-        "type": event_type or REASONS.get(reason, "Normal"),
+        "type": event_type,
         "source": {"component": COMPONENT, "host": node},
         "reportingComponent": COMPONENT,
         "reportingInstance": node,
@@ -53,7 +44,7 @@ def node_event(node: str, reason: str, message: str, *, event_type: str | None =
     }
 
 
-def record(api: KubeClient, node: str, reason: str, message: str, *, event_type: str | None = None) -> dict[str, Any] | None:
+def record(api: KubeClient, node: str, reason: str, message: str, *, event_type: str = "Normal") -> dict[str, Any] | None:
     """Post an Event; returns the created object, or None if it could not be recorded."""
     try:
         return api.create(f"/api/v1/namespaces/{EVENT_NAMESPACE}/events",

@@ -157,7 +157,3 @@ def handler_mismatches(api: KubeClient, registered_handlers: Iterable[str],
         if handler not in registered:
             found.append({"name": (obj.get("metadata") or {}).get("name"), "handler": handler, "selects_node": selects})
     return found
-
-
-# Name the doctor brief asked for.
-runtimeclass_handler_mismatches = handler_mismatches

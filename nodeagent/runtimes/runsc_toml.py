@@ -72,15 +72,3 @@ def _key_indent(text: str) -> int:
     """Spaces before the first key of [runsc_config] (0 when it has none)."""
     match = re.search(r"^[ \t]*\[runsc_config\][^\n]*\n(?:[ \t]*(?:#[^\n]*)?\n)*( *)[A-Za-z0-9_\"'-]", text, re.M)
     return len(match.group(1)) if match else 0
-
-
-def current_keys(raw: bytes | None) -> dict[str, Any]:
-    """`[runsc_config]` of a runsc.toml as plain values ({} when absent or unreadable)."""
-    if raw is None:
-        return {}
-    try:
-        data = edit.parse(edit.decode(raw, "runsc.toml")[0], "runsc.toml")
-    except ConfigError:
-        return {}
-    table = data.get("runsc_config")
-    return dict(table) if isinstance(table, dict) else {}

@@ -59,6 +59,8 @@ def root(tmp_path) -> Path:
 
 
 def settings(root: Path, mirror: str, **kw) -> Settings:
+    # Settings built directly do not read NODEAGENT_DOWNLOAD_BACKOFF (settings.load does): set it here
+    kw.setdefault("download_backoff", 0.01)
     return Settings(root=str(root), mirror=mirror, download_retries=kw.pop("retries", 3), **kw)
 
 

@@ -173,16 +173,19 @@ def test_wait_healthy_waits_for_a_daemon_that_comes_up_late(containerd_factory):
     assert report.attempts > 1 and report.elapsed >= 0.3
 
 
-def test_one_call_helpers_and_ensure_healthy(containerd_factory):
+def test_pod_lifecycle_and_ensure_healthy(containerd_factory):
     daemon = containerd_factory("1.6")
     import_test_images(daemon)
     assert health.ensure_healthy(str(daemon.socket), ["runc"], timeout=5).healthy
     with pytest.raises(health.Unhealthy) as err:
         health.ensure_healthy(str(daemon.socket), ["kata"], timeout=0.3)
     assert "kata" in err.value.message and err.value.hint
-    pod = cri.run_pod_sandbox(daemon.socket, "runc", name="helpers")
+    with cri.CriClient(daemon.socket) as client:  # a client per call, as the one-call helpers did
+        pod = client.run_pod("runc", "helpers")
     assert cri.cri_status(daemon.socket).ok
-    cri.stop_pod_sandbox(daemon.socket, pod.id)
-    cri.remove_pod_sandbox(daemon.socket, pod.id)
+    with cri.CriClient(daemon.socket) as client:
+        client.stop_pod(pod.id)
+    with cri.CriClient(daemon.socket) as client:
+        client.remove_pod(pod.id)
     with cri.CriClient(daemon.socket) as client:
         assert client.list_pods() == []

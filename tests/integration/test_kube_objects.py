@@ -237,7 +237,8 @@ def test_doctor_check_without_credentials_skips(monkeypatch):
 
 
 def test_node_events(apiserver, api):  # noqa: F811
-    created = events.record(api, "node-a", "ContainerdConfigRolledBack", "CRI did not serve runsc; restored config")
+    created = events.record(api, "node-a", "ContainerdConfigRolledBack", "CRI did not serve runsc; restored config",
+                            event_type="Warning")
     assert created["metadata"]["name"].startswith("node-a.nodeagent.")
     stored = apiserver.object("/api/v1/namespaces/default/events/" + created["metadata"]["name"])
     assert stored["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "node-a", "uid": "node-a"}

@@ -143,13 +143,17 @@ def have_containerd(series: str) -> bool:
     return BINARIES[series].is_file()
 
 
-def config_command(verb: str, root: Path, **settings):
-    """Run the config-only command layer (nodeagent.commands.install) in-process, with real detection.
+def converge_command(verb: str, root: Path, **settings):
+    """Run the real pipeline (nodeagent.converge) in-process on a fake root, with real detection.
 
-    The CLI's install/uninstall also fetch artifacts and restart containerd (nodeagent.converge);
-    these tests are about the config part, so they call it directly. Returns the command's Result.
+    Artifacts come from the suite's default mirror (a local directory); `--restart none` and no
+    containerd running in the fake root, so the config change is written and no restart is tried.
+    Returns converge's Report; refusals raise the NodeagentError the CLI would print.
     """
-    from nodeagent.commands import install as commands
+    from nodeagent import converge
     from nodeagent.settings import Settings
+    from tests.support.mirror import default_mirror
 
-    return getattr(commands, verb)(Settings(root=str(root), **settings))
+    settings.setdefault("mirror", str(default_mirror()))
+    settings.setdefault("restart", "none")
+    return getattr(converge, verb)(Settings(root=str(root), **settings))

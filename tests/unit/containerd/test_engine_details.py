@@ -240,7 +240,7 @@ def test_rollback_install_restores_files_and_state(tmp_path):
 
 
 def test_extra_kata_handlers_from_settings(tmp_path):
-    from nodeagent.commands.install import handler_specs
+    from nodeagent.planning import handler_specs
     from nodeagent.settings import Settings
 
     specs = handler_specs(Settings(kata_extra_handlers=["kata-qemu", "kata-fc"]), ["kata"])

@@ -1,0 +1,72 @@
+"""Plan: from detected facts and settings to what an install would change (writes nothing).
+
+The middle step of observe -> plan -> apply: `detect/` observes the host, this module picks
+the runtimes the contract's eligibility rules allow, their containerd handler tables, and asks
+`containerd.plan` for the file changes; `converge` applies the result. It sits below the CLI
+(`commands/`) so the pipeline never calls back up into a command.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodeagent.containerd import model
+from nodeagent.containerd.plan import Plan, plan_install
+from nodeagent.errors import ConfigError, UsageError
+from nodeagent.host import HostRoot
+from nodeagent.settings import Settings
+
+RUNTIMES = ("gvisor", "kata")
+
+
+def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.HandlerSpec]:
+    """The handler tables for the chosen runtimes, with the configured names."""
+    try:
+        specs = []
+        if "gvisor" in runtimes:
+            specs.append(model.gvisor_handler(settings.gvisor_handler))
+        if "kata" in runtimes:
+            specs.append(model.kata_handler(settings.kata_handler))
+            specs += [model.kata_hypervisor_handler(name) for name in settings.kata_extra_handlers]
+    except UsageError as exc:  # a bad name from the settings file/env is bad input, not bad usage
+        raise ConfigError(exc.message, exc.hint) from None
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"handler names must differ, got {names}", "set distinct gvisor_handler / kata_handler names")
+    return specs
+
+
+def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Runtimes to install and warnings, applying the eligibility rules of the contract."""
+    wanted = list(RUNTIMES) if settings.runtime == "all" else [settings.runtime]
+    if settings.skip_eligibility:
+        return wanted, []
+    chosen, warnings = [], []
+    for runtime in wanted:
+        verdict = (facts.get("runtimes") or {}).get(runtime) or {}
+        if verdict.get("eligible"):
+            chosen.append(runtime)
+            continue
+        reasons = "; ".join(verdict.get("reasons") or ["no detection result"])
+        if settings.runtime != "all":
+            raise ConfigError(f"{runtime} cannot run on this host: {reasons}",
+                              "fix the reasons above, or pass --skip-eligibility to install anyway (image baking)")
+        warnings.append(f"skipping {runtime}: {reasons}")
+    return chosen, warnings
+
+
+def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, list[str]]:
+    """The config plan for these facts (files are read, none written); None when nothing is eligible."""
+    host = HostRoot(settings.root)
+    runtimes, warnings = select_runtimes(settings, facts)
+    if not runtimes:
+        return None, warnings
+    specs = handler_specs(settings, runtimes)
+    cfacts = facts.get("containerd") or {}
+    config_path = settings.containerd_config or cfacts.get("config_path")
+    if not config_path and not cfacts.get("found", True):
+        raise ConfigError("no containerd configuration found on this host",
+                          "install containerd first, or pass --containerd-config PATH")
+    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force,
+                        gvisor_platform=settings.gvisor_platform)
+    return plan, warnings

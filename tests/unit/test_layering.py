@@ -1,0 +1,117 @@
+"""The package's layering, read from the source with `ast` (issue 12, scope 1).
+
+Two rules a reader of observe -> plan -> apply relies on:
+- only the CLI layer (`nodeagent/commands/`, `nodeagent/cli.py`) imports `nodeagent.commands`;
+  everything below it must work without the CLI;
+- no module reaches into another nodeagent module's `_private` names: what a caller needs is
+  that module's public verb.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "nodeagent"
+CLI_LAYER = ("commands/", "cli.py")
+
+
+def _sources() -> list[tuple[str, ast.Module]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        out.append((rel, ast.parse(path.read_text(), filename=str(path))))
+    return out
+
+
+def _module_of(rel: str) -> str:
+    parts = ["nodeagent", *rel[: -len(".py")].split("/")]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _absolute(rel: str, node: ast.ImportFrom) -> str:
+    """The absolute module an ImportFrom names (relative imports resolved against `rel`)."""
+    if not node.level:
+        return node.module or ""
+    package = _module_of(rel).split(".")
+    if not rel.endswith("__init__.py"):
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _is_nodeagent_module(dotted: str) -> bool:
+    if not dotted.startswith("nodeagent"):
+        return False
+    path = PACKAGE.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _imported(rel: str, tree: ast.Module) -> list[tuple[int, str, str | None]]:
+    """(line, module imported, local name bound to that module or None) for every import."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                local = alias.asname or (alias.name if "." not in alias.name else None)
+                out.append((node.lineno, alias.name, local))
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(rel, node)
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if _is_nodeagent_module(full):  # `from nodeagent.x import module`
+                    out.append((node.lineno, full, alias.asname or alias.name))
+                else:  # `from nodeagent.x import name`: the module imported is nodeagent.x
+                    out.append((node.lineno, base, None))
+    return out
+
+
+def commands_imports_below_cli(sources: list[tuple[str, ast.Module]] | None = None) -> list[str]:
+    bad = []
+    for rel, tree in _sources() if sources is None else sources:
+        if rel.startswith(CLI_LAYER):
+            continue
+        for line, module, _ in _imported(rel, tree):
+            if module == "nodeagent.commands" or module.startswith("nodeagent.commands."):
+                bad.append(f"nodeagent/{rel}:{line} imports {module}")
+    return sorted(set(bad))
+
+
+def private_reaches(sources: list[tuple[str, ast.Module]] | None = None) -> list[str]:
+    bad = []
+    for rel, tree in _sources() if sources is None else sources:
+        own = _module_of(rel)
+        modules = {local: module for _, module, local in _imported(rel, tree)
+                   if local and _is_nodeagent_module(module) and module != own}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and _absolute(rel, node).startswith("nodeagent"):
+                bad += [f"nodeagent/{rel}:{node.lineno} imports {_absolute(rel, node)}.{a.name}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+            if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)):
+                continue
+            name = node.attr
+            if node.value.id in modules and name.startswith("_") and not name.startswith("__"):
+                bad.append(f"nodeagent/{rel}:{node.lineno} uses {modules[node.value.id]}.{name}")
+    return bad
+
+
+def test_nothing_below_the_cli_imports_commands():
+    assert commands_imports_below_cli() == []
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    assert private_reaches() == []
+
+
+def test_the_checks_find_what_they_look_for():
+    """Guards both rules against an ast walk that silently finds nothing (the old code's cases)."""
+    source = ("from nodeagent.containerd import edit\nfrom nodeagent import settings as s\n"
+              "from nodeagent.settings import _FIELDS\nedit._cut_block\ns._FIELDS\nedit.parse\n"
+              "def f():\n    from ..commands.install import build_plan\n")
+    sources = [("containerd/apply.py", ast.parse(source)), ("commands/converge.py", ast.parse(source))]
+    assert private_reaches(sources[:1]) == [
+        "nodeagent/containerd/apply.py:3 imports nodeagent.settings._FIELDS",
+        "nodeagent/containerd/apply.py:4 uses nodeagent.containerd.edit._cut_block",
+        "nodeagent/containerd/apply.py:5 uses nodeagent.settings._FIELDS",
+    ]
+    assert commands_imports_below_cli(sources) == ["nodeagent/containerd/apply.py:8 imports nodeagent.commands.install"]
