@@ -41,6 +41,8 @@ HELP: dict[str, str] = {
     "download_timeout": "seconds to wait for a connection or for more data before a download attempt fails",
     "download_retries": "retries of a failed download",
     "download_backoff": "pause before the first download retry in seconds; doubles per retry",
+    "max_download_size": "largest artifact a download may be, in bytes (default 2 GiB; 0: no cap)",
+    "pins": "file of `<hex>  <mirror path>` digests that win over a mirror's checksum files",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",
