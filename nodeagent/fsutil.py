@@ -208,7 +208,7 @@ class RunLock:
 
     def __enter__(self) -> "RunLock":
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)  # 0755 whatever the umask
         except OSError as exc:
             raise _explain(exc, self.path, "opening lock") from exc
         for _ in range(self.ATTEMPTS):
@@ -234,7 +234,7 @@ class RunLock:
         taking the lock: the units run this as root before their sandbox makes /run read-only."""
         lock = cls(path)
         try:
-            lock.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(lock.path.parent)
         except OSError as exc:
             raise _explain(exc, lock.path, "opening lock") from exc
         fd, _ = lock._open_sound()
