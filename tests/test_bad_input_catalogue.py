@@ -24,7 +24,7 @@ from tests.fixtures.artifacts import mirror as M
 from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' hostile members
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
-from tests.support.http_server import LoopbackServer, make_tls
+from tests.support.http_server import LoopbackServer, make_tls, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import have_containerd
 
@@ -199,8 +199,16 @@ GVISOR_INSTALL = ["install", "--runtime", "gvisor", "--gvisor-version", ARTIFACT
 FAST_HTTP = {"NODEAGENT_DOWNLOAD_BACKOFF": "0.01", "NODEAGENT_DOWNLOAD_RETRIES": "2", "NO_PROXY": "127.0.0.1,localhost"}
 
 
+def https_mirror(directory: Path) -> LoopbackServer:
+    """The mirror over https with the suite's throwaway CA: a plain http mirror is refused for
+    anything no pin covers (INTERFACE.md "Pins") before the failure a case means to reach."""
+    return LoopbackServer(directory, tls=shared_tls())
+
+
 def refused_from(template: Path, tmp_path: Path, srv_url: str, args: list[str], env: dict | None = None) -> str:
-    return refused(template, tmp_path, [*args, "--mirror", srv_url], allowed=LOCK_TRACE, env={**FAST_HTTP, **(env or {})})
+    trust = {"REQUESTS_CA_BUNDLE": str(shared_tls().ca)}
+    return refused(template, tmp_path, [*args, "--mirror", srv_url], allowed=LOCK_TRACE,
+                   env={**FAST_HTTP, **trust, **(env or {})})
 
 
 @pytest.mark.parametrize("case", sorted(ARTIFACTS.HOSTILE))
@@ -208,7 +216,7 @@ def test_install_hostile_gvisor_member(template, tmp_path, case):
     mirror = tmp_path / "mirror"
     M.gvisor_tarball_release(mirror, ARTIFACTS.V, [ARTIFACTS.SMALL_GVISOR[0], ARTIFACTS.HOSTILE[case],
                                                    ARTIFACTS.SMALL_GVISOR[1]])
-    with LoopbackServer(mirror) as srv:
+    with https_mirror(mirror) as srv:
         message = refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
     assert message.startswith("refusing gvisor.tar.bz2:")
 
@@ -216,7 +224,7 @@ def test_install_hostile_gvisor_member(template, tmp_path, case):
 def test_install_hostile_kata_member(template, tmp_path):
     mirror = tmp_path / "mirror"
     M.kata_release(mirror, "3.11.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
-    with LoopbackServer(mirror) as srv:
+    with https_mirror(mirror) as srv:
         assert "points outside the archive" in refused_from(template, tmp_path, srv.url, INSTALL)
 
 
@@ -225,7 +233,7 @@ def test_install_non_tarball(template, tmp_path):
     d.mkdir(parents=True)
     (d / "gvisor.tar.bz2").write_text("<html><body>Access denied by proxy</body></html>\n")
     M.write_digest(d / "gvisor.tar.bz2", "sha512")
-    with LoopbackServer(tmp_path / "mirror") as srv:
+    with https_mirror(tmp_path / "mirror") as srv:
         assert "not a readable tar archive" in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
 
 
@@ -235,7 +243,7 @@ def test_install_non_tarball(template, tmp_path):
 ], ids=["http-500-after-retries", "http-truncated-body"])
 def test_install_download_fails(template, tmp_path, fault, expect):
     M.gvisor_tarball_release(tmp_path / "mirror", ARTIFACTS.V, ARTIFACTS.SMALL_GVISOR)
-    with LoopbackServer(tmp_path / "mirror") as srv:
+    with https_mirror(tmp_path / "mirror") as srv:
         srv.fault(f"{ARTIFACTS.GDIR}/gvisor.tar.bz2", **fault)
         srv.range_support = False
         assert expect in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
@@ -243,7 +251,7 @@ def test_install_download_fails(template, tmp_path, fault, expect):
 
 def test_install_http_404(template, tmp_path):
     (tmp_path / "mirror").mkdir()
-    with LoopbackServer(tmp_path / "mirror") as srv:
+    with https_mirror(tmp_path / "mirror") as srv:
         message = refused_from(template, tmp_path, srv.url, [*GVISOR_INSTALL, "--gvisor-version", "20991231.0"])
     assert "no gVisor release 20991231.0 for x86_64" in message
 
@@ -251,7 +259,7 @@ def test_install_http_404(template, tmp_path):
 def test_install_wrong_digest(template, tmp_path):
     M.gvisor_tarball_release(tmp_path / "mirror", ARTIFACTS.V, ARTIFACTS.SMALL_GVISOR)
     (tmp_path / "mirror" / ARTIFACTS.GDIR / "gvisor.tar.bz2.sha512").write_text("ab" * 64 + "  gvisor.tar.bz2\n")
-    with LoopbackServer(tmp_path / "mirror") as srv:
+    with https_mirror(tmp_path / "mirror") as srv:
         assert "digest mismatch" in refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
 
 
