@@ -35,10 +35,17 @@ def is_bad_input_test(func) -> bool:
         return _cache[func]
     text = _source(func)
     module = inspect.getmodule(func)
-    for name, helper in vars(module).items() if module else ():
-        if inspect.isfunction(helper) and helper is not func and helper.__module__ == module.__name__ \
-                and re.search(rf"\b{re.escape(name)}\(", text):
-            text += _source(helper)
+    helpers = {name: h for name, h in (vars(module).items() if module else ())
+               if inspect.isfunction(h) and h is not func and h.__module__ == module.__name__}
+    seen: set[str] = set()
+    grew = True
+    while grew:  # helpers of helpers too (e.g. refused() asserting through changes())
+        grew = False
+        for name, helper in helpers.items():
+            if name not in seen and re.search(rf"\b{re.escape(name)}\(", text):
+                seen.add(name)
+                text += _source(helper)
+                grew = True
     _cache[func] = _CONTRACT in text and any(u in text for u in _UNCHANGED)
     return _cache[func]
 
