@@ -140,7 +140,9 @@ def process_verdict(host: HostRoot, proc: HostProcess) -> Verdict:
     if uids != (0, 0):
         return Verdict(False, f"runs as uid {uids[0]} (effective {uids[1]}), not root")
     exe = executable_path(proc)
-    if exe is None or not exe.startswith("/"):
+    if exe is None:
+        return _verdict_without_exe(host, proc)
+    if not exe.startswith("/"):
         return Verdict(False, "its executable cannot be read")
     try:
         st = os.stat(f"{proc.proc_dir}/exe")
@@ -152,6 +154,28 @@ def process_verdict(host: HostRoot, proc: HostProcess) -> Verdict:
     if not verdict.trusted:
         return verdict
     return path_verdict(host, posixpath.dirname(exe))
+
+
+def _verdict_without_exe(host: HostRoot, proc: HostProcess) -> Verdict:
+    """A root process whose /proc/<pid>/exe the kernel will not show us.
+
+    Surprise: root without CAP_SYS_PTRACE (nodeagent's own systemd unit drops it) may not read
+    /proc/<pid>/exe of a root process holding capabilities it lacks, such as containerd (ptrace
+    access mode READ_FSCREDS, see proc(5) and ptrace(2)); nor may a non-root caller. The process
+    runs with real and effective uid 0 (checked before), so root started it and its argv[0] is
+    root's word for the binary: judge that path, if absolute. A process that is merely gone, or
+    named by a relative argv[0], stays untrusted.
+    """
+    try:
+        os.readlink(f"{proc.proc_dir}/exe")
+    except PermissionError:
+        argv0 = proc.cmdline[0] if proc.cmdline else ""
+        if argv0.startswith("/"):
+            return path_verdict(host, argv0)
+        return Verdict(False, "its executable cannot be read (no CAP_SYS_PTRACE) and its argv[0] is no absolute path")
+    except OSError:
+        pass
+    return Verdict(False, "its executable cannot be read")
 
 
 def _user_name(host: HostRoot, uid: int) -> str:

@@ -99,3 +99,50 @@ def test_unit_of_reads_the_cgroup(tmp_path, line, unit):
     (tmp_path / "cgroup").write_text(line + "\n")
     proc = HostProcess(1, "containerd", "/usr/bin/containerd", proc_dir=str(tmp_path))
     assert trust.unit_of(proc, ("containerd.service", "k3s.service")) == unit
+
+
+_VERDICT_WITHOUT_PTRACE = """\
+import json, sys
+from nodeagent.detect import procs, trust
+from nodeagent.host import HostRoot
+pid, root = int(sys.argv[1]), sys.argv[2]
+(proc,) = [p for p in procs.find(HostRoot("/"), ("containerd",)) if p.pid == pid]
+verdict = trust.process_verdict(HostRoot(root), proc)
+print(json.dumps({"exe": proc.exe, "trusted": verdict.trusted, "reason": verdict.reason}))
+"""
+
+
+def _verdict_as_root_without_ptrace(root: Path, argv0: str) -> dict:
+    """process_verdict for a real root process with full capabilities (a copy of sleep named
+    containerd, started as `argv0`), judged by root without CAP_SYS_PTRACE, as in nodeagent's
+    systemd unit: the kernel refuses it /proc/<pid>/exe."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy2("/bin/sleep", root / "usr/bin/containerd")
+    daemon = subprocess.Popen([argv0, "60"], executable=str(root / "usr/bin/containerd"))
+    try:
+        out = subprocess.run(
+            ["setpriv", "--bounding-set", "-sys_ptrace", "--inh-caps", "-all", "--",
+             sys.executable, "-c", _VERDICT_WITHOUT_PTRACE, str(daemon.pid), str(root)],
+            check=True, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    finally:
+        daemon.kill()
+        daemon.wait()
+    return json.loads(out.stdout)
+
+
+def test_root_without_ptrace_judges_a_root_process_by_its_absolute_argv0(root):
+    seen = _verdict_as_root_without_ptrace(root, "/usr/bin/containerd")
+    assert seen == {"exe": None, "trusted": True, "reason": None}  # exe hidden, still believed
+    (root / "usr/bin").chmod(0o777)
+    assert _verdict_as_root_without_ptrace(root, "/usr/bin/containerd")["reason"] == \
+        "/usr/bin is writable by group or others (mode 0o777)"
+
+
+def test_root_without_ptrace_does_not_believe_a_relative_argv0(root):
+    seen = _verdict_as_root_without_ptrace(root, "containerd")
+    assert seen["reason"] == "its executable cannot be read (no CAP_SYS_PTRACE) and its argv[0] is no absolute path"
