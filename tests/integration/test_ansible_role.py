@@ -106,7 +106,9 @@ class Play:
                "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_LOCAL_TEMP": "/tmp/ansible-local",
                "ANSIBLE_REMOTE_TEMP": "/tmp/ansible-remote", "PYTHONUNBUFFERED": "1", "ANSIBLE_PIPELINING": "1",
                "PIP_CONFIG_FILE": "/dev/null"}
-        return self.node.run(argv, check=False, timeout=600, env=env)
+        # only what the role installed: with this checkout on PYTHONPATH, the role's pip would take
+        # the checkout's nodeagent.egg-info for an installed nodeagent and skip it (no console script)
+        return self.node.run(argv, check=False, timeout=600, env=env, import_checkout=False)
 
 
 def recap(proc: subprocess.CompletedProcess) -> dict[str, int]:

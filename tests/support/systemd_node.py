@@ -323,13 +323,20 @@ class SystemdNode:
         return ["nsenter", "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "--", *argv]
 
     def run(self, argv: list[str], *, check: bool = True, timeout: float = 60, input: str | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        """Run a command inside the node (all its namespaces)."""
+            env: dict[str, str] | None = None, import_checkout: bool = True) -> subprocess.CompletedProcess:
+        """Run a command inside the node (all its namespaces).
+
+        import_checkout=False leaves PYTHONPATH unset, for commands that must see only what is
+        installed in the node (a venv's pip and console script, as on a managed host).
+        """
         full_env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0",
-                    # nsenter -m starts in the node's /, where `python -m nodeagent` would import the
-                    # package pip installed (maybe another checkout), not this one
-                    "PYTHONPATH": str(REPO)}
+                    "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+        if import_checkout:
+            # nsenter -m starts in the node's /, where `python -m nodeagent` would import the
+            # package pip installed (maybe another checkout), not this one. Surprise: the checkout
+            # on PYTHONPATH also carries its nodeagent.egg-info (scripts/setup-test-env does
+            # `pip install -e`), so any pip in the node then thinks nodeagent is installed.
+            full_env["PYTHONPATH"] = str(REPO)
         full_env.update(env or {})
         proc = subprocess.run(self.nsenter_argv(argv), capture_output=True, text=True, timeout=timeout,
                               input=input, env=full_env)
