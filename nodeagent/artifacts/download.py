@@ -436,8 +436,3 @@ def _reason(exc: BaseException) -> str:
         if any(n in text for n in needles):
             return meaning
     return text.splitlines()[0][:200]
-
-
-def copy_verified(src: Path, dest: Path, digest: Digest) -> None:
-    """Copy a cached file to `dest` via `<dest>.partial`, verifying it again on the way."""
-    Fetcher().fetch(Location(path=src), dest, digest)
