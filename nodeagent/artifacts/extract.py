@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from nodeagent.artifacts.prefetch import Prefetch
 from nodeagent.errors import ArtifactError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -57,21 +58,28 @@ def open_stream(path: Path, label: str | None = None) -> Iterator[tarfile.TarFil
     with open(path, "rb") as fh:
         head = fh.read(4)
         fh.seek(0)
+        ahead = None
         try:
             if head == ZSTD_MAGIC:
                 import zstandard
 
-                reader = zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK)
-                tf = tarfile.open(fileobj=reader, mode="r|")
+                ahead = Prefetch(zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK))
+                tf = tarfile.open(fileobj=ahead, mode="r|")
             else:
                 tf = tarfile.open(fileobj=fh, mode="r|*")
         except tarfile.ReadError as exc:
+            if ahead is not None:
+                ahead.close()
             raise ArtifactError(
                 f"{label or path.name} is not a readable tar archive ({exc})",
                 "the download is not a release tarball; check the mirror serves the right file",
             ) from None
-        with tf:
-            yield tf
+        try:
+            with tf:
+                yield tf
+        finally:
+            if ahead is not None:
+                ahead.close()
 
 
 class _Checker:
