@@ -20,6 +20,7 @@ import structlog
 
 from nodeagent import __version__
 from nodeagent.artifacts.digest import Digest, hash_file_into
+from nodeagent.artifacts.place import copy_then_hash
 from nodeagent.artifacts.progress import ProgressFn
 from nodeagent.artifacts.sources import Location
 from nodeagent.errors import ArtifactError, HostError
@@ -145,20 +146,8 @@ class Fetcher:
         except OSError as exc:
             raise ArtifactError(f"cannot read {loc.path}: {exc.strerror}", "check the mirror directory") from None
         hasher = digest.hasher()
-        total = os.fstat(src.fileno()).st_size
-        done = 0
-        with src, open(partial, "wb") as out:
-            while True:
-                block = src.read(CHUNK)
-                if not block:
-                    break
-                hasher.update(block)
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
+        with src:
+            done = copy_then_hash(src, partial, hasher, progress)  # no byte through Python on the way in
         _check_digest(hasher.hexdigest(), digest, loc)
         return done
 

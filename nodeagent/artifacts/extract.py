@@ -64,7 +64,8 @@ def open_stream(path: Path, label: str | None = None) -> Iterator[tarfile.TarFil
                 import zstandard
 
                 ahead = Prefetch(zstandard.ZstdDecompressor().stream_reader(fh, read_size=CHUNK))
-                tf = tarfile.open(fileobj=ahead, mode="r|")
+                # bufsize: tarfile reads its stream in 10 KiB records by default and joins them per read
+                tf = tarfile.open(fileobj=ahead, mode="r|", bufsize=CHUNK)
             else:
                 tf = tarfile.open(fileobj=fh, mode="r|*")
         except tarfile.ReadError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 # link(2) refuses across file systems (EXDEV), on file systems without hard links (EPERM,
 # EOPNOTSUPP) and under protected_hardlinks for files we do not own (EPERM).
@@ -33,22 +34,50 @@ def kernel_copy(src: Path, dest: Path) -> None:
     """Copy with copy_file_range (in-kernel; reflinks on btrfs/xfs), keeping the mode; fsynced."""
     with open(src, "rb") as fin, open(dest, "xb") as fout:
         st = os.fstat(fin.fileno())
-        left, copy = st.st_size, _copy_file_range
-        while left > 0:
-            try:
-                n = copy(fin.fileno(), fout.fileno(), min(left, 1 << 30))
-            except OSError as exc:
-                # Linux >= 5.19 refuses copy_file_range between file systems of different types
-                # (EXDEV); old kernels and some file systems lack it: sendfile works on any file.
-                if copy is _sendfile or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                copy = _sendfile
-                continue
-            if n == 0:  # the source shrank under us: the caller's stamp check will refuse it next time
-                raise OSError(errno.EIO, f"{src} ended early while copying")
-            left -= n
+        if copy_fds(fin.fileno(), fout.fileno()) != st.st_size:  # changed under us: never stage a torn copy
+            raise OSError(errno.EIO, f"{src} changed size while copying")
         os.fchmod(fout.fileno(), st.st_mode & 0o777)
         os.fsync(fout.fileno())
+
+
+def copy_then_hash(src: BinaryIO, dest: Path, hasher, progress=None) -> int:
+    """Copy the open file `src` into `dest` in the kernel, fsync, then hash what landed in `dest`.
+
+    For a local mirror: the bytes never pass through Python on the way in, and what is hashed
+    is our own copy, so what is verified is exactly what is stored even if the source changes
+    meanwhile. Returns the size. `progress(done, total)` follows the hashing.
+    """
+    with open(dest, "wb") as out:
+        size = copy_fds(src.fileno(), out.fileno())
+        os.fsync(out.fileno())
+    done = 0
+    with open(dest, "rb") as back:
+        while True:
+            block = back.read(1 << 20)
+            if not block:
+                return done
+            hasher.update(block)
+            done += len(block)
+            if progress:
+                progress(done, size)
+
+
+def copy_fds(fin: int, fout: int) -> int:
+    """Copy from the current offsets until EOF; returns the bytes copied."""
+    copy, total = _copy_file_range, 0
+    while True:
+        try:
+            n = copy(fin, fout, 1 << 30)
+        except OSError as exc:
+            # Linux >= 5.19 refuses copy_file_range between file systems of different types
+            # (EXDEV); old kernels and some file systems lack it: sendfile works on any file.
+            if copy is _sendfile or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copy = _sendfile
+            continue
+        if n == 0:
+            return total
+        total += n
 
 
 def _copy_file_range(fin: int, fout: int, count: int) -> int:

@@ -49,3 +49,18 @@ def test_link_tree_keeps_dirs_symlinks_and_modes_whatever_the_umask(tmp_path):
     assert os.stat(dest / "share").st_mode & 0o777 == 0o750
     assert os.stat(dest / "bin").st_mode & 0o777 == os.stat(src / "bin").st_mode & 0o777
     assert os.stat(dest / "bin/shim").st_ino == os.stat(src / "bin/shim").st_ino
+
+
+def test_copy_then_hash_hashes_what_it_stored_and_reports_progress(tmp_path):
+    import hashlib
+
+    src = tmp_path / "mirror-file"
+    data = os.urandom((2 << 20) + 7)
+    src.write_bytes(data)
+    seen = []
+    hasher = hashlib.sha512()
+    with open(src, "rb") as fh:
+        size = place.copy_then_hash(fh, tmp_path / "copy", hasher, lambda done, total: seen.append((done, total)))
+    assert size == len(data) and (tmp_path / "copy").read_bytes() == data
+    assert hasher.hexdigest() == hashlib.sha512(data).hexdigest()
+    assert seen[-1] == (len(data), len(data))
