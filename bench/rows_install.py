@@ -4,7 +4,9 @@
     install's peak RSS (wait4 of that very process).
 (d) Kata: a stand-in shaped like a real kata-static .tar.zst (kata_standin.py) from a directory
     mirror vs the import floor + `tar --zstd -xf` of the same archive.
-Each run gets a fresh copy of a template root (copying it is not timed); runs are interleaved.
+Each run gets a fresh copy of a template root (copying it is not timed); runs are interleaved, and
+each starts after a sync(2), so no run pays for the writeback of the one before it (the Kata
+stand-in's generation alone leaves ~1.3 GB to write back).
 """
 
 from __future__ import annotations
@@ -84,8 +86,10 @@ def bench_gvisor_install(base: Path, template: Path, runs: int, size_mib: int) -
         if use_pins:
             argv += ["--pins", str(pins)]
         for i in range(runs):
+            os.sync()
             floors.append(timed(["bash", "-c", f"curl -s {runsc_url} | sha512sum"], env=env()))
             root = fresh_root(template, base / "gvisor-root")
+            os.sync()
             took, peak = peak_rss_of(argv[:3] + ["--root", str(root)] + argv[3:], env=env())
             subjects.append(took)
             rss.append(peak)
@@ -127,8 +131,10 @@ def bench_kata_install(base: Path, template: Path, runs: int, scale: float) -> l
     for _ in range(runs):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
+        os.sync()  # no run pays for the writeback of the one before (or of generating the archive)
         floors.append(timed(["bash", "-c", floor_cmd], env=env()))
         root = fresh_root(template, base / "kata-root")
+        os.sync()
         subjects.append(timed(NA + ["--root", str(root)] + argv, env=env()))
     shutil.rmtree(out, ignore_errors=True)
     f, s = statistics.median(floors), statistics.median(subjects)
