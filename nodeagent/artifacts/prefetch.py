@@ -47,23 +47,27 @@ class Prefetch:
                 continue
 
     def read(self, n: int = -1) -> bytes:
-        if 0 <= n <= len(self._buf):  # the common case: tarfile reads 10 KiB records
-            out, self._buf = self._buf[:n], self._buf[n:]
-            return bytes(out)
-        out = bytearray()
-        while (n < 0 or len(out) < n) and not self._done:
-            if not self._buf:
-                item = self._queue.get()
-                if isinstance(item, BaseException):
-                    self._done = True
-                    raise item
-                if not item:
-                    self._done = True
-                    break
-                self._buf = memoryview(item)
-            take = len(self._buf) if n < 0 else min(n - len(out), len(self._buf))
-            out += self._buf[:take]
-            self._buf = self._buf[take:]
+        """Up to `n` bytes (all that is left for n < 0); b"" at the end.
+
+        Like a raw stream it may return fewer than `n` bytes (tarfile reads on until it has what
+        it asked for), so a whole decompressed block is handed over without another copy.
+        """
+        if n < 0:
+            return b"".join(iter(lambda: self.read(1 << 30), b""))
+        if not self._buf:
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if not item:
+                self._done = True
+                return b""
+            if len(item) <= n:
+                return item
+            self._buf = memoryview(item)
+        out, self._buf = self._buf[:n], self._buf[n:]
         return bytes(out)
 
     def close(self) -> None:

@@ -39,6 +39,15 @@ class _Broken(io.RawIOBase):
         return b"x" * n
 
 
+def test_read_all_and_short_reads():
+    data = os.urandom(300_000)
+    ahead = Prefetch(io.BytesIO(data), chunk=1 << 16, depth=2)
+    first = ahead.read(1 << 20)  # at most one block: a short read, like a raw stream
+    assert 0 < len(first) <= 1 << 16 and data.startswith(first)
+    assert first + ahead.read() == data
+    ahead.close()
+
+
 def test_a_failure_in_the_stream_is_raised_to_the_reader():
     ahead = Prefetch(_Broken(), chunk=100, depth=1)
     with pytest.raises(ValueError, match="corrupt frame"):
