@@ -5,9 +5,9 @@ imported, and Python never gives imported modules back. The resident agent only 
 loop, the health endpoint and structlog (~31 MB), so each round runs as
 `python -m nodeagent.converge_child`: settings in as JSON on stdin, the outcome (or the error,
 with its hint and exit code) out as one JSON line on stdout; logs go to the agent's stderr.
-Measured (bench/run.py, issue 13): idle agent 61 MB in-process; see bench/README.md for the
-child's. Lazy imports alone cannot get there: every round speaks CRI, so grpc would stay loaded
-after the first one.
+Measured (bench/run.py, issue 13): the idle agent held 61.5 MB with rounds in-process, 33.0 MB
+with rounds in a child. Lazy imports alone cannot get there: every round speaks CRI, so grpc
+would stay loaded after the first one.
 
 The child ignores SIGTERM/SIGINT, like the in-process round did (the agent's handler only asks
 the loop to stop after the round): a round is never cut in half by a stop.
