@@ -158,7 +158,8 @@ def _rollback(host, settings, facts, sock, outcome: apply.Outcome, reason: str) 
 # where atomic_write/atomic_symlink put temp files beside their targets, and where artifacts are
 # staged and removed (a version dir is renamed to a temp name, then deleted)
 _TEMP_DIRS = ("/etc/containerd", "/etc/containerd/conf.d", state_mod.STATE_DIR, state_mod.BACKUP_DIR,
-              f"{state_mod.STATE_DIR}/cache", "/usr/local/bin", "/opt", "/opt/nodeagent/gvisor", "/opt/nodeagent/kata")
+              f"{state_mod.STATE_DIR}/cache", "/usr/local/bin", "/opt", "/opt/nodeagent/gvisor", "/opt/nodeagent/kata",
+              f"{state_mod.STATE_DIR}/cache/.verified", f"{state_mod.STATE_DIR}/cache/unpacked")
 
 
 def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:

@@ -174,7 +174,7 @@ def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, txn: Tra
     """Fetch what the cache lacks (verified); "download" if anything came over the wire."""
     action = "cached"  # everything was already in the cache
     for f in release.files:
-        if cache.verify(f.digest):
+        if cache.verify(f.digest, txn):
             continue
         if f.location is None:  # recorded release, cache entry lost: ask the source again
             fresh = _resolve(host, settings, release.runtime, release.arch, fetcher)
@@ -185,6 +185,7 @@ def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, txn: Tra
         action = "download"
         fetcher.fetch(f.location, dest, f.digest, show)
         txn.added(dest)
+        cache.mark_verified(f.digest, txn)  # hashed while downloading: staging needs no second pass
     return action
 
 

@@ -14,17 +14,21 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlparse
 
-import requests
 import structlog
 
 from nodeagent import __version__
 from nodeagent.artifacts.digest import Digest, hash_file_into
+from nodeagent.artifacts.place import copy_then_hash
 from nodeagent.artifacts.progress import ProgressFn
 from nodeagent.artifacts.sources import Location, redact_text, redact_url
 from nodeagent.errors import ArtifactError, HostError
 from nodeagent.fsutil import fsync_dir
+
+if TYPE_CHECKING:
+    import requests
 
 log = structlog.get_logger(__name__)
 
@@ -98,13 +102,21 @@ class Fetcher:
 
     def __init__(self, options: FetchOptions | None = None):
         self.options = options or FetchOptions()
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = f"nodeagent/{__version__}"
-        # Hash what is on the wire: a gzip Content-Encoding would break Range resume.
-        self.session.headers["Accept-Encoding"] = "identity"
+        self._session: requests.Session | None = None
+
+    @property
+    def session(self) -> requests.Session:
+        """Made on first HTTP use: a converge from the cache or a local mirror never imports requests."""
+        if self._session is None:
+            self._session = _requests().Session()
+            self._session.headers["User-Agent"] = f"nodeagent/{__version__}"
+            # Hash what is on the wire: a gzip Content-Encoding would break Range resume.
+            self._session.headers["Accept-Encoding"] = "identity"
+        return self._session
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     # -- small files (digest files) -------------------------------------------------------
     def read_small(self, loc: Location) -> str | None:
@@ -185,21 +197,11 @@ class Fetcher:
             raise ArtifactError(f"cannot read {loc.path}: {exc.strerror}", "check the mirror directory") from None
         hasher = digest.hasher()
         total = os.fstat(src.fileno()).st_size
-        done = 0
         with src, _open_partial(partial, append=False) as out:
             self._check_size(loc, total)
-            while True:
-                block = src.read(CHUNK)
-                if not block:
-                    break
-                self._check_size(loc, done + len(block))
-                hasher.update(block)
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
+            # no byte through Python on the way in; a source that grows past the cap stops there
+            done = copy_then_hash(src, out, partial, hasher, progress, limit=self.options.max_size)
+            self._check_size(loc, done)
         _check_digest(hasher.hexdigest(), digest, loc)
         return done
 
@@ -241,7 +243,7 @@ class Fetcher:
                 raise
             except ArtifactError:
                 raise
-            except (_Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (_Retryable, *_network_errors()) as exc:
                 failures += 1
                 reason = _reason(exc)
                 if failures > opts.retries:
@@ -337,7 +339,7 @@ class Fetcher:
         while True:
             try:
                 return once()
-            except (_Retryable, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (_Retryable, *_network_errors()) as exc:
                 failures += 1
                 if failures > self.options.retries:
                     raise ArtifactError(
@@ -451,6 +453,18 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB" if size >= 1 << 20 else f"{size} bytes"
 
 
+def _requests():
+    import requests  # lazy: ~80 ms and ~5 MB of imports, paid only when a mirror is spoken to over HTTP
+
+    return requests
+
+
+def _network_errors() -> tuple:
+    """What is worth a retry from requests (evaluated only when an exception is being matched)."""
+    r = _requests()
+    return (r.ConnectionError, r.Timeout, r.exceptions.ChunkedEncodingError)
+
+
 def _check_scheme(url: str, allow_http: bool) -> None:
     scheme = urlparse(url).scheme
     if scheme == "https" or (scheme == "http" and allow_http):
@@ -495,8 +509,3 @@ def _reason(exc: BaseException) -> str:
         if any(n in text for n in needles):
             return meaning
     return text.splitlines()[0][:200]
-
-
-def copy_verified(src: Path, dest: Path, digest: Digest) -> None:
-    """Copy a cached file to `dest` via `<dest>.partial`, verifying it again on the way."""
-    Fetcher().fetch(Location(path=src), dest, digest)

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from nodeagent.artifacts import decompress
 from nodeagent.artifacts.digest import Digest
+from nodeagent.artifacts.prefetch import Prefetch
 from nodeagent.errors import ArtifactError
 from nodeagent.fsutil import make_dirs
 
@@ -70,21 +71,27 @@ def open_stream(path: Path, label: str | None = None, limits: "Limits" = Limits(
 
     With `digest`, every byte read from the file is hashed on the way and the whole file
     must match when the tar stream ends: what was extracted is exactly what was verified,
-    even if the file changed after an earlier check (the file is opened once).
+    even if the file changed after an earlier check (the file is opened once). The bounded
+    decompressor runs ahead in a thread (Prefetch) while tarfile writes files.
     """
     label = label or path.name
     with open(path, "rb") as fh:
         hashed = _HashingReader(fh, digest)
         stream = decompress.open_decompressed(hashed, label, decompress.Bounds(limits.max_xz_memory, limits.max_zstd_window))
+        ahead = Prefetch(stream)
         try:
-            tf = tarfile.open(fileobj=stream, mode="r|")
-        except tarfile.ReadError as exc:
-            raise ArtifactError(
-                f"{label} is not a readable tar archive ({exc})",
-                "the download is not a release tarball; check the mirror serves the right file",
-            ) from None
-        with tf:
-            yield tf
+            try:
+                # bufsize: tarfile reads its stream in 10 KiB records by default and joins them per read
+                tf = tarfile.open(fileobj=ahead, mode="r|", bufsize=CHUNK)
+            except tarfile.ReadError as exc:
+                raise ArtifactError(
+                    f"{label} is not a readable tar archive ({exc})",
+                    "the download is not a release tarball; check the mirror serves the right file",
+                ) from None
+            with tf:
+                yield tf
+        finally:
+            ahead.close()  # the thread stops before the rest of the file is hashed below
         hashed.finish(label)
 
 

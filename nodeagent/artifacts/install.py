@@ -20,12 +20,12 @@ from pathlib import Path
 import structlog
 
 from nodeagent import run as run_mod
-from nodeagent.artifacts import catalog, extract, links
+from nodeagent.artifacts import catalog, extract, links, place
 from nodeagent.artifacts.cache import Cache
-from nodeagent.artifacts.download import copy_verified
 from nodeagent.artifacts.inuse import pids_using
 from nodeagent.artifacts.release import GVISOR_FILES_LAYOUT, GVISOR_TARBALL_LAYOUT, Release
 from nodeagent.artifacts.txn import Transaction
+from nodeagent.artifacts.unpacked import UnpackedCache
 from nodeagent.errors import ArtifactError, CommandFailed, ConflictError
 from nodeagent.fsutil import TEMP_PREFIX, atomic_symlink, fsync_dir
 from nodeagent.host import HostRoot
@@ -138,12 +138,7 @@ def stage(host: HostRoot, release: Release, cache: Cache, txn: Transaction, limi
     rdir = txn.mkdirs(host.path(runtime_dir(release.runtime)))
     staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=rdir))
     try:
-        if release.layout == GVISOR_TARBALL_LAYOUT:
-            out = _stage_gvisor_tarball(release, cache, staging, limits)
-        elif release.layout == GVISOR_FILES_LAYOUT:
-            out = _stage_gvisor_files(release, cache, staging)
-        else:
-            out = _stage_kata(release, cache, staging, limits)
+        out = _assemble(release, cache, staging, limits, txn)
         os.chmod(out, 0o755)
         marker = {"runtime": release.runtime, "version": release.version, "arch": release.arch, **release.record()}
         _write_new(out / MARKER, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(), 0o644)
@@ -163,6 +158,23 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         os.fchmod(fh.fileno(), mode)
+
+
+def _assemble(release: Release, cache: Cache, staging: Path, limits: extract.Limits, txn: Transaction) -> Path:
+    """The release's files in a dir under `staging`: from a kept unpacked tree when there is one."""
+    if release.layout == GVISOR_FILES_LAYOUT:
+        return _stage_gvisor_files(release, cache, staging)
+    kept = UnpackedCache(cache.dir)
+    key = kept.key(release.runtime, release.layout, release.files[0].digest.hex)
+    if kept.restore(key, staging / "kept"):
+        log.info("reusing the unpacked release", runtime=release.runtime, key=key)
+        return staging / "kept"
+    if release.layout == GVISOR_TARBALL_LAYOUT:
+        out = _stage_gvisor_tarball(release, cache, staging, limits)
+    else:
+        out = _stage_kata(release, cache, staging, limits)
+    kept.keep(release.runtime, key, out, txn)
+    return out
 
 
 def _stage_gvisor_tarball(release: Release, cache: Cache, staging: Path, limits: extract.Limits) -> Path:
@@ -194,7 +206,8 @@ def _stage_gvisor_files(release: Release, cache: Cache, staging: Path) -> Path:
     out = staging / "out"
     out.mkdir()
     for f in release.files:
-        copy_verified(cache.path_for(f.digest), out / f.name, f.digest)
+        # verified by Cache.verify just before (hashed now or stamped unchanged): no second hash
+        place.link_or_copy(cache.path_for(f.digest), out / f.name)
         os.chmod(out / f.name, 0o755)
     return out
 

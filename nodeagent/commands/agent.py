@@ -9,6 +9,7 @@ agent converges and serves health/metrics only, and never uninstalls on stop.
 from __future__ import annotations
 
 import contextlib
+from typing import Callable
 
 import structlog
 
@@ -19,6 +20,7 @@ from nodeagent.output import Result
 from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
+_NO_CLIENT = object()  # converge_round's default: find the API client itself
 
 
 def _kube_client(settings: Settings):
@@ -75,14 +77,16 @@ class _Kube:
             return True
 
 
-def build_agent(settings: Settings) -> Agent:
+def converge_round(settings: Settings, api=_NO_CLIENT) -> Callable[[], ConvergeOutcome]:
+    """One round: converge, then (with an API) events and labels from what containerd serves."""
     from nodeagent import converge
 
     host = HostRoot(settings.root)
-    api = _kube_client(settings)
+    if api is _NO_CLIENT:
+        api = _kube_client(settings)
     kube = _Kube(settings, api) if api is not None else None
 
-    def converge_round() -> ConvergeOutcome:
+    def round_() -> ConvergeOutcome:
         guard = kube.restart_guard if kube else contextlib.nullcontext
         try:
             report = converge.install(settings, restart_guard=guard)
@@ -98,23 +102,61 @@ def build_agent(settings: Settings) -> Agent:
         restarted = bool(report.restarted and report.restarted.get("new_pid"))
         return ConvergeOutcome(changed=report.changed, restarted=restarted)
 
+    return round_
+
+
+class _LazyKube:
+    """The API as the resident agent needs it (at stop only): found on first use, so an agent
+    whose rounds run in a child never imports the Kubernetes client (requests, yaml: ~9 MB)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._kube: _Kube | None = None
+        self._looked = False
+
+    def get(self) -> _Kube | None:
+        if not self._looked:
+            api = _kube_client(self.settings)
+            self._kube = _Kube(self.settings, api) if api is not None else None
+            self._looked = True
+        return self._kube
+
+
+def build_agent(settings: Settings, once: bool = False) -> Agent:
+    """The agent; a long-running one converges in a child process each round (converge_child.py)."""
+    lazy = _LazyKube(settings)
+    if once:
+        round_ = converge_round(settings)
+    else:
+        from nodeagent.converge_child import run_in_child
+
+        def round_() -> ConvergeOutcome:
+            return run_in_child(settings)
+
+    def should_uninstall() -> bool:
+        kube = lazy.get()
+        return kube is not None and not kube.still_selected()
+
     def uninstall() -> None:
+        from nodeagent import converge
+
+        kube = lazy.get()
         if kube:
             kube.event("NodeagentRemoving", "node no longer selected by the DaemonSet: uninstalling")
         converge.uninstall(settings)
 
     return Agent(
-        converge_round,
+        round_,
         interval=settings.interval,
         listen=settings.listen,
-        should_uninstall=(lambda: not kube.still_selected()) if kube else (lambda: False),
+        should_uninstall=should_uninstall,
         uninstall=uninstall,
     )
 
 
 def run(settings: Settings, args) -> Result:
-    agent = build_agent(settings)
     once = bool(getattr(args, "once", False))
+    agent = build_agent(settings, once)
     code = agent.run(once=once)
     if once and code != 0 and agent.last_failure is not None:
         raise agent.last_failure  # the CLI's one error: and one hint: line, with its exit code

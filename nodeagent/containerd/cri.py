@@ -473,5 +473,7 @@ def socket_for(host, settings, facts: dict[str, Any] | None = None) -> str:
 
 def cri_status(socket: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 5.0) -> CriStatus:
     """One CRI status probe of the containerd behind `socket` (see CriStatus)."""
+    if not os.path.exists(socket):  # nothing to speak to: spare the grpc imports (~65 ms, ~18 MB)
+        return CriStatus(socket=str(socket), reason=f"no socket at {socket}")
     with CriClient(socket, timeout) as client:
         return client.status()
