@@ -123,12 +123,12 @@ class _LazyKube:
 
 
 def build_agent(settings: Settings, once: bool = False) -> Agent:
-    """The agent; a long-running one converges in a child process each round (converge_child.py)."""
+    """The agent; a long-running one converges in a child process each round (commands/agent_child.py)."""
     lazy = _LazyKube(settings)
     if once:
         round_ = converge_round(settings)
     else:
-        from nodeagent.converge_child import run_in_child
+        from nodeagent.commands.agent_child import run_in_child
 
         def round_() -> ConvergeOutcome:
             return run_in_child(settings)

@@ -1,4 +1,4 @@
-"""The agent's rounds in a short-lived child (nodeagent/converge_child.py): real converges on a fake
+"""The agent's rounds in a short-lived child (nodeagent/commands/agent_child.py): real converges on a fake
 root with containerd 1.6's real binary (not running: `--restart none`), the suite's directory mirror
 (Debian's real runsc, stand-in shims: see tests/support/mirror.py)."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from nodeagent.converge_child import ChildError, run_in_child
+from nodeagent.commands.agent_child import ChildError, run_in_child
 from nodeagent.settings import Settings
 from tests.support.mirror import default_mirror
 from tests.unit.containerd.scenarios import install_containerd

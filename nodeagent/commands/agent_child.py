@@ -3,7 +3,7 @@
 A converge needs grpc (CRI), requests, the containerd and artifact code: ~54 MB RSS once
 imported, and Python never gives imported modules back. The resident agent only needs its
 loop, the health endpoint and structlog (~31 MB), so each round runs as
-`python -m nodeagent.converge_child`: settings in as JSON on stdin, the outcome (or the error,
+`python -m nodeagent.commands.agent_child`: settings in as JSON on stdin, the outcome (or the error,
 with its hint and exit code) out as one JSON line on stdout; logs go to the agent's stderr.
 Measured (bench/run.py, issue 13): the idle agent held 61.5 MB with rounds in-process, 33.0 MB
 with rounds in a child. Lazy imports alone cannot get there: every round speaks CRI, so grpc
@@ -41,7 +41,7 @@ class ChildError(NodeagentError):
 def run_in_child(settings: Settings) -> ConvergeOutcome:
     """Run one round (converge + Kubernetes labels/events) in a child; raise its failure here."""
     payload = json.dumps(dataclasses.asdict(settings))
-    proc = subprocess.run([sys.executable, "-m", "nodeagent.converge_child"], input=payload, text=True,
+    proc = subprocess.run([sys.executable, "-m", "nodeagent.commands.agent_child"], input=payload, text=True,
                           stdout=subprocess.PIPE, stderr=None, env=os.environ.copy(), start_new_session=True)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
