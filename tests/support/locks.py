@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 
 class NoOverlap(AssertionError):
     """The process was never seen holding the lock: the race could not be staged."""
@@ -48,28 +50,43 @@ def _stopped(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
+def _holder(proc: subprocess.Popen, lock: str | os.PathLike) -> int | None:
+    """`proc`, or the descendant of it (an agent's per-round child), that holds the flock now."""
+    holders = flock_holders(lock)
+    if not holders:
+        return None
+    if proc.pid in holders:
+        return proc.pid
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        return None
+    return next((c.pid for c in children if c.pid in holders), None)
+
+
 @contextmanager
 def paused_while_holding(proc: subprocess.Popen, lock: str | os.PathLike, timeout: float = 120) -> Iterator[None]:
-    """Wait until `proc` holds the flock on `lock`, SIGSTOP it there; resume it on exit.
+    """Wait until `proc` (or a child of it) holds the flock on `lock`, SIGSTOP the holder there;
+    resume it on exit.
 
     Raises NoOverlap when `proc` exits, or `timeout` passes, without being seen holding the lock,
     or when it released the lock before the stop took hold (then the caller's race did not happen).
     """
     deadline = time.monotonic() + timeout
-    while proc.pid not in flock_holders(lock):
+    while (pid := _holder(proc, lock)) is None:
         if proc.poll() is not None:
             raise NoOverlap(f"pid {proc.pid} exited {proc.returncode} without ever being seen holding {lock}")
         if time.monotonic() > deadline:
             raise NoOverlap(f"pid {proc.pid} did not take {lock} within {timeout}s")
         time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP)
     try:
-        while not _stopped(proc.pid):  # kill() returns before the target has stopped
-            if proc.poll() is not None:
-                raise NoOverlap(f"pid {proc.pid} exited before it could be paused holding {lock}")
+        while not _stopped(pid):  # kill() returns before the target has stopped
+            if proc.poll() is not None or not Path(f"/proc/{pid}").exists():
+                raise NoOverlap(f"pid {pid} exited before it could be paused holding {lock}")
             time.sleep(0.001)
-        if proc.pid not in flock_holders(lock):
-            raise NoOverlap(f"pid {proc.pid} released {lock} before it could be paused")
+        if pid not in flock_holders(lock):
+            raise NoOverlap(f"pid {pid} released {lock} before it could be paused")
         yield
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
