@@ -69,7 +69,7 @@ class Cache:
         """
         stamp = self._stamp_path(digest)
         if txn is not None:
-            txn.mkdirs(stamp.parent)
+            txn.mkdirs(stamp.parent, mode=0o700)  # root only, whatever the umask
             if not stamp.exists():
                 txn.added(stamp)
         stamps.record(stamp, self.path_for(digest))

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from nodeagent.fsutil import atomic_write
+from nodeagent.fsutil import atomic_write, make_dirs
 
 STAMP_DIR = ".verified"
 
@@ -25,8 +25,8 @@ def identity(st: os.stat_result) -> list[int]:
 
 def record(stamp: Path, path: Path) -> None:
     """Remember `path` as it is now (call right after it was hashed and matched)."""
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(stamp, json.dumps(identity(os.stat(path))).encode())
+    make_dirs(stamp.parent, 0o700)  # nodeagent's cache: root only, whatever the umask
+    atomic_write(stamp, json.dumps(identity(os.stat(path))).encode(), mode=0o600, dir_mode=0o700)
 
 
 def unchanged(stamp: Path, path: Path) -> bool:

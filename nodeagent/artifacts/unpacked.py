@@ -79,10 +79,11 @@ class UnpackedCache:
         """
         tmp = None
         try:
-            txn.mkdirs(self.dir)
+            txn.mkdirs(self.dir, mode=0o700)  # nodeagent's cache: root only, whatever the umask
             tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.dir))
             place.link_tree(tree, tmp / "tree")
-            atomic_write(tmp / MANIFEST, json.dumps(manifest_of(tmp / "tree")).encode())
+            os.chmod(tmp / "tree", 0o755)  # a release root's mode (staging makes it before its chmod)
+            atomic_write(tmp / MANIFEST, json.dumps(manifest_of(tmp / "tree")).encode(), mode=0o600)
             shutil.rmtree(self.dir / key, ignore_errors=True)
             os.rename(tmp, self.dir / key)
             txn.added(self.dir / key)

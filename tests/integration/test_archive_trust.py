@@ -241,6 +241,11 @@ def expected_mode(rel: str, is_dir: bool) -> int | None:
         return 0o755  # the run lock's directory, made by RunLock
     if rel == "run/nodeagent.lock":
         return 0o600  # no other user may open it (issue 11, L2)
+    kept = re.match(r"var/lib/nodeagent/cache/unpacked/[^/]+/tree(/|$)", rel)
+    if kept:  # a kept unpacked release: hard links of the release's files, so the release's modes
+        if is_dir:  # (reachable only through the 0700 cache above it)
+            return 0o755
+        return 0o755 if Path(rel).name in EXECUTABLES else 0o644
     if rel == "var/lib/nodeagent" or rel.startswith("var/lib/nodeagent/"):
         return 0o700 if is_dir else 0o600  # state, backups, cache: root only
     if is_dir:
