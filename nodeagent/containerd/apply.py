@@ -19,7 +19,7 @@ from nodeagent.containerd.effective import prove_only_ours
 from nodeagent.containerd.imports import read_host_file
 from nodeagent.containerd.layout import BASE_LINE
 from nodeagent.containerd.plan import FileChange, Plan
-from nodeagent.containerd.validate import find_containerd, validate_candidate
+from nodeagent.containerd.validate import checked_candidate, find_containerd
 from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
 
@@ -147,10 +147,10 @@ def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = 
         binary = find_containerd(host, plan.flavor, containerd_bin)
         if binary:
             judged = plan.layout.validate_path or plan.config_path
-            validate_candidate(host, judged, overrides, [h.name for h in plan.handlers], binary)
+            after = checked_candidate(host, judged, overrides, [h.name for h in plan.handlers], binary)
             if not plan.layout.validate_path:  # k0s merges its drop-ins itself: no chain to compare
                 owned = set(plan.added) | set(plan.replaced) | set(plan.defaults_added)
-                note = prove_only_ours(host, judged, overrides, owned, binary, plan.baseline_overrides)
+                note = prove_only_ours(host, judged, after, owned, binary, plan.baseline_overrides)
                 if note:
                     notes.append(note)
         else:

@@ -70,9 +70,10 @@ def unexpected_changes(before: dict[str, Any], after: dict[str, Any], owned: set
     return differences(_without_owned(before, owned), _without_owned(after, owned))
 
 
-def prove_only_ours(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], owned: set[str],
+def prove_only_ours(host: HostRoot, config_path: str, after: dict, owned: set[str],
                     binary: str, baseline: dict[str, bytes | None] | None = None) -> str | None:
-    """Refuse (ConfigError) when the candidate changes containerd's effective config beyond `owned`.
+    """Refuse (ConfigError) when the candidate's effective config `after` (its `config dump`)
+    differs from today's beyond `owned`.
 
     `baseline`: planned contents that count as "before" (our own retired files already gone).
     Returns a note when there is nothing to compare with (containerd cannot load today's config).
@@ -81,7 +82,6 @@ def prove_only_ours(host: HostRoot, config_path: str, overrides: dict[str, bytes
         before = effective_config(host, config_path, dict(baseline or {}), binary)
     except ConfigError as exc:
         return f"containerd cannot load the current config ({exc.message}); only the new one was checked"
-    after = effective_config(host, config_path, overrides, binary)
     changed = unexpected_changes(before, after, owned)
     if changed:
         listed = "; ".join(changed[:MAX_LISTED]) + (f"; and {len(changed) - MAX_LISTED} more" if len(changed) > MAX_LISTED else "")

@@ -115,11 +115,18 @@ def validate_candidate(
     host: HostRoot, config_path: str, overrides: dict[str, bytes | None], handlers: list[str], binary: str
 ) -> dict[str, Any]:
     """Run the real `config dump` on the candidate; returns the effective runtimes it reports."""
-    runtimes = effective_dump(host, config_path, overrides, binary)
-    missing = [h for h in handlers if h not in runtimes]
+    return dump_runtimes(checked_candidate(host, config_path, overrides, handlers, binary))
+
+
+def checked_candidate(
+    host: HostRoot, config_path: str, overrides: dict[str, bytes | None], handlers: list[str], binary: str
+) -> dict[str, Any]:
+    """The candidate's whole effective config (one `config dump`), once it serves `handlers`."""
+    config = effective_config(host, config_path, overrides, binary)
+    missing = [h for h in handlers if h not in dump_runtimes(config)]
     if missing:
         raise ConfigError(
             f"containerd would not serve handler(s) {', '.join(missing)} with the planned config",
             "nothing was changed; check the config's version and imports (`nodeagent plan` shows the edit)",
         )
-    return runtimes
+    return config
