@@ -48,7 +48,9 @@ def kata(facts: dict[str, Any]) -> dict[str, Any]:
         detail = "; ".join(r for r in virt.get("reasons", []) if "vsock" not in r) or "KVM is not usable"
         reasons.append(f"KVM is not usable ({detail})")
     if not virt.get("vhost_vsock"):
-        reasons.append("host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module")
+        # the probe's own words: "missing", or present but "unusable" (a node with no driver behind it)
+        said = [r for r in virt.get("reasons", []) if "/dev/vhost-vsock" in r]
+        reasons += said or ["host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module"]
     arch = facts.get("arch")
     if arch not in KATA_ARCHES:
         reasons.append(f"architecture {arch or 'unknown'} is not supported by Kata ({', '.join(KATA_ARCHES)})")
