@@ -179,25 +179,42 @@ class Reference:
         measured with the kills' parallelism (measured one at a time, runs look shorter than they
         are under the kills' load, and the kills bunch up in interpreter start-up); 60 % anchored on an event
         seen in the root (the run lock taken, a staging dir appearing, the release dir in place,
-        the config switched), then a delay of up to 100 ms: the windows where files change."""
+        the config switched), then a delay of up to 100 ms (a fifth of a shorter run): the windows
+        where files change."""
         anchors = list(EVENTS[op])
         out: list[tuple[str | None, float]] = []
         for i in range(count):
             if i % 5 < 2:
                 out.append((None, rng.uniform(0.0, self.durations[op])))
             else:
-                out.append((anchors[i % len(anchors)], rng.uniform(0.0, 0.1)))
+                # up to 100 ms, less for a short run: a late anchor plus a long delay kills nothing
+                out.append((anchors[i % len(anchors)], rng.uniform(0.0, min(0.1, self.durations[op] / 5))))
         return out
 
 
-def _any_temp(root: Path) -> bool:
+def _release_entries(root: Path) -> list[str]:
+    """Names under opt/nodeagent/<runtime>/, read while the run under test may be removing them
+    (a directory that vanishes between listing and reading is simply gone)."""
+    names = []
     opt = root / "opt/nodeagent"
-    return opt.is_dir() and any(n.name.startswith(TEMP_PREFIX) for d in opt.iterdir() if d.is_dir() for n in d.iterdir())
+    try:
+        runtimes = [d for d in opt.iterdir() if d.is_dir()]
+    except FileNotFoundError:
+        return names
+    for d in runtimes:
+        try:
+            names += [n.name for n in d.iterdir()]
+        except FileNotFoundError:
+            continue
+    return names
+
+
+def _any_temp(root: Path) -> bool:
+    return any(n.startswith(TEMP_PREFIX) for n in _release_entries(root))
 
 
 def _release_present(root: Path) -> bool:
-    opt = root / "opt/nodeagent"
-    return opt.is_dir() and any(not n.name.startswith(TEMP_PREFIX) for d in opt.iterdir() if d.is_dir() for n in d.iterdir())
+    return any(not n.startswith(TEMP_PREFIX) for n in _release_entries(root))
 
 
 # observable moments of a run (polled every ~2 ms from outside; no test hooks in the product)
@@ -498,7 +515,9 @@ def calibrate(ref: Reference, base: Path, workers: int, ops: tuple[str, ...]) ->
         results = list(pool.map(lambda ij: kill_point(ref, ij[1], None, NO_KILL, base / f"calibrate-{ij[0]:03d}"),
                                 enumerate(jobs)))
     for op in ops:
-        ref.durations[op] = statistics.median(r.run_seconds for r in results if r.op == op)
+        # the first quartile, not the median: a point drawn past the end of a run that happens to
+        # be quick kills nothing (the run's last moments are covered by the anchored points)
+        ref.durations[op] = statistics.quantiles([r.run_seconds for r in results if r.op == op], n=4)[0]
     return [f"{r.op} run to its end: {p}" for r in results for p in r.problems]
 
 
