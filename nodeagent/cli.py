@@ -58,7 +58,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 
 def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> None:
-    p.add_argument("--runtime", choices=("gvisor", "kata", "all"), default=argparse.SUPPRESS)
+    p.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     p.add_argument("--mirror", default=argparse.SUPPRESS, help="http(s)://, file:// or a directory")
     p.add_argument("--restart", choices=("auto", "systemd", "none"), default=argparse.SUPPRESS)
     p.add_argument("--containerd-config", dest="containerd_config", default=argparse.SUPPRESS)
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _install_options(subparsers["plan"], dry_run=False)
     _install_options(subparsers["install"])
     u = subparsers["uninstall"]
-    u.add_argument("--runtime", choices=("gvisor", "kata", "all"), default=argparse.SUPPRESS)
+    u.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     u.add_argument("--restart", choices=("auto", "systemd", "none"), default=argparse.SUPPRESS)
     u.add_argument("--containerd-config", dest="containerd_config", default=argparse.SUPPRESS)
     u.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
@@ -97,13 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers["doctor"].add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
     subparsers["detect"].add_argument("--containerd-config", dest="containerd_config", default=argparse.SUPPRESS)
     v = subparsers["verify"]
-    v.add_argument("--runtime", choices=("gvisor", "kata", "all"), default=argparse.SUPPRESS)
+    v.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     v.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
     v.add_argument("--image", default=None, help="image for CRI-based checks (default: skip CRI pods)")
     for name in ("labels", "runtimeclasses"):
         subparsers[name].add_argument("--apply", action="store_true", default=False)
     b = subparsers["bundle"]
-    b.add_argument("--runtime", choices=("gvisor", "kata", "all"), default=argparse.SUPPRESS)
+    b.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     b.add_argument("--arch", action="append", default=None, help="amd64|arm64|... (repeatable; default: this host's)")
     b.add_argument("--mirror", default=argparse.SUPPRESS, help="fetch from this mirror instead of upstream")
     b.add_argument("--gvisor-version", dest="gvisor_version", default=argparse.SUPPRESS)

@@ -29,6 +29,7 @@ from nodeagent.containerd.cri import socket_for
 from nodeagent.containerd.plan import FileChange
 from nodeagent.errors import ConfigError, NodeagentError
 from nodeagent.host import HostReadError, HostRoot
+from nodeagent.runtimes import selected
 from nodeagent.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -280,7 +281,7 @@ def uninstall(settings: Settings) -> Report:
     from nodeagent.artifacts import remove_artifact
 
     host = HostRoot(settings.root)
-    runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
+    runtimes = selected(settings.runtime)
     with apply.lock(host):
         try:
             facts = _detect(host, settings)

@@ -15,8 +15,9 @@ from nodeagent.containerd.plan import Plan, plan_install
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
+from nodeagent.runtimes import NAMES, selected
 
-RUNTIMES = ("gvisor", "kata")
+RUNTIMES = NAMES
 
 
 def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.HandlerSpec]:
@@ -38,7 +39,7 @@ def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.Handler
 
 def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Runtimes to install and warnings, applying the eligibility rules of the contract."""
-    wanted = list(RUNTIMES) if settings.runtime == "all" else [settings.runtime]
+    wanted = selected(settings.runtime)
     if settings.skip_eligibility:
         return wanted, []
     chosen, warnings = [], []

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from nodeagent.errors import UsageError
+from nodeagent.runtimes import NAMES as RUNTIME_NAMES
 
 DEFAULT_CONFIG = "/etc/nodeagent/config.toml"
 ENV_PREFIX = "NODEAGENT_"
@@ -76,7 +77,7 @@ class Settings:
 CHOICES = {
     "output": ("text", "json"),
     "log_format": ("auto", "json", "console"),
-    "runtime": ("gvisor", "kata", "all"),
+    "runtime": (*RUNTIME_NAMES, "all"),
     "restart": ("auto", "systemd", "none"),
     "gvisor_platform": (None, "systrap", "kvm", "ptrace"),
 }

@@ -24,10 +24,11 @@ from nodeagent.artifacts.sources import mirror_base
 from nodeagent.errors import ArtifactError
 from nodeagent.fsutil import atomic_write, remove_file
 from nodeagent.host import HostRoot
+from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
 
-RUNTIMES = ("gvisor", "kata")
+RUNTIMES = NAMES
 
 
 @dataclass

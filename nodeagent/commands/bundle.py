@@ -5,10 +5,11 @@ from __future__ import annotations
 from nodeagent.artifacts import catalog
 from nodeagent.artifacts.bundle import write_bundle
 from nodeagent.output import Result, table
+from nodeagent.runtimes import selected
 
 
 def run(settings, args) -> Result:
-    runtimes = ["gvisor", "kata"] if settings.runtime == "all" else [settings.runtime]
+    runtimes = selected(settings.runtime)
     arches = list(dict.fromkeys(args.arch or [catalog.host_arch()]))
     result = write_bundle(settings, runtimes, arches, args.dir)
     rows = [[f["action"], f["path"]] for f in result.files]

@@ -12,6 +12,7 @@ from nodeagent.kube.client import KubeClient
 from nodeagent.kube.nodes import apply_labels, node_name
 from nodeagent.kube.runtime_status import node_labels
 from nodeagent.output import Result
+from nodeagent.runtimes import selected
 
 # A person at a shell would rather see the error than wait out the agent's longer retry budget.
 _CLI_RETRIES = 2
@@ -37,7 +38,7 @@ def labels(settings: Any, args: Any) -> Result:
 
 
 def runtimeclasses(settings: Any, args: Any) -> Result:
-    wanted = ("gvisor", "kata") if settings.runtime == "all" else (settings.runtime,)
+    wanted = tuple(selected(settings.runtime))
     items = runtimeclass.manifests(settings, wanted)
     data: dict[str, Any] = {"items": items}
     text = yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False).rstrip()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from nodeagent.runtimes import NAMES
+
 DEFAULT_PREFIX = "sandbox.nodeagent.io/"
 # Fixed (not derived from the prefix) so a prefix change still finds and removes the old labels.
 OWNED_ANNOTATION = "sandbox.nodeagent.io/owned-labels"
 KATA_COMPAT_LABEL = "katacontainers.io/kata-runtime"
 STATES = ("installing", "ready", "degraded", "removing")
-RUNTIMES = ("gvisor", "kata")
+RUNTIMES = NAMES
 
 
 def runtime_ready(status: Mapping[str, Any] | None) -> bool:

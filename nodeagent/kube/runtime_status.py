@@ -14,6 +14,7 @@ import structlog
 from nodeagent.containerd import model
 from nodeagent.errors import NodeagentError
 from nodeagent.host import HostRoot
+from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,7 @@ def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_
     served, served_reason = served_handlers(socket_for(host, settings, facts), cri_timeout)
     search = daemon_path(facts)
     out = {}
-    for runtime in ("gvisor", "kata"):
+    for runtime in NAMES:
         handler = getattr(settings, f"{runtime}_handler")
         table = handlers.get(handler)
         shim_present = False

@@ -17,6 +17,7 @@ import structlog
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeConflict
 from nodeagent.kube.labels import DEFAULT_PREFIX
+from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +51,7 @@ def manifest(name: str, handler: str, *, node_label: str, memory: str | None, cp
     return obj
 
 
-def manifests(settings: Any, runtimes: Iterable[str] = ("gvisor", "kata")) -> list[dict[str, Any]]:
+def manifests(settings: Any, runtimes: Iterable[str] = NAMES) -> list[dict[str, Any]]:
     """The RuntimeClasses for the given runtimes, shaped by settings (names, handlers, overhead)."""
     prefix = getattr(settings, "label_prefix", DEFAULT_PREFIX)
     out = []
