@@ -26,6 +26,7 @@ import pytest
 from nodeagent.containerd.cri import cri_status
 from tests.faults import harness
 from tests.support.mirror import default_mirror
+from tests.support.systemd_node import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -45,7 +46,8 @@ def killed_run(node, delay: float) -> bool:
     """Start install in the node, SIGKILL its whole process group after `delay` s (nodeagent and
     what it runs: `config dump`, systemctl); True if it was still running then."""
     node.systemctl("reset-failed", "containerd.service", check=False)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **ENV}
+    # this checkout's nodeagent, as SystemdNode.run gives it (not whichever one pip installed)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), **ENV}
     launcher = subprocess.Popen(node.nsenter_argv([sys.executable, "-m", "nodeagent", *INSTALL]), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -65,12 +67,16 @@ def test_sigkill_during_install_with_real_restarts(clean_node):
     original = node.path(harness.CONFIG).read_bytes()
     original_files = harness.containerd_files(node.root)
     try:
-        start = time.perf_counter()
         assert nodeagent(node, *INSTALL).returncode == 0
-        duration = time.perf_counter() - start
         ref = harness.Reference("kata", node.root, node.root, original, node.path(harness.CONFIG).read_bytes(),
                                 harness.release_trees(node.root), original_files=original_files,
                                 converged_files=harness.containerd_files(node.root))
+        assert nodeagent(node, "uninstall", "--restart", "systemd").returncode == 0
+        # Time an install like the killed ones: after an uninstall, with the download cached and
+        # the unpacked release kept (the first install also downloads and unpacks: far longer).
+        start = time.perf_counter()
+        assert nodeagent(node, *INSTALL).returncode == 0
+        duration = time.perf_counter() - start
         assert nodeagent(node, "uninstall", "--restart", "systemd").returncode == 0
         rng = random.Random(SEED)
         tally = harness.Tally()
