@@ -11,8 +11,11 @@ import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from nodeagent.errors import HostError
+
+MAX_LINK_HOPS = 40  # as the kernel's own limit (ELOOP)
 
 # Read errors that only mean "absent": the file, or the process under /proc, is not there.
 _ABSENT = {errno.ENOENT, errno.ENOTDIR, errno.ESRCH}
@@ -74,6 +77,13 @@ class HostRoot:
 
     def resolve(self, host_path: str) -> Path:
         """Like path(), but follow symlinks *inside* the host root (absolute links stay in it)."""
+        return self.path(self.walk(host_path))
+
+    def walk(self, host_path: str, visit: Callable[[PurePosixPath, bool], bool] | None = None) -> PurePosixPath | None:
+        """Resolve `host_path` component by component, links followed inside the root; returns the
+        resolved host path. `visit(component, is_last)` sees each component before it is followed
+        and may stop the walk by returning False (then None is returned): detect/trust.py judges
+        every component this way, on the same walk resolve() takes."""
         current = PurePosixPath("/")
         parts = list(PurePosixPath(host_path).parts[1:] if host_path.startswith("/") else PurePosixPath(host_path).parts)
         hops = 0
@@ -85,10 +95,12 @@ class HostRoot:
                 current = current.parent
                 continue
             candidate = current / part
+            if visit is not None and not visit(candidate, not parts):
+                return None
             real = self.path(candidate)
             if real.is_symlink():
                 hops += 1
-                if hops > 40:
+                if hops > MAX_LINK_HOPS:
                     raise HostError(f"too many symlinks resolving {host_path}", None)
                 target = PurePosixPath(os.readlink(real))
                 if target.is_absolute():
@@ -98,7 +110,7 @@ class HostRoot:
                     parts = list(target.parts) + parts
                 continue
             current = candidate
-        return self.path(current)
+        return current
 
     def to_host(self, real_path: str | os.PathLike) -> str:
         """The host path of a real path under the root."""

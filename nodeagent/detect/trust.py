@@ -24,9 +24,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from nodeagent.detect.procs import HostProcess
+from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
 
-_MAX_LINK_HOPS = 40
 
 
 @dataclass(frozen=True)
@@ -65,36 +65,24 @@ def path_verdict(host: HostRoot, host_path: str, *, allow_sticky: bool = False, 
     verdict = _component_verdict(str(host.root), st, last=False, allow_sticky=allow_sticky, socket=False)
     if not verdict.trusted:
         return verdict
-    current = PurePosixPath("/")
-    parts = list(PurePosixPath(host_path).parts[1:])
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = current.parent
-            continue
-        candidate = current / part
+    refusals: list[Verdict] = []
+
+    def judge(component: PurePosixPath, last: bool) -> bool:
         try:
-            st = os.lstat(host.path(candidate))
+            st = os.lstat(host.path(component))
         except OSError as exc:
-            return Verdict(False, f"{candidate}: {exc.strerror}")
-        verdict = _component_verdict(str(candidate), st, last=not parts, allow_sticky=allow_sticky, socket=socket)
+            refusals.append(Verdict(False, f"{component}: {exc.strerror}"))
+            return False
+        verdict = _component_verdict(str(component), st, last=last, allow_sticky=allow_sticky, socket=socket)
         if not verdict.trusted:
-            return verdict
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > _MAX_LINK_HOPS:
-                return Verdict(False, f"too many symlinks resolving {host_path}")
-            target = PurePosixPath(os.readlink(host.path(candidate)))
-            if target.is_absolute():
-                current, parts = PurePosixPath("/"), list(target.parts[1:]) + parts
-            else:
-                parts = list(target.parts) + parts
-            continue
-        current = candidate
-    return TRUSTED
+            refusals.append(verdict)
+        return verdict.trusted
+
+    try:
+        host.walk(host_path if host_path.startswith("/") else "/" + host_path, judge)
+    except HostError as exc:
+        return Verdict(False, exc.message)
+    return refusals[0] if refusals else TRUSTED
 
 
 def socket_verdict(host: HostRoot, host_path: str) -> Verdict:
