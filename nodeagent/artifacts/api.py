@@ -1,6 +1,6 @@
 """The artifact steps `nodeagent install` / `plan` / `uninstall` / the agent call.
 
-plan_artifact   -> what would happen (reads digest files at most; downloads no artifact)
+plan_artifact   -> what would happen (reads digest files or Kata's release listing at most; downloads no artifact)
 ensure_artifact -> download/verify/cache/extract/link, then prune unused old versions
 remove_artifact -> remove links and versions (refused while a process runs from them)
 The caller holds nodeagent's run lock (/run/nodeagent.lock) around ensure/remove.

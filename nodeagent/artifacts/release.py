@@ -1,9 +1,9 @@
 """Resolve what to fetch: the files of one runtime/version/arch, each with a mandatory digest.
 
-Only small digest files (and a HEAD for Kata) are fetched here, never an artifact. A pinned
-release already recorded in the cache resolves without any network, so air-gapped
-reinstalls work; `latest` always asks its source and falls back to the record only when
-the source is unreachable.
+Only small digest files (and for Kata a HEAD and, when nothing else names a digest, its release
+listing) are fetched here, never an artifact. A pinned release already recorded in the cache
+resolves without any network, so air-gapped reinstalls work; `latest` always asks its source
+and falls back to the record only when the source is unreachable.
 """
 
 from __future__ import annotations
