@@ -67,6 +67,7 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--kata-version", dest="kata_version", default=argparse.SUPPRESS)
     p.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
     p.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
+    p.add_argument("--kata-release-listing", dest="kata_release_listing", default=argparse.SUPPRESS)
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kata-version", dest="kata_version", default=argparse.SUPPRESS)
     b.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
     b.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
+    b.add_argument("--kata-release-listing", dest="kata_release_listing", default=argparse.SUPPRESS)
     b.add_argument("dir", metavar="DIR")
     a = subparsers["agent"]
     _install_options(a, dry_run=False)

@@ -43,6 +43,7 @@ HELP: dict[str, str] = {
     "download_backoff": "pause before the first download retry in seconds; doubles per retry",
     "max_download_size": "largest artifact a download may be, in bytes (default 2 GiB; 0: no cap)",
     "pins": "file of `<hex>  <mirror path>` digests that win over a mirror's checksum files",
+    "kata_release_listing": "https URL of Kata's release listing ({version} = tag) whose asset digests vouch for the tarball; empty: off",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",

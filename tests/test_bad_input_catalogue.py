@@ -223,7 +223,7 @@ def test_install_hostile_gvisor_member(template, tmp_path, case):
 
 def test_install_hostile_kata_member(template, tmp_path):
     mirror = tmp_path / "mirror"
-    M.kata_release(mirror, "3.11.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
+    M.kata_release(mirror, "3.28.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
     with https_mirror(mirror) as srv:
         assert "points outside the archive" in refused_from(template, tmp_path, srv.url, INSTALL)
 

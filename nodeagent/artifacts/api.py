@@ -1,6 +1,6 @@
 """The artifact steps `nodeagent install` / `plan` / `uninstall` / the agent call.
 
-plan_artifact   -> what would happen (reads digest files at most; downloads no artifact)
+plan_artifact   -> what would happen (reads digest files or Kata's release listing at most; downloads no artifact)
 ensure_artifact -> download/verify/cache/extract/link, then prune unused old versions
 remove_artifact -> remove links and versions (refused while a process runs from them)
 The caller holds nodeagent's run lock (/run/nodeagent.lock) around ensure/remove.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from nodeagent.artifacts import catalog, extract, install, pins
+from nodeagent.artifacts import catalog, extract, install, pins, release_listing
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.download import Fetcher, FetchOptions
 from nodeagent.artifacts.progress import ProgressFn, tty_progress
@@ -70,9 +70,9 @@ def fetch_options(settings) -> FetchOptions:
 
 
 def check_settings(settings, runtimes: list[str], arch: str | None = None) -> None:
-    """Refuse malformed artifact settings (version, arch, --kata-sha256, --mirror, --pins) and a
-    plain-http mirror nothing vouches for, without touching the network or the host, so the
-    installer can reject them before its lock."""
+    """Refuse malformed artifact settings (version, arch, --kata-sha256, --mirror, --pins, the release
+    listing URL) and a plain-http mirror nothing vouches for, without touching the network or the
+    host, so the installer can reject them before its lock."""
     arch = arch or catalog.host_arch()
     for runtime in runtimes:
         _check_runtime(runtime)
@@ -82,6 +82,7 @@ def check_settings(settings, runtimes: list[str], arch: str | None = None) -> No
         parse_hex("sha256", settings.kata_sha256, "--kata-sha256")
     if settings.mirror:
         mirror_base(settings.mirror)
+    release_listing.check_url(settings.kata_release_listing)  # a bad setting is refused even if unused
     pinned = pins.load(settings.pins)
     for runtime in runtimes:
         check_trusted(runtime, _version(settings, runtime), arch, settings.mirror, pinned,
@@ -107,6 +108,7 @@ def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher
         mirror=settings.mirror,
         kata_sha256=settings.kata_sha256 if runtime == "kata" else None,
         pins=pins.load(settings.pins),
+        listing=settings.kata_release_listing,
     )
 
 

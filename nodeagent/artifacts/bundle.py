@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent.artifacts import catalog, extract, links, pins
+from nodeagent.artifacts import catalog, extract, links, pins, release_listing
 from nodeagent.artifacts.api import fetch_options
 from nodeagent.artifacts.digest import file_digest
 from nodeagent.artifacts.download import Fetcher
@@ -103,6 +103,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
     if root.exists() and not root.is_dir():
         raise HostError(f"bundle target {directory} exists and is not a directory", "pass a new or existing directory")
     check_private(root)
+    release_listing.check_url(settings.kata_release_listing)  # a bad setting is refused even if unused
     pinned = pins.load(settings.pins)
     fetcher = Fetcher(fetch_options(settings))
     result = BundleResult(str(root))
@@ -115,7 +116,8 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                 for arch in arches:
                     releases.append(
                         resolve(fetcher, None, runtime, version, arch, settings.mirror,
-                                settings.kata_sha256 if runtime == "kata" else None, pinned)
+                                settings.kata_sha256 if runtime == "kata" else None, pinned,
+                                listing=settings.kata_release_listing)
                     )
             txn.mkdirs(root)
             for release in releases:

@@ -7,7 +7,8 @@ tarball first and fall back on 404.
 
 Kata: GitHub release assets `kata-static-<v>-<arch>.tar.zst` (recent; `.tar.xz` in older
 releases, see kata-containers#11714). Kata publishes no checksum file, so its digests come
-from `--kata-sha256`, a mirror's `.sha256`, or the pinned table below.
+from `--kata-sha256`, pins, a mirror's `.sha256`, the pinned table below, or, when none of
+those names one, GitHub's release listing (`release_listing.py`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,14 @@ _MACHINE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "a
 #   3.7.0 amd64 .tar.xz: kubespray roles/kubespray_defaults/vars/main/checksums.yml
 #   (kata_containers_binary_checksums, tags v2.29.0..v2.31.0), matching the same value in an
 #   independent kubespray-download test fixture.
+#   3.28.0 arm64 .tar.zst (the default version): apple/container
+#   Sources/ContainerPersistence/ContainerSystemConfig.swift (KernelConfig.defaultDigest), matching an
+#   independent project's log of downloading and hashing the same asset (596775193 bytes).
+#   3.28.0 amd64 has only one published value found so far, so it is NOT pinned: its digest comes
+#   from GitHub's release listing (assets uploaded after June 2025 all have one).
 KATA_PINNED_SHA256: dict[tuple[str, str, str], str] = {
     ("3.7.0", "amd64", "tar.xz"): "bebf218cafdc082476c7dabbcc5439aee6a41d6dda24dd3cfffbe0a6ae94e23d",
+    ("3.28.0", "arm64", "tar.zst"): "f63d54507d1f18635d94475077e4c2330de4d8e05cedf25f7c38f063b0e66a91",
 }
 
 # Used with fullmatch: `$` also matches before a final newline, so `20240729.0\n` passed (L5).

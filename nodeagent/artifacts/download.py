@@ -121,29 +121,36 @@ class Fetcher:
     # -- small files (digest files) -------------------------------------------------------
     def read_small(self, loc: Location) -> str | None:
         """The text of a small file (a digest file), or None if it does not exist."""
+        data = self.read_capped(loc, MAX_SMALL)
+        if data is None:
+            return None
+        if len(data) > MAX_SMALL:
+            raise ArtifactError(f"{loc} is too large for a digest file", "check the mirror serves sha512sum output here")
+        return data.decode("utf-8", errors="replace")
+
+    def read_capped(self, loc: Location, limit: int, headers: dict | None = None) -> bytes | None:
+        """At most `limit + 1` bytes of a small document (None if it does not exist).
+
+        One byte past the limit is read so the caller can tell "exactly at the cap" from "too large"
+        without ever holding more than that in memory.
+        """
         if loc.path is not None:
             try:
                 with open(loc.path, "rb") as fh:
-                    data = fh.read(MAX_SMALL + 1)
+                    return fh.read(limit + 1)
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
             except OSError as exc:
                 raise ArtifactError(f"cannot read {loc.path}: {exc.strerror}", "check the mirror directory") from None
-        else:
-            def once() -> bytes | None:
-                with self._get(loc, {}) as resp:
-                    if resp.status_code in (404, 410):
-                        return None
-                    self._raise_for_status(resp, loc)
-                    body = resp.raw.read(MAX_SMALL + 1, decode_content=True)
-                    return body
 
-            data = self._with_retries(loc, once)
-            if data is None:
-                return None
-        if len(data) > MAX_SMALL:
-            raise ArtifactError(f"{loc} is too large for a digest file", "check the mirror serves sha512sum output here")
-        return data.decode("utf-8", errors="replace")
+        def once() -> bytes | None:
+            with self._get(loc, dict(headers or {})) as resp:
+                if resp.status_code in (404, 410):
+                    return None
+                self._raise_for_status(resp, loc)
+                return resp.raw.read(limit + 1, decode_content=True)
+
+        return self._with_retries(loc, once)
 
     def exists(self, loc: Location) -> bool:
         """Whether a file exists at the source (HEAD, following safe redirects)."""

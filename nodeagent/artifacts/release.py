@@ -1,9 +1,9 @@
 """Resolve what to fetch: the files of one runtime/version/arch, each with a mandatory digest.
 
-Only small digest files (and a HEAD for Kata) are fetched here, never an artifact. A pinned
-release already recorded in the cache resolves without any network, so air-gapped
-reinstalls work; `latest` always asks its source and falls back to the record only when
-the source is unreachable.
+Only small digest files (and for Kata a HEAD and, when nothing else names a digest, its release
+listing) are fetched here, never an artifact. A pinned release already recorded in the cache
+resolves without any network, so air-gapped reinstalls work; `latest` always asks its source
+and falls back to the record only when the source is unreachable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from nodeagent.artifacts import catalog, sources
+from nodeagent.artifacts import catalog, release_listing, sources
 from nodeagent.artifacts.pins import NO_PINS, Pins
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.digest import Digest, parse_hex, parse_sidecar
@@ -112,10 +112,12 @@ def resolve(
     mirror: str | None = None,
     kata_sha256: str | None = None,
     pins: Pins = NO_PINS,
+    listing: str = "",
 ) -> Release:
     """The release to install, with a digest for every file (or ArtifactError with a hint).
 
-    A pin (pins file) for a file wins over any checksum file the source serves.
+    A pin (pins file) for a file wins over any checksum file the source serves. `listing` is the
+    release-listing URL template asked for a Kata digest no other source gives ("" = never ask).
     """
     catalog.check_version(runtime, version)
     arch_check = catalog.gvisor_arch if runtime == "gvisor" else catalog.kata_arch
@@ -133,7 +135,7 @@ def resolve(
     try:
         if runtime == "gvisor":
             return _resolve_gvisor(fetcher, version, arch, mirror, pins)
-        return _resolve_kata(fetcher, version, arch, mirror, flag, pins)
+        return _resolve_kata(fetcher, version, arch, mirror, flag, pins, listing)
     except ArtifactError as exc:
         if recorded is not None and cache is not None and all(cache.has(f.digest) for f in recorded.files):
             log.warning("source unreachable; using the release recorded in the cache", key=recorded.key, error=exc.message)
@@ -194,7 +196,7 @@ def _resolve_gvisor(fetcher: Fetcher, version: str, arch: str, mirror: str | Non
 
 
 def _resolve_kata(fetcher: Fetcher, version: str, arch: str, mirror: str | None, flag: Digest | None,
-                  pins: Pins) -> Release:
+                  pins: Pins, listing: str = "") -> Release:
     base = sources.kata_base(mirror, version)
     for ext in catalog.KATA_EXTS:
         name = catalog.kata_filename(version, arch, ext)
@@ -212,6 +214,8 @@ def _resolve_kata(fetcher: Fetcher, version: str, arch: str, mirror: str | None,
         # over plain http the mirror's own .sha256 may only disagree (a conflict), never vouch
         vouching = sidecar if loc.authenticated else None
         candidates = [d for d in (flag, pinned, pin, vouching) if d is not None]
+        if not candidates and loc.authenticated and listing:  # upstream's word, asked only when nothing else spoke
+            candidates = [release_listing.listed_digest(fetcher, listing, version, name)]
         if not candidates and not loc.authenticated:
             raise ArtifactError(
                 f"refusing {mirror_relpath('kata', version, arch, name)} from the plain http mirror {base}: "
@@ -220,8 +224,10 @@ def _resolve_kata(fetcher: Fetcher, version: str, arch: str, mirror: str | None,
             )
         if not candidates:
             raise ArtifactError(
-                f"no sha256 digest for {name} from any source (no --kata-sha256, not in the pinned catalog, no {name}.sha256 at {base})",
-                "pass --kata-sha256 <hex> from a source you trust, or install from a bundle made with `nodeagent bundle`",
+                f"no sha256 digest for {name} from any source (no --kata-sha256, not in the pinned catalog, no {name}.sha256 at {base}, "
+                "the release listing is off)",
+                "pass --kata-sha256 <hex> from a source you trust, set kata_release_listing (default: GitHub's API), "
+                "or install from a bundle made with `nodeagent bundle`",
             )
         if len({d.hex for d in (*candidates, sidecar) if d is not None and d.algo == candidates[0].algo}) > 1:
             raise ArtifactError(

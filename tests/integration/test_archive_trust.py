@@ -30,7 +30,7 @@ from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 
-KATA_VERSION = "3.11.0"
+KATA_VERSION = "3.28.0"
 KATA_TARBALL = f"kata/{KATA_VERSION}/kata-static-{KATA_VERSION}-amd64"
 RELEASE = f"opt/nodeagent/kata/{KATA_VERSION}"
 INSTALL_KATA = ("install", "--runtime", "kata", "--skip-eligibility", "--restart", "none")

@@ -30,7 +30,7 @@ ENV = {"NODEAGENT_DOWNLOAD_BACKOFF": "0.01", "NODEAGENT_DOWNLOAD_RETRIES": "2", 
 SMALL_GVISOR = [M.Member("./runsc", data=b"#!/bin/sh\necho runsc\n"), M.Member("./containerd-shim-runsc-v1", data=b"#!/bin/sh\n")]
 V = "20240729.0"
 GDIR = f"gvisor/{V}/x86_64"
-KATA = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+KATA = "kata/3.28.0/kata-static-3.28.0-amd64.tar.zst"
 
 
 def Mirror(directory) -> LoopbackServer:
@@ -68,7 +68,7 @@ def refused(world, srv_url: str, *extra: str, env: dict | None = None) -> str:
 def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp_path):
     mirror, root, out = world
     M.gvisor_tarball_release(mirror, V, SMALL_GVISOR)
-    M.kata_release(mirror, "3.11.0")
+    M.kata_release(mirror, "3.28.0")
     with Mirror(mirror) as srv:
         proc = bundle(srv.url, root, out, "--runtime", "all", "--gvisor-version", V, "-o", "json")
         assert proc.returncode == 0, proc.stderr
@@ -89,7 +89,7 @@ def test_bundle_writes_the_mirror_layout_and_installs_from_it_offline(world, tmp
     assert "MiB" not in proc.stderr  # progress only on a terminal, never into logs
     # the bundle is a mirror: install from the directory with no server at all
     res = ensure_artifact(HostRoot(root), Settings(root=str(root), mirror=str(out)), "kata", "amd64")
-    assert res.action == "download" and (root / "opt/nodeagent/kata/3.11.0/bin/containerd-shim-kata-v2").exists()
+    assert res.action == "download" and (root / "opt/nodeagent/kata/3.28.0/bin/containerd-shim-kata-v2").exists()
 
 
 def test_digest_mismatch(world):
@@ -120,15 +120,15 @@ def test_missing_checksum_file(world):
 
 def test_kata_without_any_digest(world):
     mirror, _, _ = world
-    M.kata_release(mirror, "3.11.0", digest=False)
-    with Mirror(mirror) as srv:
-        message = refused(world, srv.url, "--runtime", "kata")
-    assert "no sha256 digest for kata-static-3.11.0-amd64.tar.zst from any source" in message
+    M.kata_release(mirror, "3.28.0", digest=False)
+    with Mirror(mirror) as srv:  # the release listing off: no source at all (with one: test_kata_release_listing.py)
+        message = refused(world, srv.url, "--runtime", "kata", "--kata-release-listing", "")
+    assert "no sha256 digest for kata-static-3.28.0-amd64.tar.zst from any source" in message
 
 
 def test_kata_sha256_flag_is_a_digest_source(world):
     mirror, root, out = world
-    tarball = M.kata_release(mirror, "3.11.0", digest=False)
+    tarball = M.kata_release(mirror, "3.28.0", digest=False)
     with Mirror(mirror) as srv:
         bad = refused(world, srv.url, "--runtime", "kata", "--kata-sha256", "0" * 64)
         assert "digest mismatch" in bad
@@ -161,7 +161,7 @@ def test_hostile_members(world, case):
 
 def test_hostile_kata_member(world):
     mirror, _, _ = world
-    M.kata_release(mirror, "3.11.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
+    M.kata_release(mirror, "3.28.0", [*M.kata_members(), M.Member("./opt/kata/bin/qemu", "symlink", link="/usr/bin/qemu")])
     with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "kata")
     assert "points outside the archive" in message

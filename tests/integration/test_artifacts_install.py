@@ -109,15 +109,15 @@ def test_gvisor_old_separate_files_layout_and_latest_resolves_to_a_release(tmp_p
 
 
 def test_kata_installs_tree_and_links(tmp_path, root):
-    M.kata_release(tmp_path / "m", "3.11.0", M.kata_members(BUSYBOX))
+    M.kata_release(tmp_path / "m", "3.28.0", M.kata_members(BUSYBOX))
     host = HostRoot(root)
     with Mirror(tmp_path / "m") as srv:
         res = ensure_artifact(host, settings(root, srv.url), "kata", "amd64")
-    assert res.install_dir == "/opt/nodeagent/kata/3.11.0"
-    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+    assert res.install_dir == "/opt/nodeagent/kata/3.28.0"
+    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.28.0"
     assert os.readlink(root / "usr/local/bin/containerd-shim-kata-v2") == "/opt/kata/bin/containerd-shim-kata-v2"
     shim = host.resolve("/usr/local/bin/containerd-shim-kata-v2")
-    assert shim == root / "opt/nodeagent/kata/3.11.0/bin/containerd-shim-kata-v2"
+    assert shim == root / "opt/nodeagent/kata/3.28.0/bin/containerd-shim-kata-v2"
     assert os.access(shim, os.X_OK)
     cfg = host.resolve("/opt/kata/share/defaults/kata-containers/configuration.toml")
     assert cfg.read_text().startswith("# stand-in Kata configuration")
@@ -166,10 +166,10 @@ def test_server_without_range_support_restarts_cleanly(tmp_path, root):
 
 
 def test_retries_on_500_then_success(tmp_path, root):
-    M.kata_release(tmp_path / "m", "3.11.0")
+    M.kata_release(tmp_path / "m", "3.28.0")
     host = HostRoot(root)
     with Mirror(tmp_path / "m") as srv:
-        name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+        name = "kata/3.28.0/kata-static-3.28.0-amd64.tar.zst"
         srv.fault(name, status=500, times=2)
         res = ensure_artifact(host, settings(root, srv.url, retries=3), "kata", "amd64")
         gets = [s for s in srv.requests_for(name) if s.method == "GET"]
@@ -177,11 +177,11 @@ def test_retries_on_500_then_success(tmp_path, root):
 
 
 def test_bounded_failure_when_the_server_keeps_failing(tmp_path, root):
-    M.kata_release(tmp_path / "m", "3.11.0")
+    M.kata_release(tmp_path / "m", "3.28.0")
     host = HostRoot(root)
     before = snapshot(root)
     with Mirror(tmp_path / "m") as srv:
-        name = "kata/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+        name = "kata/3.28.0/kata-static-3.28.0-amd64.tar.zst"
         srv.fault(name, status=503)
         t0 = time.monotonic()
         with pytest.raises(ArtifactError, match="failed after 3 attempts: HTTP 503") as exc:
@@ -196,7 +196,7 @@ def test_bounded_failure_when_the_server_keeps_failing(tmp_path, root):
 def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, root):
     m = tmp_path / "m"
     M.kata_release(m, "3.10.0", M.kata_members(BUSYBOX))
-    M.kata_release(m, "3.11.0", M.kata_members(BUSYBOX))
+    M.kata_release(m, "3.28.0", M.kata_members(BUSYBOX))
     host = HostRoot(root)
     with Mirror(m) as srv:
         ensure_artifact(host, settings(root, srv.url, kata_version="3.10.0"), "kata", "amd64")
@@ -208,10 +208,10 @@ def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, roo
             while proc.pid not in artifacts_in_use(host, "kata") and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert proc.pid in artifacts_in_use(host, "kata")
-            res = ensure_artifact(host, settings(root, srv.url, kata_version="3.11.0"), "kata", "amd64")
-            assert res.version == "3.11.0"
+            res = ensure_artifact(host, settings(root, srv.url, kata_version="3.28.0"), "kata", "amd64")
+            assert res.version == "3.28.0"
             assert res.kept_in_use == {"/opt/nodeagent/kata/3.10.0": [proc.pid]}
-            assert old_shim.exists() and os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+            assert old_shim.exists() and os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.28.0"
             # going back to the kept version only moves the links
             assert plan_artifact(host, settings(root, srv.url, kata_version="3.10.0"), "kata", "amd64").action == "installed"
             before = snapshot(root)
@@ -223,7 +223,7 @@ def test_upgrade_keeps_a_version_in_use_until_nothing_runs_from_it(tmp_path, roo
             proc.wait()
     removed, kept = prune_artifact(host, "kata")
     assert removed == ["/opt/nodeagent/kata/3.10.0"] and kept == {}
-    assert sorted(os.listdir(root / "opt/nodeagent/kata")) == ["3.11.0"]
+    assert sorted(os.listdir(root / "opt/nodeagent/kata")) == ["3.28.0"]
 
 
 def test_foreign_runsc_is_refused_unless_forced_and_restored_on_remove(tmp_path, root):
@@ -301,22 +301,22 @@ def test_broken_release_changes_nothing(tmp_path, root, case):
 
 
 def test_directory_and_file_url_mirrors(tmp_path, root):
-    M.kata_release(tmp_path / "m", "3.11.0", ext="tar.xz")  # older releases ship .tar.xz
+    M.kata_release(tmp_path / "m", "3.28.0", ext="tar.xz")  # older releases ship .tar.xz
     host = HostRoot(root)
     res = ensure_artifact(host, settings(root, str(tmp_path / "m")), "kata", "amd64")
     assert res.action == "download"
     shutil.rmtree(root)
     root.mkdir()
     res = ensure_artifact(HostRoot(root), settings(root, f"file://{tmp_path / 'm'}"), "kata", "amd64")
-    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.11.0"
+    assert os.readlink(root / "opt/kata") == "/opt/nodeagent/kata/3.28.0"
 
 
 def test_stalled_server_times_out_and_fails_bounded(tmp_path, root):
-    M.kata_release(tmp_path / "m", "3.11.0", [*M.kata_members(), M.Member("./opt/kata/blob", data=os.urandom(300_000))])
+    M.kata_release(tmp_path / "m", "3.28.0", [*M.kata_members(), M.Member("./opt/kata/blob", data=os.urandom(300_000))])
     host = HostRoot(root)
     before = snapshot(root)
     with Mirror(tmp_path / "m") as srv:
-        srv.fault("kata/3.11.0/kata-static-3.11.0-amd64.tar.zst", delay=2.0)  # 64 KiB, then a long pause
+        srv.fault("kata/3.28.0/kata-static-3.28.0-amd64.tar.zst", delay=2.0)  # 64 KiB, then a long pause
         t0 = time.monotonic()
         with pytest.raises(ArtifactError, match="failed after 2 attempts.*timed out"):
             ensure_artifact(host, settings(root, srv.url, retries=1, download_timeout=0.3), "kata", "amd64")

@@ -131,15 +131,15 @@ def test_pins_from_the_settings_file_and_environment(root, evil_mirror, tmp_path
 
 def test_kata_over_plain_http_needs_a_pin(root, tmp_path):
     m = tmp_path / "mirror"
-    tarball = M.kata_release(m, "3.11.0")
+    tarball = M.kata_release(m, "3.28.0")
     with LoopbackServer(m) as srv:
         before = snapshot(root)
         proc = run_cli("--root", str(root), "install", "--skip-eligibility", "--runtime", "kata", "--restart", "none",
                        "--mirror", srv.url, env=ENV)
-        assert "refusing kata/3.11.0/kata-static-3.11.0-amd64.tar.zst" in assert_known_error(proc, 2)
+        assert "refusing kata/3.28.0/kata-static-3.28.0-amd64.tar.zst" in assert_known_error(proc, 2)
         assert diff_snapshots(before, snapshot(root)) == []
         pins = tmp_path / "pins"
-        pins.write_text(f"{hashlib.sha256(tarball.read_bytes()).hexdigest()}  kata/3.11.0/{tarball.name}\n")
+        pins.write_text(f"{hashlib.sha256(tarball.read_bytes()).hexdigest()}  kata/3.28.0/{tarball.name}\n")
         proc = run_cli("--root", str(root), "install", "--skip-eligibility", "--runtime", "kata", "--restart", "none",
                        "--mirror", srv.url, "--pins", str(pins), env=ENV)
     assert proc.returncode == 0, proc.stderr
@@ -321,7 +321,7 @@ def test_credentials_in_the_mirror_url_never_reach_errors_or_logs(root, evil_mir
     messages = {name: assert_known_error(proc, 2) for name, proc in (("500", fail_500), ("404", fail_404), ("unpinned", unpinned))}
     assert any(s.path.startswith("/base/gvisor/") for s in srv.seen)  # the URL worked: the path before the query
     assert "http://***@127.0.0.1" in messages["500"] and "token=***" in messages["500"] and "HTTP 500" in messages["500"]
-    assert "no Kata 3.11.0 tarball" in messages["404"] and "http://***@127.0.0.1" in messages["404"]
+    assert "no Kata 3.28.0 tarball" in messages["404"] and "http://***@127.0.0.1" in messages["404"]
     assert "plain http mirror http://***@127.0.0.1" in messages["unpinned"]
     # the retry warnings went to the JSON log, redacted as well
     logged = [json.loads(line) for line in fail_500.stderr.splitlines() if line.startswith("{")]
@@ -331,7 +331,7 @@ def test_credentials_in_the_mirror_url_never_reach_errors_or_logs(root, evil_mir
 # -- L5: `$` matches before a trailing newline ---------------------------------------------------
 @pytest.mark.parametrize("args, env, words", [
     (("--gvisor-version", "20240729.0\n"), {}, "invalid gvisor version"),
-    (("--runtime", "kata", "--kata-version", "3.11.0\n"), {}, "invalid kata version"),
+    (("--runtime", "kata", "--kata-version", "3.28.0\n"), {}, "invalid kata version"),
     ((), {"NODEAGENT_GVISOR_HANDLER": "runsc\n"}, "invalid handler name"),
 ], ids=["gvisor-version", "kata-version", "handler"])
 def test_values_with_a_trailing_newline_are_refused(root, args, env, words):
