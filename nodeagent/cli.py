@@ -70,6 +70,8 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--allow-control-plane-restart", dest="allow_control_plane_restart", action="store_true",
+                   default=argparse.SUPPRESS)
     if dry_run:
         p.add_argument("--dry-run", dest="dry_run", action="store_true", default=argparse.SUPPRESS)
 

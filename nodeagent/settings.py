@@ -52,6 +52,7 @@ class Settings:
     download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
     max_download_size: int = 2 << 30  # bytes per artifact (Kata's tarball is ~400 MB); 0: no cap
     pins: str | None = None  # file of `<hex>  <mirror path>` digests that win over a mirror's own
+    allow_control_plane_restart: bool = False  # --restart auto may restart containerd under running static pods
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
@@ -62,6 +63,7 @@ class Settings:
     kata_overhead_memory: str = "160Mi"
     kata_overhead_cpu: str = "250m"
     max_concurrent_restarts: int = 1
+    overhead_from: str | None = None  # `verify --measure` JSON whose recommended podFixed wins over *_overhead_*
     # agent
     interval: float = 300.0
     # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and
