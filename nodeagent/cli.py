@@ -102,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     v.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
     v.add_argument("--image", default=None, help="image for CRI-based checks (default: skip CRI pods)")
+    v.add_argument("--measure", nargs="?", const=3, type=int, default=None, metavar="N")
+    v.add_argument("--out", default=None, metavar="FILE")
     for name in ("labels", "runtimeclasses"):
         subparsers[name].add_argument("--apply", action="store_true", default=False)
+    subparsers["runtimeclasses"].add_argument("--overhead-from", dest="overhead_from", default=argparse.SUPPRESS,
+                                              metavar="FILE")
     b = subparsers["bundle"]
     b.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     b.add_argument("--arch", action="append", default=None, help="amd64|arm64|... (repeatable; default: this host's)")
