@@ -69,10 +69,15 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _label(proc: psutil.Process) -> str:
+def _label(proc: psutil.Process, depth: int = 0) -> str:
+    """argv[0]'s name; a process without argv (gVisor's stubs, which hold the workload's address
+    spaces for the Sentry) is named after its parent."""
     try:
         argv = proc.cmdline()
-        return os.path.basename(argv[0]) if argv and argv[0] else f"{proc.name()} (no argv)"
+        if argv and argv[0]:
+            return os.path.basename(argv[0])
+        parent = proc.parent()
+        return f"stub of {_label(parent, depth + 1)}" if parent and depth < 3 else proc.name()
     except psutil.Error:
         return "gone"
 
