@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from nodeagent.errors import CommandFailed, NodeagentError
+from nodeagent.errors import CommandFailed
 from nodeagent.measure import MeasureError, RuntimeMeasure, descendants, sample
 from nodeagent.run import spawn
 
@@ -135,5 +135,3 @@ def measure_cri(runtime: str, handler: str, socket: str, count: int, *, window: 
 def skipped(runtime: str, method: str, reason: str) -> RuntimeMeasure:
     return RuntimeMeasure(runtime, method, skipped=True, reason=reason)
 
-
-__all__ = ["measure_runsc_do", "measure_cri", "shim_of", "skipped", "NodeagentError"]
