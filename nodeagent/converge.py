@@ -243,7 +243,8 @@ def _restart_impact(host: HostRoot, settings: Settings, facts: dict[str, Any], c
     status = _cri_status(sock)
     restart = _decide_restart(Report(), status, config_plan, handlers)
     default = ((status.config.get("containerd") or {}).get("defaultRuntimeName") or "") if status else ""
-    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status is not None)
+    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status is not None,
+                          unit=(facts.get("containerd") or {}).get("unit"))
     if enforce:
         impact.enforce(found, settings.restart, settings.allow_control_plane_restart)
     return found

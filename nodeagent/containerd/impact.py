@@ -44,6 +44,10 @@ KUBELET_RESTARTS_WITH_CONTAINERD = {
     "k3s": "k3s runs containerd and the kubelet in one service (k3s / k3s-agent): both restart",
     "rke2": "rke2 runs containerd and the kubelet under one service (rke2-server / rke2-agent): both restart",
 }
+# units whose process is itself the control plane: restarting containerd restarts the API server
+CONTROL_PLANE_IN_UNIT = {
+    "k3s.service": "a k3s server runs the API server, scheduler and controllers in that same process: they restart too",
+}
 MAX_MANIFESTS = 200  # a static pod dir holds a handful; never read an unbounded directory
 
 
@@ -67,15 +71,18 @@ class RestartImpact:
     static_pods: list[dict[str, Any]] = field(default_factory=list)  # running (READY) static pods
     kubelet_restarts: bool = False
     kubelet_note: str | None = None
+    control_plane_in_unit: str | None = None  # why the restarted unit is the control plane itself
 
     @property
     def control_plane(self) -> bool:
-        return any(m["control_plane"] for m in self.manifests) or any(p["control_plane"] for p in self.static_pods)
+        return (any(m["control_plane"] for m in self.manifests) or any(p["control_plane"] for p in self.static_pods)
+                or self.control_plane_in_unit is not None)
 
     @property
     def blocks_auto_restart(self) -> bool:
-        """A restart of a control-plane node's containerd while its static pods run."""
-        return self.restart and self.control_plane and bool(self.static_pods)
+        """A restart of a control-plane node's containerd while its static pods (or, on a k3s
+        server, the control plane inside the restarted unit) run."""
+        return self.restart and self.control_plane and (bool(self.static_pods) or self.control_plane_in_unit is not None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +97,7 @@ class RestartImpact:
             "control_plane": self.control_plane,
             "kubelet_restarts": self.kubelet_restarts,
             "kubelet_note": self.kubelet_note,
+            "control_plane_in_unit": self.control_plane_in_unit,
             "blocks_auto_restart": self.blocks_auto_restart,
         }
 
@@ -174,10 +182,12 @@ def _static_pod(pod: Any) -> dict[str, Any] | None:
 
 
 def assess(host: HostRoot, socket: str, flavor: str, restart: bool, default_handler: str = "", *,
-           ask_cri: bool = True) -> RestartImpact:
-    """What a containerd restart would touch now. Never raises for an unreachable containerd;
-    `ask_cri=False` when a probe just found nothing answering (spares the grpc imports)."""
+           ask_cri: bool = True, unit: str | None = None) -> RestartImpact:
+    """What a containerd restart would touch now (`unit`: the flavor's detected systemd unit).
+    Never raises for an unreachable containerd; `ask_cri=False` when a probe just found nothing
+    answering (spares the grpc imports)."""
     impact = RestartImpact(restart=restart, flavor=flavor, static_pod_path=static_pod_path(host, flavor))
+    impact.control_plane_in_unit = CONTROL_PLANE_IN_UNIT.get(unit or "")
     impact.manifests = read_manifests(host, impact.static_pod_path)
     pods, impact.sandboxes_reason = _running_sandboxes(socket) if ask_cri else ([], "containerd is not running")
     for pod in pods:
@@ -195,9 +205,9 @@ def enforce(impact: RestartImpact, restart_mode: str, allowed: bool) -> None:
     """Refuse `--restart auto` on a control-plane node whose static pods run (before any write)."""
     if restart_mode != "auto" or allowed or not impact.blocks_auto_restart:
         return
-    pods = ", ".join(f"{p['namespace']}/{p['name']}" for p in impact.static_pods[:5])
+    running = ", ".join(f"{p['namespace']}/{p['name']}" for p in impact.static_pods[:5]) or impact.control_plane_in_unit
     raise RestartRefused(
-        f"refusing to restart containerd on a control-plane node while its static pods run ({pods}); "
+        f"refusing to restart containerd on a control-plane node while its control plane runs ({running}); "
         "nothing was changed"
     )
 
@@ -219,6 +229,8 @@ def render(impact: RestartImpact) -> list[str]:
     elif impact.control_plane:
         lines.append(f"restart impact: control-plane manifests in {impact.static_pod_path}, none running")
     lines.append("restart impact: " + (impact.kubelet_note or "the kubelet keeps running (a separate service)"))
+    if impact.control_plane_in_unit:
+        lines.append(f"restart impact: {impact.control_plane_in_unit}")
     if impact.blocks_auto_restart:
         lines.append("restart impact: --restart auto refuses this unless --allow-control-plane-restart is given")
     return lines

@@ -58,3 +58,17 @@ def test_a_static_pod_that_is_not_control_plane_does_not_block():
     found = _blocking()
     found.static_pods[0].update(name="node-exporter-n1", control_plane=False)
     assert not found.blocks_auto_restart
+
+
+@pytest.mark.parametrize("unit, blocks", [("k3s.service", True), ("k3s-agent.service", False)])
+def test_a_k3s_server_is_its_own_control_plane(tmp_path, unit, blocks):
+    """A k3s server runs the API server inside the unit a restart restarts: no static pods needed."""
+    found = impact.assess(HostRoot(tmp_path), "/nowhere.sock", "k3s", True, ask_cri=False, unit=unit)
+    assert found.kubelet_restarts and found.control_plane is blocks and found.blocks_auto_restart is blocks
+    if blocks:
+        with pytest.raises(impact.RestartRefused) as err:
+            impact.enforce(found, "auto", allowed=False)
+        assert "API server" in err.value.message
+        assert any("API server" in line for line in impact.render(found))
+    else:
+        impact.enforce(found, "auto", allowed=False)
