@@ -71,6 +71,8 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--allow-control-plane-restart", dest="allow_control_plane_restart", action="store_true",
+                   default=argparse.SUPPRESS)
     if dry_run:
         p.add_argument("--dry-run", dest="dry_run", action="store_true", default=argparse.SUPPRESS)
 
@@ -101,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     v.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
     v.add_argument("--image", default=None, help="image for CRI-based checks (default: skip CRI pods)")
+    v.add_argument("--measure", nargs="?", const=3, type=int, default=None, metavar="N")
+    v.add_argument("--out", default=None, metavar="FILE")
     for name in ("labels", "runtimeclasses"):
         subparsers[name].add_argument("--apply", action="store_true", default=False)
+    subparsers["runtimeclasses"].add_argument("--overhead-from", dest="overhead_from", default=argparse.SUPPRESS,
+                                              metavar="FILE")
     b = subparsers["bundle"]
     b.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     b.add_argument("--arch", action="append", default=None, help="amd64|arm64|... (repeatable; default: this host's)")

@@ -44,6 +44,7 @@ HELP: dict[str, str] = {
     "max_download_size": "largest artifact a download may be, in bytes (default 2 GiB; 0: no cap)",
     "pins": "file of `<hex>  <mirror path>` digests that win over a mirror's checksum files",
     "kata_release_listing": "https URL of Kata's release listing ({version} = tag) whose asset digests vouch for the tarball; empty: off",
+    "allow_control_plane_restart": "let --restart auto restart containerd while a control plane's static pods run",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",
@@ -54,12 +55,15 @@ HELP: dict[str, str] = {
     "kata_overhead_memory": "pod memory overhead in Kata's RuntimeClass",
     "kata_overhead_cpu": "pod CPU overhead in Kata's RuntimeClass",
     "max_concurrent_restarts": "how many nodes of the cluster may restart containerd at once",
+    "overhead_from": "RuntimeClass overhead from this `verify --measure -o json` file (wins over *_overhead_*)",
     # commands' own options
     "image": "image for CRI-based checks (default: skip CRI pods)",
     "apply": "write to the Kubernetes API instead of printing",
     "arch": "architecture to bundle: amd64, arm64, ... (repeatable; default this host's)",
     "dir": "directory to fill with the offline mirror",
     "once": "converge once and exit",
+    "measure": "start N sandboxes per runtime (default 3) and measure the memory and CPU the runtime adds",
+    "out": "also write the JSON report to this file (for runtimeclasses --overhead-from)",
     # agent
     "interval": "seconds between drift checks",
     "listen": "address:port of the health and metrics endpoint",

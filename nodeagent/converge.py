@@ -59,6 +59,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     runtimes: list[str] = field(default_factory=list)
     handlers: list[str] = field(default_factory=list)
+    restart_impact: Any = None  # containerd.impact.RestartImpact: what a restart touches
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -77,6 +78,8 @@ class Report:
             data["warnings"] = self.warnings
         if self.notes:
             data["notes"] = self.notes
+        if self.restart_impact is not None:
+            data["restart_impact"] = self.restart_impact.as_dict()
         return data
 
     def render_text(self) -> str:
@@ -93,6 +96,10 @@ class Report:
             out.append(f"restarted {r['unit']} via {r['method']}: pid {r.get('old_pid')} -> {r.get('new_pid')}")
         if self.health is not None:
             out.append("containerd healthy; CRI serves: " + ", ".join(self.health.get("served", [])))
+        if self.restart_impact is not None:
+            from nodeagent.containerd.impact import render
+
+            out += render(self.restart_impact)
         out += [f"note: {n}" for n in self.notes]
         out += [f"warning: {w}" for w in self.warnings]
         return "\n".join(line for line in out if line)
@@ -207,6 +214,7 @@ def plan(settings: Settings) -> Report:
     for runtime in runtimes:
         report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
     _decide_restart(report, _cri_status(socket_for(host, settings, facts)), config_plan, handlers)
+    report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
@@ -225,19 +233,39 @@ def _decide_restart(report: Report, status, config_plan, handlers: list[str]) ->
     return report.restart
 
 
+def _restart_impact(host: HostRoot, settings: Settings, facts: dict[str, Any], config_plan, handlers: list[str],
+                    *, enforce: bool = False):
+    """What a containerd restart would touch now; with `enforce`, refuse `--restart auto` on a
+    control-plane node whose static pods run (called before anything is written)."""
+    from nodeagent.containerd import impact
+
+    sock = socket_for(host, settings, facts)
+    status = _cri_status(sock)
+    restart = _decide_restart(Report(), status, config_plan, handlers)
+    default = ((status.config.get("containerd") or {}).get("defaultRuntimeName") or "") if status else ""
+    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status is not None,
+                          unit=(facts.get("containerd") or {}).get("unit"))
+    if enforce:
+        impact.enforce(found, settings.restart, settings.allow_control_plane_restart)
+    return found
+
+
 def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
     """Converge the node; `restart_guard` is held around a containerd restart (fleet slots)."""
     from nodeagent.artifacts import check_settings, ensure_artifact
 
     host = HostRoot(settings.root)
     # refuse bad input before the lock file is even created
-    facts, _, _, runtimes, _ = _build(settings, host)
+    facts, early_plan, _, runtimes, early_handlers = _build(settings, host)
     check_settings(settings, runtimes, facts.get("arch"))
+    if early_plan is not None:
+        _restart_impact(host, settings, facts, early_plan, early_handlers, enforce=True)
     with apply.lock(host):
         facts, config_plan, warnings, runtimes, handlers = _build(settings, host)
         report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)
         if config_plan is None:
             return report
+        report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers, enforce=True)
         _sweep_temps(host, config_plan.files)
         apply.prepare_install(host, config_plan)  # validate with containerd before any write
         for runtime in runtimes:

@@ -96,3 +96,20 @@ def run(
     if check and proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, result.stderr or result.stdout, hint)
     return result
+
+
+
+def spawn(argv: Sequence[str], *, stderr=subprocess.DEVNULL, cwd: str | None = None,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start argv (no shell) in its own session and return at once: for a process that must keep
+    running while we watch it (a sandbox being measured). stdout is a pipe; give `stderr` a file,
+    never a pipe nobody drains. The caller ends the process and waits for it."""
+    argv = [os.fspath(a) for a in argv]
+    log.debug("spawn", argv=argv)
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, cwd=cwd,
+                                env=env, start_new_session=True)
+    except FileNotFoundError:
+        raise CommandFailed(argv, 127, f"{argv[0]}: not found") from None
+    except PermissionError as exc:
+        raise CommandFailed(argv, 126, str(exc)) from None

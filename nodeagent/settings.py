@@ -54,6 +54,7 @@ class Settings:
     pins: str | None = None  # file of `<hex>  <mirror path>` digests that win over a mirror's own
     # where Kata's sha256 comes from when nothing else names one ("" = never ask); see release_listing.py
     kata_release_listing: str = "https://api.github.com/repos/kata-containers/kata-containers/releases/tags/{version}"
+    allow_control_plane_restart: bool = False  # --restart auto may restart containerd under running static pods
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
@@ -64,6 +65,7 @@ class Settings:
     kata_overhead_memory: str = "160Mi"
     kata_overhead_cpu: str = "250m"
     max_concurrent_restarts: int = 1
+    overhead_from: str | None = None  # `verify --measure` JSON whose recommended podFixed wins over *_overhead_*
     # agent
     interval: float = 300.0
     # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and

@@ -37,10 +37,27 @@ def labels(settings: Any, args: Any) -> Result:
     return Result(data, "\n".join(lines))
 
 
+def _measured_overhead(settings: Any, wanted: tuple[str, ...]) -> tuple[Any, dict[str, Any] | None]:
+    """Settings with the overheads `--overhead-from FILE` recommends (runtimes it did not measure
+    keep their configured ones), and what was taken from where."""
+    if not settings.overhead_from:
+        return settings, None
+    import dataclasses
+
+    from nodeagent.measure import load_recommendations
+
+    measured = load_recommendations(settings.overhead_from, wanted)
+    changes = {f"{runtime}_overhead_{kind}": value for runtime, rec in measured.items() for kind, value in rec.items()}
+    return dataclasses.replace(settings, **changes), {"file": settings.overhead_from, "runtimes": measured}
+
+
 def runtimeclasses(settings: Any, args: Any) -> Result:
     wanted = tuple(selected(settings.runtime))
+    settings, measured = _measured_overhead(settings, wanted)
     items = runtimeclass.manifests(settings, wanted)
     data: dict[str, Any] = {"items": items}
+    if measured:
+        data["overhead_from"] = measured
     text = yaml.safe_dump_all(items, sort_keys=False, default_flow_style=False).rstrip()
     if getattr(args, "apply", False):
         with KubeClient.from_settings(settings, retries=_CLI_RETRIES) as api:

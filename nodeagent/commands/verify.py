@@ -89,6 +89,11 @@ def run(settings, args) -> Result:
     host = HostRoot(settings.root)
     wanted = settings.runtime
     image = getattr(args, "image", None)
+    count = getattr(args, "measure", None)
+    if count is not None:
+        from nodeagent.commands.verify_measure import check_count
+
+        check_count(count)
     checks: list[verify.RuntimeCheck] = []
     if wanted in ("gvisor", "all"):
         checks.append(_check_gvisor(host, settings, explicit=wanted == "gvisor"))
@@ -100,6 +105,10 @@ def run(settings, args) -> Result:
     text = _text(checks)
     if not checked:
         text += "\nnothing verified: no sandbox runtime is installed on this node"
+    if count is not None:
+        from nodeagent.commands.verify_measure import measure_checked
+
+        text += "\n" + measure_checked(host, settings, checks, count, data, getattr(args, "out", None))
     result = Result(data, text, exit_code=EXIT_OK if ok else EXIT_FAIL)
     if ok:
         return result

@@ -229,3 +229,37 @@ def test_start_limit_hit_by_our_restart_is_handled(node):
     report = json.loads(nodeagent(node, *INSTALL, "--runtime", "gvisor").stdout)
     assert report["restarted"]["start_limit_resets"] >= 1
     assert "runsc" in served(node)
+
+
+def test_restart_auto_refuses_under_a_running_control_plane_unless_allowed(node):
+    """A kube-apiserver static pod runs (its sandbox labelled as the kubelet labels one: stand-in,
+    no kubelet here): `--restart auto` refuses and changes nothing; the flag lets it restart, and
+    the static pod's sandbox survives."""
+    from tests.integration.test_restart_impact import APISERVER_MANIFEST, run_kubelet_like_pod
+    from pathlib import Path
+
+    manifests = node.path("/etc/kubernetes/manifests")
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / "kube-apiserver.yaml").write_text(APISERVER_MANIFEST)
+    auto = ["install", "--runtime", "gvisor", "--restart", "auto", "--mirror", MIRROR]
+    try:
+        with CriClient(node.containerd_socket) as cri:
+            static = run_kubelet_like_pod(cri, "kube-apiserver-node1", "runc", static=True,
+                                          labels={"component": "kube-apiserver", "tier": "control-plane"},
+                                          log_dir=Path("/tmp/nodeagent-test-static-pods"))
+        config, pid = node.path(CONFIG).read_bytes(), node.main_pid()
+        refused = nodeagent(node, *auto, check=False)
+        assert refused.returncode == 2 and "control-plane" in refused.stderr, refused.stderr
+        assert "hint:" in refused.stderr and "Traceback" not in refused.stderr
+        assert node.path(CONFIG).read_bytes() == config and node.main_pid() == pid
+        assert not node.path("/usr/local/bin/runsc").exists()
+
+        report = json.loads(nodeagent(node, *auto, "--allow-control-plane-restart").stdout)
+        assert report["restarted"]["unit"] == "containerd.service" and node.main_pid() != pid
+        impact = report["restart_impact"]
+        assert impact["blocks_auto_restart"] and impact["kubelet_restarts"] is False
+        assert [p["name"] for p in impact["static_pods"]] == ["kube-apiserver-node1"]
+        with CriClient(node.containerd_socket) as cri:
+            assert cri.pod_state(static) == "SANDBOX_READY"
+    finally:
+        shutil.rmtree(node.path("/etc/kubernetes"), ignore_errors=True)

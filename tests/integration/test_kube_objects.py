@@ -276,3 +276,62 @@ def test_label_patch_survives_throttling_and_a_5xx(apiserver, api):  # noqa: F81
     assert apply_labels(api, "node-a", {P + "state": "ready"})
     assert [r.status for r in apiserver.records if r.method == "PATCH"] == [429, 503, 200]
     assert apiserver.object(NODE)["metadata"]["labels"] == {"zone": "a", P + "state": "ready"}
+
+
+def _measure_report(gvisor: dict | None) -> dict:
+    """The shape `verify --measure -o json` writes (tests/integration/test_verify.py makes a real one)."""
+    measured = {"kata": {"runtime": "kata", "method": "cri", "skipped": True, "reason": "Kata is not installed"}}
+    if gvisor is not None:
+        measured["gvisor"] = gvisor
+    return {"ok": True, "runtimes": {}, "measure": measured}
+
+
+def test_runtimeclasses_take_the_measured_overhead(tmp_path, apiserver, kc):  # noqa: F811
+    report = tmp_path / "measured.json"
+    report.write_text(json.dumps(_measure_report({"runtime": "gvisor", "skipped": False, "sandboxes": 3,
+                                                  "recommended": {"memory": "55Mi", "cpu": "10m"}})))
+    proc = run_cli("-o", "json", "runtimeclasses", "--overhead-from", str(report), "--apply", "--kubeconfig", kc)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["overhead_from"] == {"file": str(report), "runtimes": {"gvisor": {"memory": "55Mi", "cpu": "10m"}}}
+    assert apiserver.object(RC + "/gvisor")["overhead"]["podFixed"] == {"cpu": "10m", "memory": "55Mi"}
+    # Kata was not measured: it keeps its configured overhead
+    assert apiserver.object(RC + "/kata")["overhead"]["podFixed"] == {"cpu": "250m", "memory": "160Mi"}
+    # the settings key does the same
+    cfg = tmp_path / "na.toml"
+    cfg.write_text(f'overhead_from = "{report}"\nruntime = "gvisor"\n')
+    shown = json.loads(run_cli("-o", "json", "--config", str(cfg), "runtimeclasses").stdout)
+    assert shown["items"][0]["overhead"]["podFixed"] == {"cpu": "10m", "memory": "55Mi"}
+
+
+OVERHEAD_FILE_CASES = {
+    "missing": (None, "cannot read the overhead file"),
+    "not-json": (b"overhead: 55Mi\n", "is not JSON"),
+    "binary": (b"\xff\xfe\x00garbage", "is not JSON"),
+    "no-measure-key": (b'{"ok": true, "runtimes": {}}', "no 'measure' object"),
+    "a-list": (b"[1, 2]", "no 'measure' object"),
+    "only-skipped": (json.dumps(_measure_report(None)).encode(), "holds no measured recommendation"),
+    "bad-memory-unit": (json.dumps(_measure_report({"recommended": {"memory": "55MB", "cpu": "10m"}})).encode(),
+                        "expected memory like '64Mi'"),
+    "negative-cpu": (json.dumps(_measure_report({"recommended": {"memory": "55Mi", "cpu": "-10m"}})).encode(),
+                     "expected memory like '64Mi'"),
+    "injection": (json.dumps(_measure_report({"recommended": {"memory": "55Mi\nhandler: runc", "cpu": "10m"}})).encode(),
+                  "expected memory like '64Mi'"),
+    "huge": (b'{"measure": {}, "pad": "' + b"x" * (4 << 20) + b'"}', "larger than 4 MiB"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERHEAD_FILE_CASES))
+def test_bad_overhead_file_is_one_error_and_nothing_is_written(tmp_path, apiserver, kc, case):  # noqa: F811
+    content, expected = OVERHEAD_FILE_CASES[case]
+    root = tmp_path / "root"
+    root.mkdir()
+    report = root / "measured.json"
+    if content is not None:
+        report.write_bytes(content)
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "runtimeclasses", "--overhead-from", str(report), "--apply", "--kubeconfig", kc)
+    assert expected in assert_known_error(proc)
+    assert "verify --measure" in proc.stderr
+    assert diff_snapshots(before, snapshot(root)) == []
+    assert apiserver.count() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent import verify
+from nodeagent.containerd.cri import CriClient
 from nodeagent.host import HostRoot
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import TESTENV, minimal_config
@@ -150,3 +152,85 @@ def test_from_a_daemonset_pod_on_the_node(clean_node):
     gvisor = json.loads(proc.stdout)["runtimes"]["gvisor"]
     assert gvisor["ok"] and gvisor["sandbox_kernel"] == "4.4.0" and gvisor["host_kernel"] == HOST_KERNEL
     assert gvisor["runsc"] == "/proc/1/fd/9/usr/bin/runsc"
+
+
+def _runsc_processes() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if any("nodeagent-measure-" in a for a in (p.info["cmdline"] or []))}
+
+
+@pytest.mark.parametrize("runsc", [RUNSC_2022, RUNSC_2024], ids=["runsc-2022", "runsc-2024"])
+def test_measure_gvisor_with_real_runsc(tmp_path, runsc):
+    """Real gVisor sandboxes: Sentry and Gofer found and measured, a recommendation derived from
+    the numbers, the report written, and no sandbox left behind."""
+    if not runsc.exists():
+        pytest.skip(f"{runsc} is not installed (run scripts/setup-test-env)")
+    root = _root_with_runsc(tmp_path, runsc)
+    out = tmp_path / "measured.json"
+    proc = run_cli("--root", str(root), "-o", "json", "verify", "--runtime", "gvisor", "--measure", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert json.loads(out.read_text()) == data
+    m = data["measure"]["gvisor"]
+    assert m["method"] == "runsc-do" and m["sandboxes"] == 2 and not m["skipped"]
+    for sandbox in m["per_sandbox"]:
+        names = [p["name"] for p in sandbox["processes"]]
+        assert "runsc-sandbox" in names and "runsc-gofer" in names, names  # Sentry and Gofer
+        assert 4 << 20 < sandbox["rss"] < 1 << 30 and 0 < sandbox["pss"] <= sandbox["rss"]
+        assert sandbox["rss"] == sum(p["rss"] for p in sandbox["processes"])
+    # the recommendation follows from the numbers: worst RSS + 20 %, rounded up to Mi
+    worst = max(s["rss"] for s in m["per_sandbox"])
+    assert m["recommended"]["memory"] == f"{math.ceil(worst * 1.2 / (1 << 20))}Mi"
+    assert m["recommended"]["cpu"].endswith("m") and int(m["recommended"]["cpu"][:-1]) >= 10
+    assert "largest RSS" in m["recommendation_method"]
+    assert _runsc_processes() == set()
+
+    text = run_cli("--root", str(root), "verify", "--runtime", "gvisor", "--measure", "1")
+    assert text.returncode == 0, text.stderr
+    assert "recommended overhead.podFixed: memory" in text.stdout and "measured 1 sandboxes via runsc-do" in text.stdout
+
+    # the report feeds the RuntimeClass
+    rc = json.loads(run_cli("-o", "json", "runtimeclasses", "--overhead-from", str(out)).stdout)
+    gvisor_rc = next(i for i in rc["items"] if i["handler"] == "runsc")
+    assert gvisor_rc["overhead"]["podFixed"] == m["recommended"]
+
+
+def test_measure_skips_a_runtime_that_is_not_there_and_says_why(tmp_path):
+    root = _root_with_runsc(tmp_path, RUNSC_2022)
+    proc = run_cli("--root", str(root), "-o", "json", "verify", "--measure", "1")
+    data = json.loads(proc.stdout)
+    kata = data["measure"]["kata"]
+    # no containerd in this root, no KVM or host-side vsock on this machine: both reasons are given
+    assert kata["skipped"] and "recommended" not in kata
+    assert "no socket at" in kata["reason"] and "kata cannot run on this host" in kata["reason"]
+    assert data["measure"]["gvisor"]["sandboxes"] == 1
+
+
+@pytest.mark.parametrize("count", ["0", "51", "-3", "many"])
+def test_measure_count_out_of_range_is_a_usage_error(tmp_path, count):
+    root = _root_with_runsc(tmp_path, RUNSC_2022)
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "verify", "--runtime", "gvisor", f"--measure={count}")
+    assert_known_error(proc, 64)
+    assert diff_snapshots(before, snapshot(root)) == []
+    assert _runsc_processes() == set()
+
+
+def test_measure_through_cri_finds_each_sandboxs_shim_processes(containerd_factory):
+    """The CRI way (Kata's, and gVisor's with its real shim) on REAL containerd. The runc handler
+    stands in for a sandbox runtime: what is measured is its pause process; the plumbing (pods,
+    shim lookup by sandbox id, sampling, removal) is the same."""
+    from nodeagent.measure_launch import measure_cri, shim_of
+
+    daemon = containerd_factory("2.1")
+    import_test_images(daemon)
+    m = measure_cri("runc-plumbing", "runc", str(daemon.socket), 2, window=0.5)
+    assert m.sandboxes == 2 and all(c.processes for c in m.costs)
+    assert all(0 < c.rss < 64 << 20 for c in m.costs)
+    data = m.as_dict()
+    assert data["handler"] == "runc" and data["recommended"]["memory"].endswith("Mi")
+    with CriClient(daemon.socket) as client:
+        assert client.list_pods() == []  # the measured pods were removed
+    assert shim_of("no-such-sandbox-id") is None

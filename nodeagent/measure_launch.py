@@ -1,0 +1,137 @@
+"""Start the sandboxes `verify --measure` samples, find each one's runtime processes, end them.
+
+Two ways, as `verify` itself checks runtimes:
+- `runsc do`: a real gVisor sandbox without containerd or an image. Its runtime processes are
+  everything below the `runsc do` process: the Sentry (`runsc-sandbox ... boot`, with the stub
+  processes it runs the workload's address spaces in) and the Gofer (`runsc-gofer`). `runsc do`
+  itself stands where the shim would be, outside the pod's cgroup, and is not counted.
+- CRI: RunPodSandbox with the runtime's handler, exactly as the kubelet starts a pod. Its runtime
+  processes are everything below the sandbox's shim (`containerd-shim-* -id <sandbox id>`): for
+  a VM runtime the VMM and its helpers (virtiofsd), the workload being inside the guest. No
+  container is started: the pod sandbox alone already boots the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from nodeagent.errors import CommandFailed
+from nodeagent.measure import MeasureError, RuntimeMeasure, descendants, sample
+from nodeagent.run import spawn
+
+READY_LINE = b"nodeagent-measure-ready"
+# the workload: tell us it runs, then do nothing for longer than any measurement takes
+WORKLOAD = ["sh", "-c", f"echo {READY_LINE.decode()}; exec sleep 600"]
+
+
+def _wait_ready(proc: subprocess.Popen, deadline: float) -> None:
+    """Until the sandboxed workload printed its ready line (it then runs inside the sandbox)."""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if READY_LINE in line:
+            return
+        if not line:  # EOF: runsc do ended
+            raise MeasureError(f"`runsc do` exited {proc.wait()} before its sandbox started")
+    raise MeasureError("the gVisor sandbox did not start in time",
+                       "the node may be overloaded; try a larger --health-timeout or a smaller --measure N")
+
+
+def _end(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each `runsc do` (it takes its sandbox down with it), then SIGKILL what is left of
+    its session, so no sandbox outlives the measurement."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session (spawn): only its processes
+            proc.wait(5)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def measure_runsc_do(runsc: Path, count: int, *, platform: str | None = None, window: float = 2.0,
+                     timeout: float = 60.0) -> RuntimeMeasure:
+    """`count` gVisor sandboxes side by side via `runsc do`, sampled together, then ended."""
+    result = RuntimeMeasure("gvisor", "runsc-do", window=window, detail={"runsc": str(runsc)})
+    if platform:
+        result.detail["platform"] = platform
+    state = tempfile.mkdtemp(prefix="nodeagent-measure-")
+    flags = ["--root", state, "--network=none"] + (["--rootless"] if os.geteuid() != 0 else [])
+    flags += [f"--platform={platform}"] if platform else []
+    procs: list[subprocess.Popen] = []
+    try:
+        with tempfile.TemporaryFile() as errors:
+            try:
+                deadline = time.monotonic() + timeout
+                for _ in range(count):
+                    procs.append(spawn([str(runsc), *flags, "do", *WORKLOAD], stderr=errors, cwd="/"))
+                for proc in procs:
+                    _wait_ready(proc, deadline)
+            except (MeasureError, CommandFailed) as exc:
+                errors.seek(0)
+                tail = errors.read().decode(errors="replace").strip().splitlines()[-1:]
+                raise MeasureError(exc.message + (f": {tail[0]}" if tail else ""), exc.hint) from None
+            result.costs = sample([descendants(p.pid) for p in procs], window)
+            result.sandboxes = len(result.costs)
+    finally:
+        _end(procs)
+        shutil.rmtree(state, ignore_errors=True)
+    return result
+
+
+def shim_of(sandbox_id: str) -> psutil.Process | None:
+    """The shim process serving a CRI sandbox (`containerd-shim-<runtime> ... -id <id>`)."""
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if argv and os.path.basename(argv[0]).startswith("containerd-shim") and sandbox_id in argv:
+            return proc
+    return None
+
+
+def measure_cri(runtime: str, handler: str, socket: str, count: int, *, window: float = 2.0,
+                timeout: float = 60.0) -> RuntimeMeasure:
+    """`count` pod sandboxes with `handler` through CRI, sampled together, then removed."""
+    from nodeagent.containerd.cri import CriClient, CriError
+
+    result = RuntimeMeasure(runtime, "cri", window=window, detail={"handler": handler, "socket": socket})
+    pods = []
+    try:
+        with CriClient(socket, timeout=min(timeout, 30.0)) as client:
+            try:
+                for i in range(count):
+                    pods.append(client.run_pod(handler, name=f"measure-{runtime}-{i}", timeout=timeout))
+                groups = []
+                for pod in pods:
+                    shim = shim_of(pod.id)
+                    if shim is None:
+                        raise MeasureError(f"no shim process found for sandbox {pod.id[:12]} (handler {handler!r})",
+                                           "run nodeagent where it sees the node's processes (hostPID)")
+                    groups.append(descendants(shim.pid))
+                result.costs = sample(groups, window)
+                result.sandboxes = len(result.costs)
+            finally:
+                for pod in pods:
+                    client.destroy_pod(pod)
+    except CriError as exc:
+        raise MeasureError(f"no sandbox with handler {handler!r}: {exc.message}", exc.hint) from None
+    return result
+
+
+def skipped(runtime: str, method: str, reason: str) -> RuntimeMeasure:
+    return RuntimeMeasure(runtime, method, skipped=True, reason=reason)
+
