@@ -55,7 +55,16 @@ def test_data_fields_become_private_temp_files_removed_on_close(tmp_path):
 
 @pytest.mark.parametrize("cluster,user,expect", [
     ({"insecure-skip-tls-verify": True}, None, "insecure-skip-tls-verify"),
-    ({}, {"exec": {"command": "aws"}}, "`exec` credentials"),
+    ({}, {"exec": {"command": "aws"}}, "exec apiVersion None is not supported"),
+    ({}, {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1alpha1"}}, "removed in Kubernetes 1.24"),
+    ({}, {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Always"}},
+     "needs a terminal"),
+    ({}, {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1", "args": "get-token"}},
+     "args must be a list"),
+    ({}, {"exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1", "env": [{"value": "x"}]}},
+     "env must be a list"),
+    ({"certificate-authority-data": "Q0E="}, {"token": "t", "exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
+     "both an exec plugin and a static token"),
     ({}, {"username": "a", "password": "b"}, "`username` credentials"),
     ({"certificate-authority-data": "!!notbase64"}, None, "not valid base64"),
     ({"certificate-authority": "/nonexistent/ca.crt"}, None, "does not exist"),
