@@ -58,6 +58,12 @@ class KubeUnauthorized(KubeError):
     default_hint = "the API server rejected the credentials: refresh the kubeconfig token/certificate or the service account"
 
 
+# the plugin ran and gave a fresh token twice; the cluster does not map that identity to a user
+_EXEC_401_HINT = ("the credential plugin's fresh token was refused too: check the cloud identity it logs in as "
+                  "is mapped into the cluster (EKS access entries / aws-auth, GKE IAM, AKS Entra ID) and that "
+                  "the kubeconfig's cluster matches the plugin's args")
+
+
 class KubeForbidden(KubeError):
     default_hint = "grant the service account the RBAC rules in deploy/ (see deploy/README.md)"
 
@@ -215,7 +221,8 @@ class KubeClient:
         what = f"{method} {path}: {resp.status_code} {reason or resp.reason}" + (f": {message}" if message else "")
         code = resp.status_code
         if code == 401:
-            raise KubeUnauthorized(f"the API server {self.creds.server} rejected our credentials ({describe(self.creds)['auth']}): 401 Unauthorized")
+            raise KubeUnauthorized(f"the API server {self.creds.server} rejected our credentials ({describe(self.creds)['auth']}): 401 Unauthorized",
+                                   _EXEC_401_HINT if self.creds.exec_plugin else None)
         if code == 403:
             raise KubeForbidden(what, _ADMISSION_HINT if "ValidatingAdmissionPolicy" in message else None)
         if code == 404:

@@ -139,6 +139,7 @@ def test_a_401_runs_the_plugin_again_once(tmp_path, apiserver, pki, plugin):  # 
             api.get(NODE)
     assert len(runs(plugin[1])) == 3  # one fresh try per request, not a loop
     assert "exec plugin fake-get-token" in err.value.message and "exec-tok" not in err.value.message
+    assert "credential plugin's fresh token was refused" in err.value.hint
     assert apiserver.count(status=401) == 3
 
 
