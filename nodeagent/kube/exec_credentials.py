@@ -192,9 +192,13 @@ def _unlink_all(paths: list[str]) -> None:
     paths.clear()
 
 
-def _last_line(text: bytes) -> str:
-    lines = [line.strip() for line in text.decode(errors="replace").splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+def _why(stderr: bytes) -> str:
+    """The plugin's reason in one line: its last line that mentions an error, else its last line
+    with words; the end of a long line (gke-gcloud-auth-plugin puts gcloud's reason last)."""
+    lines = [line.strip() for line in stderr.decode(errors="replace").splitlines()
+             if any(c.isalpha() for c in line)]
+    line = next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines else "")
+    return line if len(line) <= 200 else "..." + line[-200:]
 
 
 class ExecPlugin:
@@ -264,7 +268,7 @@ class ExecPlugin:
             raise KubeError(f"cannot run the credential plugin {name}: {exc.strerror}",
                             "check the plugin is an executable for this machine") from None
         if proc.returncode != 0:
-            why = _last_line(proc.stderr)
+            why = _why(proc.stderr)
             raise KubeError(f"the credential plugin {name} exited with code {proc.returncode}"
                             + (f": {why}" if why else ""),
                             f"run `{name}` by hand to see why (often an expired cloud login), then try again")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import stat
 import sys
 import time
@@ -234,3 +235,80 @@ def test_plugin_that_hangs_is_cut_off(tmp_path, apiserver, pki, plugin):  # noqa
     with KubeClient(creds, retries=0) as api, pytest.raises(KubeError, match="did not answer within"):
         api.get(NODE)
     assert apiserver.count() == 0
+
+
+# --- the real cloud plugins, where this machine has them (neither is a nodeagent dependency) -----
+
+AWS_KEY_ID = "AKIAIOSFODNN7EXAMPLE"  # AWS's documented example key pair: signs, reaches nothing
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def eks_token_review(token: str) -> str | None:
+    """What the stand-in accepts as an EKS token: `k8s-aws-v1.` + base64url of an STS
+    GetCallerIdentity URL presigned with our key and the signed `x-k8s-aws-id` (cluster) header.
+    EKS hands that URL to STS, which checks the signature; the stand-in checks the shape only."""
+    from urllib.parse import parse_qs, urlsplit
+
+    if not token.startswith("k8s-aws-v1."):
+        return None
+    raw = token[len("k8s-aws-v1."):]
+    url = urlsplit(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+    q = parse_qs(url.query)
+    if url.scheme != "https" or not (url.hostname or "").startswith("sts.") or q.get("Action") != ["GetCallerIdentity"]:
+        return None
+    if "x-k8s-aws-id" not in q.get("X-Amz-SignedHeaders", [""])[0].split(";"):
+        return None
+    if not q.get("X-Amz-Credential", [""])[0].startswith(AWS_KEY_ID + "/"):
+        return None
+    return f"arn:aws:iam::000000000000:user/{AWS_KEY_ID}"
+
+
+def cloud_kubeconfig(tmp_path, apiserver, pki, user: dict) -> str:  # noqa: F811
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(kubeconfig_text(apiserver.url, user=user, cluster_extra={"certificate-authority": str(pki.ca_cert)}))
+    return str(kc)
+
+
+@pytest.mark.skipif(shutil.which("aws") is None, reason="the AWS CLI (`aws`, PyPI awscli) is not installed here")
+def test_real_aws_eks_get_token(tmp_path, apiserver, pki):  # noqa: F811
+    """The kubeconfig `aws eks update-kubeconfig` writes, with the real AWS CLI minting the token
+    offline (a presigned URL), an isolated HOME and AWS's example key pair."""
+    seed(apiserver)
+    apiserver.token_review = eks_token_review
+    home = tmp_path / "home"
+    home.mkdir()
+    user = {"exec": {"apiVersion": V1BETA1, "command": "aws",
+                     "args": ["--region", "eu-west-1", "eks", "get-token", "--cluster-name", "prod", "--output", "json"],
+                     "env": [{"name": "HOME", "value": str(home)}, {"name": "AWS_ACCESS_KEY_ID", "value": AWS_KEY_ID},
+                             {"name": "AWS_SECRET_ACCESS_KEY", "value": AWS_SECRET},
+                             {"name": "AWS_EC2_METADATA_DISABLED", "value": "true"}]}}
+    kc = cloud_kubeconfig(tmp_path, apiserver, pki, user)
+    creds = from_kubeconfig(kc)
+    with KubeClient(creds, retries=0) as api:
+        assert api.get(NODE) and api.get(NODE)
+        assert creds.exec_plugin.runs == 1  # aws says the token is good for ~14 minutes
+    assert {r.user for r in apiserver.records} == {f"arn:aws:iam::000000000000:user/{AWS_KEY_ID}"}
+    proc = run_cli("-o", "json", "runtimeclasses", "--apply", "--kubeconfig", kc, "-vv")
+    assert proc.returncode == 0, proc.stderr
+    assert "k8s-aws-v1." not in proc.stderr + proc.stdout  # the token is never logged
+
+
+@pytest.mark.skipif(shutil.which("gke-gcloud-auth-plugin") is None,
+                    reason="gke-gcloud-auth-plugin (Google Cloud CLI's Debian package) is not installed here")
+def test_real_gke_plugin_without_a_login_is_one_error_and_hint(tmp_path, apiserver, pki):  # noqa: F811
+    """The kubeconfig `gcloud container clusters get-credentials` writes, on a machine with no
+    gcloud login (a private CLOUDSDK_CONFIG): the plugin's own reason, nothing sent, root unchanged."""
+    user = {"exec": {"apiVersion": V1BETA1, "command": "gke-gcloud-auth-plugin", "provideClusterInfo": True,
+                     "interactiveMode": "IfAvailable",
+                     "installHint": "Install gke-gcloud-auth-plugin for use with kubectl by following "
+                                    "https://cloud.google.com/kubernetes-engine/docs/how-to/cluster-access-for-kubectl#install_plugin",
+                     "env": [{"name": "CLOUDSDK_CONFIG", "value": str(tmp_path / "gcloud")},
+                             {"name": "HOME", "value": str(tmp_path)}]}}
+    kc = cloud_kubeconfig(tmp_path, apiserver, pki, user)
+    root = tmp_path / "root"
+    root.mkdir()
+    before = snapshot(root)
+    message = assert_known_error(run_cli("runtimeclasses", "--apply", "--root", str(root), "--kubeconfig", kc))
+    assert "gke-gcloud-auth-plugin exited with code 1" in message and "active account" in message
+    assert apiserver.count() == 0
+    assert diff_snapshots(before, snapshot(root)) == []
