@@ -253,12 +253,26 @@ def from_kubeconfig(spec: str, context: str | None = None) -> Credentials:
     return creds
 
 
+def _refuse_foreign_kubeconfig(path: Path) -> None:
+    """As root, run no command named by a kubeconfig that someone else could have written (like
+    ssh with its config): whoever can write it would get root on the next nodeagent run."""
+    if os.geteuid() != 0:
+        return  # the plugin runs as the invoking user, who can run anything as themself anyway
+    st = path.stat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        who = f"owned by uid {st.st_uid}" if st.st_uid != 0 else f"writable by others (mode {st.st_mode & 0o777:04o})"
+        raise KubeError(f"kubeconfig {path} names a credential plugin to run as root, but is {who}",
+                        f"make it root's and not group/world-writable (chown root {path}; chmod go-w {path}), "
+                        "or run the command as the file's owner")
+
+
 def _exec_plugin(u: dict, user: str, user_path: Path, cluster: dict, ca: str | None, files: list[str]) -> ExecPlugin:
     """The user's credential plugin; a user that also names a static token or cert is refused as ambiguous."""
     try:
         if any(u.get(k) for k in ("token", "tokenFile", "client-certificate", "client-certificate-data")):
             raise KubeError(f"kubeconfig user {user!r} has both an exec plugin and a static token or certificate",
                             "keep one of them in the user's entry")
+        _refuse_foreign_kubeconfig(user_path)
         ca_pem = Path(ca).read_bytes() if ca else None
         return ExecPlugin(parse_exec_config(u["exec"], user=user, kubeconfig=user_path, cluster=cluster, ca_pem=ca_pem))
     except (KubeError, OSError) as exc:

@@ -312,3 +312,22 @@ def test_real_gke_plugin_without_a_login_is_one_error_and_hint(tmp_path, apiserv
     assert "gke-gcloud-auth-plugin exited with code 1" in message and "active account" in message
     assert apiserver.count() == 0
     assert diff_snapshots(before, snapshot(root)) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check applies when nodeagent runs as root")
+@pytest.mark.parametrize("case", ["exec-kubeconfig-world-writable", "exec-kubeconfig-owned-by-another-user"])
+def test_root_runs_no_plugin_from_a_kubeconfig_others_can_write(tmp_path, apiserver, pki, plugin, case):  # noqa: F811
+    """A kubeconfig someone else could have written would be a way to root: refused before any run."""
+    kc = exec_kubeconfig(tmp_path, apiserver, pki, plugin)
+    if case == "exec-kubeconfig-world-writable":
+        os.chmod(kc, 0o666)
+    else:
+        os.chown(kc, 65534, 65534)
+    root = tmp_path / "root"
+    root.mkdir()
+    before = snapshot(root)
+    message = assert_known_error(run_cli("runtimeclasses", "--apply", "--root", str(root), "--kubeconfig", kc))
+    assert "names a credential plugin to run as root" in message
+    assert runs(plugin[1]) == []  # the plugin never ran
+    assert apiserver.count() == 0
+    assert diff_snapshots(before, snapshot(root)) == []
