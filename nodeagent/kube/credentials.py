@@ -222,10 +222,13 @@ def from_kubeconfig(spec: str, context: str | None = None) -> Credentials:
     if c.get("insecure-skip-tls-verify"):
         raise KubeError("the kubeconfig sets insecure-skip-tls-verify, which nodeagent refuses",
                         "put the cluster's CA in certificate-authority(-data) instead of skipping verification")
-    for unsupported in ("auth-provider", "username"):
-        if u.get(unsupported):
-            raise KubeError(f"kubeconfig user uses `{unsupported}` credentials, which nodeagent does not support",
-                            "use a token, tokenFile, or client-certificate/client-key for this user")
+    if u.get("auth-provider"):  # kubectl itself dropped the gcp and azure providers in 1.26
+        raise KubeError("kubeconfig user uses `auth-provider` credentials, which nodeagent does not support",
+                        "regenerate the kubeconfig so it uses an exec plugin (gcloud container clusters "
+                        "get-credentials; kubelogin convert-kubeconfig), or use a token or client certificate")
+    if u.get("username"):
+        raise KubeError("kubeconfig user uses `username` credentials, which nodeagent does not support",
+                        "use a token, tokenFile, an exec plugin, or client-certificate/client-key for this user")
     files: list[str] = []
     try:
         ca = _data_or_file(c, cluster_path, "certificate-authority", files, ".crt")

@@ -66,6 +66,7 @@ def test_data_fields_become_private_temp_files_removed_on_close(tmp_path):
     ({"certificate-authority-data": "Q0E="}, {"token": "t", "exec": {"command": "aws", "apiVersion": "client.authentication.k8s.io/v1"}},
      "both an exec plugin and a static token"),
     ({}, {"username": "a", "password": "b"}, "`username` credentials"),
+    ({}, {"auth-provider": {"name": "gcp"}}, "`auth-provider` credentials"),
     ({"certificate-authority-data": "!!notbase64"}, None, "not valid base64"),
     ({"certificate-authority": "/nonexistent/ca.crt"}, None, "does not exist"),
     ({}, {"client-certificate-data": "Q0VSVA=="}, "without its key"),
