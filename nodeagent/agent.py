@@ -20,6 +20,7 @@ import structlog
 from nodeagent import sdnotify
 from nodeagent.endpoint import BoundedHTTPServer
 from nodeagent.errors import NodeagentError, UsageError
+from nodeagent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nodeagent.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -79,7 +80,7 @@ class Agent:
                 return 200, "ready\n", "text/plain"
             return 503, f"not ready: {self.last_error or 'converging'}\n", "text/plain"
         if path == "/metrics":
-            return 200, self.metrics.render(), "text/plain; version=0.0.4"
+            return 200, self.metrics.render(), METRICS_CONTENT_TYPE
         return 404, "not found\n", "text/plain"
 
     def start_server(self) -> tuple[str, int]:
@@ -99,15 +100,15 @@ class Agent:
     # --- loop -----------------------------------------------------------------
     def converge_once(self) -> bool:
         started = time.monotonic()
-        self.metrics.inc("nodeagent_converges_total")
+        outcome_label = "failed"
         try:
             outcome = self.converge_fn()
         except NodeagentError as exc:
             self.last_error = exc.message
             self.last_failure = exc  # exit code 3 when another nodeagent holds the lock
-            self.ready = False
-            self.metrics.inc("nodeagent_converge_failures_total")
+            self._failed()
             if getattr(exc, "rolled_back", False):
+                outcome_label = "rolled_back"
                 self.metrics.inc("nodeagent_rollbacks_total")
             log.error("converge failed", error=exc.message, hint=exc.hint)
             return False
@@ -115,13 +116,16 @@ class Agent:
             self.last_error = f"unexpected {type(exc).__name__}: {exc}"
             self.last_failure = NodeagentError(
                 self.last_error, "this is a bug in nodeagent; run again with -v for the traceback and report it")
-            self.ready = False
-            self.metrics.inc("nodeagent_converge_failures_total")
+            self._failed()
             log.exception("converge crashed")
             return False
+        else:
+            outcome_label = "rolled_back" if outcome.rolled_back else ("changed" if outcome.changed else "unchanged")
         finally:
             self.heartbeat = time.monotonic()
-            self.metrics.set("nodeagent_last_converge_duration_seconds", round(time.monotonic() - started, 6))
+            took = time.monotonic() - started
+            self.metrics.converge_finished(outcome_label, took)
+            self.metrics.set("nodeagent_last_converge_duration_seconds", round(took, 6))
             self.metrics.set("nodeagent_last_converge_timestamp_seconds", round(time.time(), 3))
         if outcome.changed:
             self.metrics.inc("nodeagent_installs_total")
@@ -137,6 +141,11 @@ class Agent:
         self.last_error = None
         self.metrics.set("nodeagent_ready", 1)
         return True
+
+    def _failed(self) -> None:
+        self.ready = False
+        self.metrics.inc("nodeagent_converge_failures_total")
+        self.metrics.set("nodeagent_ready", 0)
 
     def _watchdog(self, every: float) -> None:
         while not self.stop_event.wait(every):

@@ -4,6 +4,8 @@ The in-cluster token is re-read from its file on every request (kubelet rotates 
 tokens; a cached one expires after an hour). Kubeconfig `*-data` fields are written to private
 0600 temp files because requests only takes paths; `close()` removes them.
 TLS is never optional: `insecure-skip-tls-verify` is refused rather than honoured.
+A user with an `exec` credential plugin (EKS, GKE, AKS) gets its token or certificate from
+kube/exec_credentials.py, which runs the plugin when a request first needs it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Mapping
 import yaml
 
 from nodeagent.errors import KubeError
+from nodeagent.kube.exec_credentials import ExecPlugin, parse_exec_config
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -46,6 +49,7 @@ class Credentials:
     key_file: str | None = None
     source: str = ""
     namespace: str | None = None  # the pod's namespace (in-cluster) or the context's
+    exec_plugin: ExecPlugin | None = None  # a kubeconfig `exec` credential plugin
     _temp_files: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -53,7 +57,10 @@ class Credentials:
         self._finalizer = weakref.finalize(self, _remove_files, self._temp_files)
 
     def bearer_token(self) -> str | None:
-        """The token to send now; a token file is read afresh every time (rotation)."""
+        """The token to send now; a token file is read afresh every time (rotation), an exec
+        plugin's token until it expires."""
+        if self.exec_plugin:
+            return self.exec_plugin.credential().token
         if self.token_file:
             try:
                 return Path(self.token_file).read_text().strip() or None
@@ -66,11 +73,22 @@ class Credentials:
 
     @property
     def client_cert(self) -> tuple[str, str] | None:
+        if self.exec_plugin:
+            return self.exec_plugin.credential().client_cert
         return (self.cert_file, self.key_file) if self.cert_file and self.key_file else None
+
+    def request_auth(self) -> tuple[str | None, tuple[str, str] | None]:
+        """(bearer token, client cert) for one request: an exec plugin is asked once for both."""
+        if self.exec_plugin:
+            cred = self.exec_plugin.credential()
+            return cred.token, cred.client_cert
+        return self.bearer_token(), self.client_cert
 
     def secrets(self) -> list[str]:
         """Strings that must never appear in a log line or an error message."""
         found = [self.token] if self.token else []
+        if self.exec_plugin and self.exec_plugin.cached_token():
+            found.append(self.exec_plugin.cached_token())
         if self.token_file:
             try:
                 found.append(Path(self.token_file).read_text().strip())
@@ -78,7 +96,16 @@ class Credentials:
                 pass
         return [s for s in found if s]
 
+    def renew(self) -> bool:
+        """After a 401: drop a credential that can be fetched again; True if a retry may succeed."""
+        if self.exec_plugin:
+            self.exec_plugin.invalidate()
+            return True
+        return False
+
     def close(self) -> None:
+        if self.exec_plugin:
+            self.exec_plugin.close()
         self._finalizer()
 
 
@@ -195,10 +222,13 @@ def from_kubeconfig(spec: str, context: str | None = None) -> Credentials:
     if c.get("insecure-skip-tls-verify"):
         raise KubeError("the kubeconfig sets insecure-skip-tls-verify, which nodeagent refuses",
                         "put the cluster's CA in certificate-authority(-data) instead of skipping verification")
-    for unsupported in ("exec", "auth-provider", "username"):
-        if u.get(unsupported):
-            raise KubeError(f"kubeconfig user uses `{unsupported}` credentials, which nodeagent does not support",
-                            "use a token, tokenFile, or client-certificate/client-key for this user")
+    if u.get("auth-provider"):  # kubectl itself dropped the gcp and azure providers in 1.26
+        raise KubeError("kubeconfig user uses `auth-provider` credentials, which nodeagent does not support",
+                        "regenerate the kubeconfig so it uses an exec plugin (gcloud container clusters "
+                        "get-credentials; kubelogin convert-kubeconfig), or use a token or client certificate")
+    if u.get("username"):
+        raise KubeError("kubeconfig user uses `username` credentials, which nodeagent does not support",
+                        "use a token, tokenFile, an exec plugin, or client-certificate/client-key for this user")
     files: list[str] = []
     try:
         ca = _data_or_file(c, cluster_path, "certificate-authority", files, ".crt")
@@ -211,16 +241,48 @@ def from_kubeconfig(spec: str, context: str | None = None) -> Credentials:
         _remove_files(files)
         raise KubeError("kubeconfig user has a client certificate without its key (or the reverse)",
                         "set both client-certificate(-data) and client-key(-data)")
+    plugin = None
+    if u.get("exec"):
+        plugin = _exec_plugin(u, str(ctx_entry.get("user")), user_path, c, ca, files)
     token_file = u.get("tokenFile")
     if token_file:
         token_file = str((user_path.parent / os.path.expanduser(str(token_file))).resolve())
     creds = Credentials(
         server=server.rstrip("/"), ca_file=ca, token=u.get("token") or None, token_file=token_file,
         cert_file=cert, key_file=key, source=f"kubeconfig context {context}",
-        namespace=ctx_entry.get("namespace"),
+        namespace=ctx_entry.get("namespace"), exec_plugin=plugin,
     )
     creds._temp_files.extend(files)
     return creds
+
+
+def _refuse_foreign_kubeconfig(path: Path) -> None:
+    """As root, run no command named by a kubeconfig that someone else could have written (like
+    ssh with its config): whoever can write it would get root on the next nodeagent run."""
+    if os.geteuid() != 0:
+        return  # the plugin runs as the invoking user, who can run anything as themself anyway
+    st = path.stat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        who = f"owned by uid {st.st_uid}" if st.st_uid != 0 else f"writable by others (mode {st.st_mode & 0o777:04o})"
+        raise KubeError(f"kubeconfig {path} names a credential plugin to run as root, but is {who}",
+                        f"make it root's and not group/world-writable (chown root {path}; chmod go-w {path}), "
+                        "or run the command as the file's owner")
+
+
+def _exec_plugin(u: dict, user: str, user_path: Path, cluster: dict, ca: str | None, files: list[str]) -> ExecPlugin:
+    """The user's credential plugin; a user that also names a static token or cert is refused as ambiguous."""
+    try:
+        if any(u.get(k) for k in ("token", "tokenFile", "client-certificate", "client-certificate-data")):
+            raise KubeError(f"kubeconfig user {user!r} has both an exec plugin and a static token or certificate",
+                            "keep one of them in the user's entry")
+        _refuse_foreign_kubeconfig(user_path)
+        ca_pem = Path(ca).read_bytes() if ca else None
+        return ExecPlugin(parse_exec_config(u["exec"], user=user, kubeconfig=user_path, cluster=cluster, ca_pem=ca_pem))
+    except (KubeError, OSError) as exc:
+        _remove_files(files)
+        if isinstance(exc, KubeError):
+            raise
+        raise KubeError(f"cannot read the cluster CA {ca}: {exc.strerror}", "check the file's permissions") from None
 
 
 def load_credentials(kubeconfig: str | None = None, *, environ: Mapping[str, str] | None = None,
@@ -240,5 +302,13 @@ def describe(creds: Credentials) -> dict[str, Any]:
     """A log-safe summary of the credentials (never the token)."""
     return {
         "server": creds.server, "source": creds.source,
-        "auth": "client-certificate" if creds.client_cert else ("token-file" if creds.token_file else ("token" if creds.token else "none")),
+        "auth": _auth_kind(creds),
     }
+
+
+def _auth_kind(creds: Credentials) -> str:
+    if creds.exec_plugin:  # not creds.client_cert: that would run the plugin just to describe it
+        return f"exec plugin {os.path.basename(creds.exec_plugin.config.command)}"
+    if creds.cert_file and creds.key_file:
+        return "client-certificate"
+    return "token-file" if creds.token_file else ("token" if creds.token else "none")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import prom
 from tests.support.fake_apiserver import free_port
 from tests.support.mirror import default_mirror
 from tests.support.wait import wait_for
@@ -44,10 +45,8 @@ def _get(port: int, path: str, timeout: float = 10) -> tuple[int, str]:
 
 
 def _metric(port: int, name: str) -> float:
-    for line in _get(port, "/metrics")[1].splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return -1
+    """The sum over the metric's label sets (nodeagent_converges_total has an outcome label)."""
+    return prom.total(prom.parse(_get(port, "/metrics")[1]), name)
 
 
 def _limit_fds() -> None:
@@ -157,3 +156,44 @@ def test_a_slow_request_is_cut_off_and_a_garbled_one_refused(agent):
     with socket.create_connection(("127.0.0.1", port), timeout=30) as post:
         post.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert post.recv(100).startswith(b"HTTP/1.0 405")
+
+
+@pytest.mark.integration
+def test_metrics_scraped_and_parsed_like_prometheus(agent):
+    """The running agent's /metrics through prometheus_client's own text parser: standard names
+    and units, the process metrics of the agent's own PID, a histogram with as many observations
+    as converges counted by outcome."""
+    import psutil
+
+    from nodeagent.metrics import CONVERGE_BUCKETS, OUTCOMES
+
+    proc, port = agent
+    wait_for(lambda: _metric(port, "nodeagent_converges_total") >= 2, 60, "a second converge")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        content_type, text = r.headers["Content-Type"], r.read().decode()
+    assert content_type.startswith("text/plain; version=0.0.4")
+    samples, kinds = prom.parse(text), prom.types(text)
+    for family, kind in {"process_resident_memory_bytes": "gauge", "process_cpu_seconds": "counter",
+                         "process_open_fds": "gauge", "process_start_time_seconds": "gauge",
+                         "nodeagent_converges": "counter", "nodeagent_converge_duration_seconds": "histogram",
+                         "nodeagent_containerd_restarts": "counter", "nodeagent_ready": "gauge"}.items():
+        assert kinds.get(family) == kind, (family, kinds.get(family))
+    me = psutil.Process(proc.pid)
+    rss = prom.value(samples, "process_resident_memory_bytes")
+    assert 0.5 < rss / me.memory_info().rss < 2  # the agent's own RSS, in bytes (not kB, not a child's)
+    assert abs(prom.value(samples, "process_start_time_seconds") - me.create_time()) < 2
+    assert 0 < prom.value(samples, "process_open_fds") <= 256  # under the fixture's fd limit
+    assert prom.value(samples, "process_cpu_seconds_total") > 0
+    # converges by outcome: every outcome exported, the same count as the histogram's observations
+    assert {s.labels["outcome"] for s in samples["nodeagent_converges_total"]} == set(OUTCOMES)
+    converges = prom.total(samples, "nodeagent_converges_total")
+    assert prom.value(samples, "nodeagent_converges_total", outcome="changed") == 1  # the first install
+    assert prom.value(samples, "nodeagent_converges_total", outcome="unchanged") == converges - 1
+    buckets = [(s.labels["le"], s.value) for s in samples["nodeagent_converge_duration_seconds_bucket"]]
+    assert [float(le) for le, _ in buckets[:-1]] == list(CONVERGE_BUCKETS) and buckets[-1][0] == "+Inf"
+    counts = [v for _, v in buckets]
+    assert counts == sorted(counts) and counts[-1] == prom.value(samples, "nodeagent_converge_duration_seconds_count")
+    assert prom.value(samples, "nodeagent_converge_duration_seconds_count") >= converges  # scraped after, may be 1 more
+    assert prom.value(samples, "nodeagent_converge_duration_seconds_sum") > 0
+    assert prom.value(samples, "nodeagent_ready") == 1
+    assert not any(name.endswith("_created") for name in samples)

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from nodeagent.containerd.cri import cri_status
+from tests.support import prom
 from tests.support.fake_apiserver import TOKEN, apiserver, free_port, kubeconfig_text, pki  # noqa: F401
 from tests.support.mirror import default_mirror
 from tests.support.wait import wait_for
@@ -47,10 +48,8 @@ def _wait(pred, timeout: float = 60, what: str = "condition"):
 
 
 def _metric(port: int, name: str) -> float:
-    for line in _get(port, "/metrics")[1].splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return -1
+    """The sum over the metric's label sets (nodeagent_converges_total has an outcome label)."""
+    return prom.total(prom.parse(_get(port, "/metrics")[1]), name)
 
 
 @pytest.fixture

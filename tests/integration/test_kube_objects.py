@@ -265,7 +265,7 @@ def test_bad_kubeconfig_is_one_error_and_hint_and_nothing_is_written(tmp_path, a
     proc = run_cli("runtimeclasses", "--apply", "--kubeconfig", str(path))
     message = assert_known_error(proc)
     assert {"insecure": "insecure-skip-tls-verify", "missing": "does not exist", "no-context": "no current-context",
-            "exec": "`exec` credentials"}[case] in message
+            "exec": "exec apiVersion None is not supported"}[case] in message
     assert apiserver.count() == 0
 
 

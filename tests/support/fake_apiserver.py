@@ -6,7 +6,8 @@ the calls nodeagent makes, so the client is tested against real TLS, real HTTP a
 semantics rather than mocks:
 
 - TLS with its own CA (generated here with the `openssl` CLI); a client trusting another CA fails;
-- bearer-token auth (401 otherwise), and optionally client-certificate auth (CN = user);
+- bearer-token auth (401 otherwise; `token_review` judges tokens minted elsewhere, e.g. by an exec
+  credential plugin), and optionally client-certificate auth (CN = user);
 - GET / LIST / POST (409 AlreadyExists, generateName) / PUT (409 Conflict on a stale
   resourceVersion; RuntimeClass `handler` immutable → 422) / DELETE / PATCH with
   `application/merge-patch+json` (RFC 7386) and `application/strategic-merge-patch+json`
@@ -253,6 +254,9 @@ class FakeApiServer:
         self.lease_steals: list[str] = []
         # admission(user, collection, name, new, old) -> None to admit, or the refusal message
         self.admission: Callable[[str, str, str, dict, dict], str | None] | None = None
+        # token_review(token) -> user name, or None to refuse: a bearer token not in `tokens` is
+        # judged by it, as a real API server asks a webhook (EKS: aws-iam-authenticator) about tokens
+        self.token_review: Callable[[str], str | None] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -371,7 +375,9 @@ class FakeApiServer:
         auth = handler.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             token = auth[len("Bearer "):]
-            return f"token-user-{sorted(self.tokens).index(token)}" if token in self.tokens else None
+            if token in self.tokens:
+                return f"token-user-{sorted(self.tokens).index(token)}"
+            return self.token_review(token) if self.token_review else None
         try:
             cert = handler.connection.getpeercert()
         except (AttributeError, ValueError):

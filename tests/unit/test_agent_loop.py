@@ -16,6 +16,7 @@ import pytest
 from nodeagent import agent as agent_mod
 from nodeagent.agent import Agent, ConvergeOutcome, parse_listen
 from nodeagent.errors import NodeagentError, UsageError
+from tests.support import prom
 from tests.support.wait import wait_for
 
 
@@ -67,13 +68,17 @@ def test_loop_backs_off_then_becomes_ready_and_counts_drift(notify_socket, monke
         assert _get(port, "/healthz")[0] == 200
         wait_for(gate.is_set, 10, "the fourth converge")
         assert _get(port, "/readyz")[0] == 200
-        metrics = _get(port, "/metrics")[1]
-        assert "nodeagent_converge_failures_total 1" in metrics
-        assert "nodeagent_rollbacks_total 1" in metrics
-        assert "nodeagent_installs_total 2" in metrics
-        assert "nodeagent_drift_repairs_total 1" in metrics
-        assert "nodeagent_containerd_restarts_total 2" in metrics
-        assert "nodeagent_ready 1" in metrics
+        m = prom.parse(_get(port, "/metrics")[1])
+        assert prom.value(m, "nodeagent_converge_failures_total") == 1
+        assert prom.value(m, "nodeagent_rollbacks_total") == 1
+        assert prom.value(m, "nodeagent_installs_total") == 2
+        assert prom.value(m, "nodeagent_drift_repairs_total") == 1
+        assert prom.value(m, "nodeagent_containerd_restarts_total") == 2
+        assert prom.value(m, "nodeagent_ready") == 1
+        assert prom.value(m, "nodeagent_converges_total", outcome="rolled_back") == 1
+        assert prom.value(m, "nodeagent_converges_total", outcome="changed") == 2
+        assert prom.value(m, "nodeagent_converges_total", outcome="failed") == 0
+        assert prom.value(m, "nodeagent_converge_duration_seconds_count") == prom.total(m, "nodeagent_converges_total")
         assert _get(port, "/nope")[0] == 404
     finally:
         a.request_stop()
@@ -93,6 +98,24 @@ def test_not_ready_until_a_converge_succeeds():
     status, body = _get(port, "/readyz")
     assert status == 503 and "no containerd" in body
     a.server.shutdown()
+
+
+def test_ready_gauge_drops_to_0_when_a_converge_fails_after_one_succeeded():
+    results = [ConvergeOutcome(), NodeagentError("containerd gone", "start it"), RuntimeError("a bug")]
+
+    def converge():
+        result = results.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    a = Agent(converge, interval=30, listen="127.0.0.1:0")
+    assert a.converge_once() and a.metrics.get("nodeagent_ready") == 1
+    assert not a.converge_once() and a.metrics.get("nodeagent_ready") == 0
+    assert not a.converge_once()  # a crash counts as failed too
+    assert a.metrics.get("nodeagent_converges_total", outcome="failed") == 2
+    assert a.metrics.get("nodeagent_converges_total", outcome="unchanged") == 1
+    assert a.metrics.get("nodeagent_converge_failures_total") == 2
 
 
 def test_stop_uninstalls_only_when_asked():
