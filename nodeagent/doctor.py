@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from nodeagent.containerd import model
-from nodeagent.detect import detect_host, eligibility, trust, vsock
+from nodeagent.detect import detect_host, trust, vsock
 from nodeagent.errors import CommandFailed, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import table
 from nodeagent.run import run
+from nodeagent.runtimes import gvisor, runsc_toml
 from nodeagent.settings import Settings
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
@@ -89,7 +90,7 @@ def check_vsock(ctx: Context) -> Check:
 
 def check_gvisor_kernel(ctx: Context) -> Check:
     g = ctx.facts["runtimes"]["gvisor"]
-    minimum = ".".join(map(str, eligibility.GVISOR_MIN_KERNEL))
+    minimum = ".".join(map(str, gvisor.MIN_KERNEL))
     if g["eligible"]:
         return Check("gvisor-host", OK, f"kernel {ctx.facts['kernel']} >= {minimum}, {ctx.facts['arch']}: gVisor can run on {g['platform']}")
     return Check("gvisor-host", FAIL, "gVisor cannot run: " + "; ".join(g["reasons"]),
@@ -101,7 +102,7 @@ def check_gvisor_kernel(ctx: Context) -> Check:
 
 def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
     """(path, runsc's systemd-cgroup or None when unset/absent, parse error)."""
-    path = model.RUNSC_CONFIG_PATH
+    path = runsc_toml.PATH
     handler = ctx.notes.get("handlers", {}).get(ctx.settings.gvisor_handler) or {}
     options = handler.get("options") if isinstance(handler.get("options"), dict) else {}
     if isinstance(options.get("ConfigPath"), str):

@@ -15,6 +15,7 @@ from nodeagent.containerd.plan import Plan, plan_install
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
+from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes import NAMES, selected
 
 RUNTIMES = NAMES
@@ -24,11 +25,9 @@ def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.Handler
     """The handler tables for the chosen runtimes, with the configured names."""
     try:
         specs = []
-        if "gvisor" in runtimes:
-            specs.append(model.gvisor_handler(settings.gvisor_handler))
-        if "kata" in runtimes:
-            specs.append(model.kata_handler(settings.kata_handler))
-            specs += [model.kata_hypervisor_handler(name) for name in settings.kata_extra_handlers]
+        for rt in runtime_plugins.ALL:
+            if rt.name in runtimes:
+                specs += rt.handler_specs(rt.options(settings))
     except UsageError as exc:  # a bad name from the settings file/env is bad input, not bad usage
         raise ConfigError(exc.message, exc.hint) from None
     names = [s.name for s in specs]
@@ -68,6 +67,6 @@ def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, 
     if not config_path and not cfacts.get("found", True):
         raise ConfigError("no containerd configuration found on this host",
                           "install containerd first, or pass --containerd-config PATH")
-    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force,
-                        gvisor_platform=settings.gvisor_platform)
+    options = {rt.name: rt.options(settings) for rt in runtime_plugins.ALL if rt.name in runtimes}
+    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options)
     return plan, warnings

@@ -24,6 +24,7 @@ from nodeagent.artifacts.sources import mirror_base
 from nodeagent.errors import ArtifactError
 from nodeagent.fsutil import atomic_write, remove_file
 from nodeagent.host import HostRoot
+from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
@@ -76,26 +77,36 @@ def check_settings(settings, runtimes: list[str], arch: str | None = None) -> No
     arch = arch or catalog.host_arch()
     for runtime in runtimes:
         _check_runtime(runtime)
-        catalog.check_version(runtime, _version(settings, runtime))
-        (catalog.gvisor_arch if runtime == "gvisor" else catalog.kata_arch)(arch)
-    if "kata" in runtimes and settings.kata_sha256:
-        parse_hex("sha256", settings.kata_sha256, "--kata-sha256")
+        plugin = runtime_plugins.get(runtime)
+        plugin.check_version(_version(settings, runtime))
+        plugin.upstream_arch(arch)
+    for runtime in runtimes:
+        plugin = runtime_plugins.get(runtime)
+        digest = plugin.operator_digest(plugin.options(settings))
+        if plugin.digest_flag and digest:
+            parse_hex("sha256", digest, plugin.digest_flag)
     if settings.mirror:
         mirror_base(settings.mirror)
     release_listing.check_url(settings.kata_release_listing)  # a bad setting is refused even if unused
     pinned = pins.load(settings.pins)
     for runtime in runtimes:
-        check_trusted(runtime, _version(settings, runtime), arch, settings.mirror, pinned,
-                      settings.kata_sha256 if runtime == "kata" else None)
+        check_trusted(runtime, _version(settings, runtime), arch, settings.mirror, pinned, _operator_digest(settings, runtime))
 
 
 def _version(settings, runtime: str) -> str:
-    return settings.gvisor_version if runtime == "gvisor" else settings.kata_version
+    plugin = runtime_plugins.get(runtime)
+    return plugin.version(plugin.options(settings))
+
+
+def _operator_digest(settings, runtime: str) -> str | None:
+    """The digest handed in on the command line for this runtime's archive (e.g. --kata-sha256)."""
+    plugin = runtime_plugins.get(runtime)
+    return plugin.operator_digest(plugin.options(settings))
 
 
 def _check_runtime(runtime: str) -> None:
     if runtime not in RUNTIMES:
-        raise ArtifactError(f"unknown runtime {runtime!r}", "choose gvisor or kata")
+        raise ArtifactError(f"unknown runtime {runtime!r}", "choose " + " or ".join(RUNTIMES))
 
 
 def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher) -> Release:
@@ -106,7 +117,7 @@ def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher
         _version(settings, runtime),
         arch,
         mirror=settings.mirror,
-        kata_sha256=settings.kata_sha256 if runtime == "kata" else None,
+        kata_sha256=_operator_digest(settings, runtime),
         pins=pins.load(settings.pins),
         listing=settings.kata_release_listing,
     )

@@ -18,12 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent.artifacts import catalog, extract, links, pins, release_listing
+from nodeagent import runtimes as runtime_plugins
+from nodeagent.artifacts import extract, pins, release_listing
 from nodeagent.artifacts.api import fetch_options
 from nodeagent.artifacts.digest import file_digest
 from nodeagent.artifacts.download import Fetcher
 from nodeagent.artifacts.progress import tty_progress
-from nodeagent.artifacts.release import GVISOR_TARBALL_LAYOUT, KATA_LAYOUT, Release, resolve
+from nodeagent.artifacts.release import Release, resolve
 from nodeagent.artifacts.txn import Transaction
 from nodeagent.errors import ArtifactError, HostError
 from nodeagent.fsutil import atomic_write
@@ -53,19 +54,7 @@ def _bundled_pins(pins_file: Path, text: bytes | None) -> dict:
 
 def check_archive(release: Release, path: Path, limits: extract.Limits = extract.Limits()) -> None:
     """Refuse a tarball an install would refuse (unsafe members, missing or ambiguous binaries)."""
-    if release.layout == GVISOR_TARBALL_LAYOUT:
-        entries = extract.scan(path, limits, release.files[0].name)
-        extract.find_unique(entries, catalog.RUNSC, release.files[0].name)
-        extract.find_unique(entries, catalog.GVISOR_SHIM, release.files[0].name)
-    elif release.layout == KATA_LAYOUT:
-        entries = extract.scan(path, limits, release.files[0].name, host_trees=("/opt/kata",))
-        tree = extract.find_tree(entries, ("opt", "kata"), release.files[0].name)
-        if not any(e.name == f"{tree}/bin/{catalog.KATA_SHIM}" for e in entries):
-            raise ArtifactError(
-                f"refusing {release.files[0].name}: it has no {tree}/bin/{catalog.KATA_SHIM}",
-                "the archive is not a Kata static release; use the upstream kata-static tarball",
-            )
-        links.check_entries(entries, tree, release.files[0].name, host_trees=("/opt/kata",))
+    runtime_plugins.get(release.runtime).check_archive(release, path, limits)
 
 
 def _present(dest: Path, sidecar: Path, release: Release, f) -> bool:
@@ -112,12 +101,12 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
         with Transaction() as txn:
             releases = []
             for runtime in runtimes:
-                version = settings.gvisor_version if runtime == "gvisor" else settings.kata_version
+                plugin = runtime_plugins.get(runtime)
+                opts = plugin.options(settings)
                 for arch in arches:
                     releases.append(
-                        resolve(fetcher, None, runtime, version, arch, settings.mirror,
-                                settings.kata_sha256 if runtime == "kata" else None, pinned,
-                                listing=settings.kata_release_listing)
+                        resolve(fetcher, None, runtime, plugin.version(opts), arch, settings.mirror,
+                                plugin.operator_digest(opts), pinned, listing=settings.kata_release_listing)
                     )
             txn.mkdirs(root)
             for release in releases:

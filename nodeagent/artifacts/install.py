@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 import shutil
 import tempfile
 import time
@@ -19,14 +18,14 @@ from pathlib import Path
 
 import structlog
 
-from nodeagent import run as run_mod
-from nodeagent.artifacts import catalog, extract, links, place
+from nodeagent import runtimes as runtime_plugins
+from nodeagent.artifacts import extract
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.inuse import pids_using
-from nodeagent.artifacts.release import GVISOR_FILES_LAYOUT, GVISOR_TARBALL_LAYOUT, Release
+from nodeagent.artifacts.release import Release
 from nodeagent.artifacts.txn import Transaction
 from nodeagent.artifacts.unpacked import UnpackedCache
-from nodeagent.errors import ArtifactError, CommandFailed, ConflictError
+from nodeagent.errors import ConflictError
 from nodeagent.fsutil import TEMP_PREFIX, atomic_symlink, fsync_dir
 from nodeagent.host import HostRoot
 from nodeagent.state import STATE_DIR
@@ -36,8 +35,6 @@ log = structlog.get_logger(__name__)
 OPT = "/opt/nodeagent"
 MARKER = ".nodeagent-release.json"
 REPLACED = "/var/lib/nodeagent/replaced"
-KATA_LINK = "/opt/kata"
-KATA_SHIM_TARGET = f"/opt/kata/bin/{catalog.KATA_SHIM}"
 
 
 def runtime_dir(runtime: str) -> str:
@@ -46,17 +43,14 @@ def runtime_dir(runtime: str) -> str:
 
 def desired_links(runtime: str, dirname: str) -> dict[str, str]:
     """host link path -> host-absolute target, for the release installed in `dirname`."""
-    base = f"{runtime_dir(runtime)}/{dirname}"
-    if runtime == "gvisor":
-        return {f"/usr/local/bin/{n}": f"{base}/{n}" for n in (catalog.RUNSC, catalog.GVISOR_SHIM)}
-    return {KATA_LINK: base, f"/usr/local/bin/{catalog.KATA_SHIM}": KATA_SHIM_TARGET}
+    return runtime_plugins.get(runtime).links(f"{runtime_dir(runtime)}/{dirname}")
 
 
 def is_ours(runtime: str, link: str, target: str) -> bool:
     """Whether a link at `link` pointing to `target` is one nodeagent made for `runtime`."""
     if target.startswith(runtime_dir(runtime) + "/"):
         return True
-    return runtime == "kata" and link.endswith(catalog.KATA_SHIM) and target == KATA_SHIM_TARGET
+    return runtime_plugins.get(runtime).owns_link(link, target)
 
 
 def foreign_links(host: HostRoot, runtime: str) -> list[str]:
@@ -162,106 +156,26 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 
 def _assemble(release: Release, cache: Cache, staging: Path, limits: extract.Limits, txn: Transaction) -> Path:
     """The release's files in a dir under `staging`: from a kept unpacked tree when there is one."""
-    if release.layout == GVISOR_FILES_LAYOUT:
-        return _stage_gvisor_files(release, cache, staging)
+    plugin = runtime_plugins.get(release.runtime)
+    if not plugin.is_archive(release):
+        return plugin.unpack(release, cache, staging, limits)
     kept = UnpackedCache(cache.dir)
     key = kept.key(release.runtime, release.layout, release.files[0].digest.hex)
     if kept.restore(key, staging / "kept"):
         log.info("reusing the unpacked release", runtime=release.runtime, key=key)
         return staging / "kept"
-    if release.layout == GVISOR_TARBALL_LAYOUT:
-        out = _stage_gvisor_tarball(release, cache, staging, limits)
-    else:
-        out = _stage_kata(release, cache, staging, limits)
+    out = plugin.unpack(release, cache, staging, limits)
     kept.keep(release.runtime, key, out, txn)
     return out
 
 
-def _stage_gvisor_tarball(release: Release, cache: Cache, staging: Path, limits: extract.Limits) -> Path:
-    f = release.files[0]
-    raw = staging / "raw"
-    raw.mkdir()
-    # hashed while extracting: the cache entry may have changed since it was verified
-    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, digest=f.digest)
-    runsc = extract.find_unique(entries, catalog.RUNSC, f.name)
-    shim = extract.find_unique(entries, catalog.GVISOR_SHIM, f.name)
-    out = staging / "out"
-    out.mkdir()
-    # Helpers (e.g. a gofer or nvproxy binaries) must stay next to runsc: take its whole directory.
-    here = posixpath.dirname(runsc.name)
-    picked = [e for e in entries if e.kind in ("file", "hardlink") and posixpath.dirname(e.name) == here]
-    if shim not in picked:
-        picked.append(shim)
-    for e in picked:
-        dest = out / posixpath.basename(e.name)
-        if dest.exists():
-            raise ArtifactError(f"{f.name} has two files named {dest.name} to install", "use an upstream release tarball")
-        os.rename(raw / e.name, dest)
-    for name in (catalog.RUNSC, catalog.GVISOR_SHIM):
-        os.chmod(out / name, 0o755)
-    return out
-
-
-def _stage_gvisor_files(release: Release, cache: Cache, staging: Path) -> Path:
-    out = staging / "out"
-    out.mkdir()
-    for f in release.files:
-        # verified by Cache.verify just before (hashed now or stamped unchanged): no second hash
-        place.link_or_copy(cache.path_for(f.digest), out / f.name)
-        os.chmod(out / f.name, 0o755)
-    return out
-
-
-def _stage_kata(release: Release, cache: Cache, staging: Path, limits: extract.Limits) -> Path:
-    f = release.files[0]
-    raw = staging / "raw"
-    raw.mkdir()
-    entries = extract.extract(cache.path_for(f.digest), raw, limits, f.name, host_trees=(KATA_LINK,), digest=f.digest)
-    tree = extract.find_tree(entries, ("opt", "kata"), f.name)
-    shim = f"{tree}/bin/{catalog.KATA_SHIM}"
-    if not any(e.name == shim and e.kind in ("file", "hardlink") for e in entries):
-        raise ArtifactError(
-            f"refusing {f.name}: it has no {tree}/bin/{catalog.KATA_SHIM}",
-            "the archive is not a Kata static release; use the upstream kata-static tarball",
-        )
-    # only opt/kata is installed: its links must resolve inside it, chains included
-    links.check_tree(raw / tree, f.name, host_trees=(KATA_LINK,))
-    return raw / tree
-
-
 def _choose_dirname(host: HostRoot, release: Release, out: Path) -> str:
-    """The version directory's name: the version, with `latest` resolved when runsc can tell."""
-    name = release.version
-    if release.runtime == "gvisor" and name == "latest":
-        name = _runsc_release(out / catalog.RUNSC) or f"latest-{release.files[0].digest.hex[:12]}"
+    """The version directory's name: the version, with a moving one (gVisor's `latest`) resolved."""
+    name = runtime_plugins.get(release.runtime).release_name(release, out)
     if host.exists(f"{runtime_dir(release.runtime)}/{name}"):
         # Same version name, different bytes (a re-published `latest` or another mirror): never overwrite.
         name = f"{name}-{release.files[0].digest.hex[:12]}"
     return name
-
-
-def _runsc_release(runsc: Path) -> str | None:
-    """`runsc --version` says e.g. "runsc version release-20240729.0"; a foreign arch cannot run.
-
-    Called only on a runsc whose archive matched its digest. Still, it is a downloaded binary:
-    it runs from a root-owned copy as nobody, without capabilities or network (security review
-    H1). Where that sandbox cannot be had (no unshare/setpriv, or user namespaces refused), the release
-    stays unnamed (`latest-<digest>`) rather than running it as root.
-    """
-    try:
-        with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX) as tmp:
-            os.chmod(tmp, 0o755)  # the nobody user may enter it, not write to it
-            copy = Path(tmp) / catalog.RUNSC
-            shutil.copyfile(runsc, copy)
-            os.chmod(copy, 0o755)
-            proc = run_mod.run([str(copy), "--version"], timeout=15, check=False, as_nobody=True)
-    except (CommandFailed, OSError):
-        return None
-    if proc.returncode != 0:
-        log.info("could not learn the runsc release unprivileged", exit=proc.returncode, stderr=proc.stderr[-200:])
-        return None
-    m = re.search(r"(\d{8}(?:\.\d+)?)", proc.stdout)
-    return m.group(1) if m else None
 
 
 # -- links -----------------------------------------------------------------------------------

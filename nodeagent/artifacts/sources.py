@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit, urlparse
 
-from nodeagent.artifacts import catalog
 from nodeagent.errors import ArtifactError
 
 
@@ -114,20 +113,11 @@ def mirror_base(mirror: str) -> Base:
     return Base(path=path.resolve())
 
 
-def gvisor_base(mirror: str | None, version: str, arch: str) -> Base:
-    """The directory holding one gVisor release for one arch."""
-    rel = catalog.gvisor_dir(version, arch)
+def release_base(mirror: str | None, upstream: str, mirror_rel: str) -> Base:
+    """One release's directory: `upstream` without a mirror, else `mirror_rel` under the mirror."""
     if mirror is None:
-        return Base(url=f"{catalog.GVISOR_UPSTREAM}/{rel}")
-    m = mirror_base(mirror)
-    return _sub(m, f"gvisor/{rel}")
-
-
-def kata_base(mirror: str | None, version: str) -> Base:
-    """The directory holding one Kata release's tarballs."""
-    if mirror is None:
-        return Base(url=f"{catalog.KATA_UPSTREAM}/{version}")
-    return _sub(mirror_base(mirror), f"kata/{version}")
+        return Base(url=upstream)
+    return _sub(mirror_base(mirror), mirror_rel)
 
 
 def _sub(base: Base, rel: str) -> Base:

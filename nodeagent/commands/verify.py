@@ -7,18 +7,22 @@ checks it or fails. Exit 2 when a checked runtime is not isolated or cannot star
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from nodeagent import verify
+from nodeagent import runtimes as runtime_plugins, verify
 from nodeagent.errors import EXIT_FAIL, EXIT_OK, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import Result, emit
+from nodeagent.runtimes import selected
+from nodeagent.runtimes.base import VerifyContext
 
 
 class VerifyFailed(NodeagentError):
     """A runtime that should be checked is not isolated or did not start (the report is on stdout)."""
 
     default_hint = "see the per-runtime reasons above; `nodeagent doctor` checks the installation"
+
 
 def _socket(host: HostRoot, settings) -> str:
     """containerd's socket as we can reach it (under --root when the root is not ours)."""
@@ -33,39 +37,6 @@ def _socket(host: HostRoot, settings) -> str:
         except NodeagentError:
             pass
     return socket_for(host, settings, facts)
-
-
-def _kata_installed(host: HostRoot, settings, socket: str) -> tuple[bool, str]:
-    from nodeagent.containerd.cri import cri_status
-
-    status = cri_status(socket, timeout=5)
-    if status.ok:
-        if settings.kata_handler in status.handlers:
-            return True, ""
-        return False, f"containerd does not serve a {settings.kata_handler!r} handler (Kata is not installed)"
-    return False, f"cannot ask containerd which handlers it serves: {status.reason}"
-
-
-def _check_kata(host: HostRoot, settings, image: str | None, explicit: bool) -> verify.RuntimeCheck:
-    socket = _socket(host, settings)
-    installed, why = _kata_installed(host, settings, socket)
-    skip = verify.RuntimeCheck("kata", "cri", host_kernel=verify.host_kernel(host),
-                               detail={"handler": settings.kata_handler, "socket": socket})
-    if not installed:
-        skip.reason, skip.skipped = why, not explicit
-        return skip
-    if not image:
-        skip.reason = "Kata is checked through CRI and needs an image: pass --image (one present on the node)"
-        skip.skipped = not explicit
-        return skip
-    return verify.verify_cri("kata", settings.kata_handler, socket, image, host, timeout=settings.health_timeout)
-
-
-def _check_gvisor(host: HostRoot, settings, explicit: bool) -> verify.RuntimeCheck:
-    check = verify.verify_gvisor(host, platform=settings.gvisor_platform, timeout=settings.health_timeout)
-    if check.detail.get("runsc") is None and not explicit:
-        check.skipped = True
-    return check
 
 
 def _text(checks: list[verify.RuntimeCheck]) -> str:
@@ -87,18 +58,20 @@ def _text(checks: list[verify.RuntimeCheck]) -> str:
 
 def run(settings, args) -> Result:
     host = HostRoot(settings.root)
-    wanted = settings.runtime
+    wanted = selected(settings.runtime)
     image = getattr(args, "image", None)
     count = getattr(args, "measure", None)
     if count is not None:
         from nodeagent.commands.verify_measure import check_count
 
         check_count(count)
+    socket = functools.cache(lambda: _socket(host, settings))
     checks: list[verify.RuntimeCheck] = []
-    if wanted in ("gvisor", "all"):
-        checks.append(_check_gvisor(host, settings, explicit=wanted == "gvisor"))
-    if wanted in ("kata", "all"):
-        checks.append(_check_kata(host, settings, image, explicit=wanted == "kata"))
+    for rt in runtime_plugins.ALL:
+        if rt.name in wanted:
+            ctx = VerifyContext(host, image, socket, timeout=settings.health_timeout,
+                                explicit=settings.runtime != "all")
+            checks.append(rt.verify(ctx, rt.options(settings)))
     checked = [c for c in checks if not c.skipped]
     ok = bool(checked) and all(c.ok for c in checked)
     data: dict[str, Any] = {"ok": ok, "runtimes": {c.runtime: c.as_dict() for c in checks}}

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from nodeagent import __version__
+from nodeagent import __version__, runtimes as runtime_plugins
 from nodeagent.output import Result
 
 
 def run(settings, args) -> Result:
-    data = {
-        "nodeagent": __version__,
-        "artifacts": {"gvisor": settings.gvisor_version, "kata": settings.kata_version},
-    }
-    text = f"nodeagent {__version__}\ngvisor {settings.gvisor_version}\nkata {settings.kata_version}"
+    versions = {rt.name: rt.version(rt.options(settings)) for rt in runtime_plugins.ALL}
+    data = {"nodeagent": __version__, "artifacts": versions}
+    text = "\n".join([f"nodeagent {__version__}", *(f"{name} {v}" for name, v in versions.items())])
     return Result(data, text)

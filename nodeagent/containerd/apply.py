@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodeagent import fsutil, state as state_mod
+from nodeagent import fsutil, runtimes as runtime_plugins, state as state_mod
 from nodeagent.containerd import edit, model
 from nodeagent.containerd.effective import prove_only_ours
 from nodeagent.containerd.imports import read_host_file
@@ -94,15 +94,11 @@ def preflight(host: HostRoot, changes: list[FileChange]) -> None:
             )
 
 
-# roles of files a containerd config names by path (a runtime's options file, e.g. runsc.toml)
-_NAMED_BY_CONFIG = {"runsc"}
-
-
 def _named_files_first(changes: list[FileChange]) -> list[FileChange]:
     """Install order: a file the config names lands before the config that names it, so a kill
     between the two writes never leaves a config pointing at a missing file (gVisor's shim reads
     runsc.toml for every sandbox). Found by tests/faults/test_kill_points.py."""
-    return sorted(changes, key=lambda c: c.role not in _NAMED_BY_CONFIG)
+    return sorted(changes, key=lambda c: c.role not in runtime_plugins.option_roles())  # a runtime's options file, e.g. runsc.toml
 
 
 def _write_all(host: HostRoot, changes: list[FileChange]) -> None:
@@ -242,8 +238,9 @@ def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "
         original = None if record.created else host.read_bytes(record.backup) if record.backup else None
         if not record.created and original is None:
             raise HostError(f"the backup of {path} ({record.backup}) is missing", "restore the file by hand")
-        if record.role == "runsc":
-            if "gvisor" in remaining.values():
+        owner = runtime_plugins.owner_of_role(record.role)  # a runtime's option file, e.g. gVisor's runsc.toml
+        if owner is not None:
+            if owner in remaining.values():
                 new_state.files[path] = record
             elif unchanged:
                 changes.append(FileChange(path, record.role, current, original))
@@ -280,7 +277,7 @@ def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "
             record.handlers = ours_left
             record.written_sha256 = state_mod.sha256(new)
             new_state.files[path] = record
-    restart = flavor != "k0s" and any(c.action != "none" and c.role != "runsc" for c in changes)
+    restart = flavor != "k0s" and any(c.action != "none" and c.role not in runtime_plugins.option_roles() for c in changes)
     return Outcome(changes, restart, notes), new_state
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
+from nodeagent import runtimes as runtime_plugins
 from nodeagent.containerd import model
 from nodeagent.errors import ConfigError
 
@@ -228,12 +229,8 @@ DEFAULT_RUNC = model.HandlerSpec(name="runc", runtime="runc", runtime_type="io.c
 
 def _our_block_candidates(text: str, version: int, name: str, style: TextStyle) -> list[str]:
     out = [render_runtime(version, DEFAULT_RUNC, style)] if name == DEFAULT_RUNC.name else []
-    for factory in (model.gvisor_handler, model.kata_handler, model.kata_hypervisor_handler):
-        try:
-            spec = factory(name)
-        except Exception:
-            continue
-        out.append(render_runtime(version, spec, style))
+    for rt in runtime_plugins.ALL:
+        out += [render_runtime(version, spec, style) for spec in rt.handlers_named(name)]
     return out
 
 

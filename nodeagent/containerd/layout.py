@@ -25,6 +25,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
+from nodeagent import runtimes as runtime_plugins
 from nodeagent.containerd import edit, model
 from nodeagent.containerd.imports import LoadedFile, absolute_import, glob_matches, is_glob, read_host_file
 from nodeagent.containerd.inspect import cri_table_v1x
@@ -105,7 +106,7 @@ class Layout:
 
     def validation_overrides(self, files, plan) -> dict[str, bytes | None]:
         """Files to check with containerd: for a template, the config it will render to."""
-        overrides = {c.path: c.new for c in files.changes() if c.role != "runsc"}
+        overrides = {c.path: c.new for c in files.changes() if c.role not in runtime_plugins.option_roles()}
         if self.kind == "template" and self.rendered_path:
             rendered = files.current(self.rendered_path)
             if rendered is None:

@@ -1,12 +1,11 @@
 """What containerd's config means, in one place: version -> CRI plugin id, handler tables.
 
-Every other module asks here where runtimes live for a config version, and what
-a handler for gVisor or Kata must look like (the user-visible contract).
+Every other module asks here where runtimes live for a config version, and how a handler
+table is built; which handlers a runtime needs is its plug-in's word (`nodeagent/runtimes/`).
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +21,6 @@ _CRI_RUNTIME_PLUGIN = {
     4: "io.containerd.cri.v1.runtime",
 }
 SUPPORTED_VERSIONS = tuple(_CRI_RUNTIME_PLUGIN)
-
-GVISOR_RUNTIME_TYPE = "io.containerd.runsc.v1"
-GVISOR_OPTIONS_TYPE_URL = "io.containerd.runsc.v1.options"
-RUNSC_CONFIG_PATH = "/etc/containerd/runsc.toml"
-KATA_RUNTIME_TYPE = "io.containerd.kata.v2"
-KATA_DEFAULTS_DIR = "/opt/kata/share/defaults/kata-containers"
-KATA_HYPERVISORS = ("qemu", "clh", "fc")
-# handler-level keys every Kata handler carries (the contract's handler table)
-KATA_HANDLER_KEYS = {"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]}
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")  # fullmatch: `$` would allow "runsc\n"
 
@@ -76,7 +66,7 @@ class HandlerSpec:
     """One runtime handler as it must appear under `containerd.runtimes.<name>`."""
 
     name: str
-    runtime: str  # "gvisor" | "kata"
+    runtime: str  # the runtime plug-in that owns it (nodeagent.runtimes NAMES)
     runtime_type: str
     keys: dict[str, Any] = field(default_factory=dict)  # handler-level keys
     options: dict[str, Any] | None = None  # the `.options` table, None for none
@@ -99,41 +89,3 @@ def shim_binary_for(runtime_type: str) -> str:
     if len(parts) < 4 or parts[0] != "io" or parts[1] != "containerd":
         raise UsageError(f"unexpected runtime_type {runtime_type!r}", "use io.containerd.<name>.<version>")
     return "containerd-shim-" + "-".join(parts[2:])
-
-
-def gvisor_handler(name: str = "runsc") -> HandlerSpec:
-    validate_handler_name(name)
-    return HandlerSpec(
-        name=name,
-        runtime="gvisor",
-        runtime_type=GVISOR_RUNTIME_TYPE,
-        options={"TypeUrl": GVISOR_OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
-    )
-
-
-def kata_handler(name: str = "kata") -> HandlerSpec:
-    validate_handler_name(name)
-    return HandlerSpec(
-        name=name,
-        runtime="kata",
-        runtime_type=KATA_RUNTIME_TYPE,
-        keys=copy.deepcopy(KATA_HANDLER_KEYS),
-    )
-
-
-def kata_hypervisor_handler(name: str) -> HandlerSpec:
-    """`kata-qemu`, `kata-clh`, `kata-fc`: each with its own shim name and configuration file."""
-    validate_handler_name(name)
-    hv = name.removeprefix("kata-")
-    if not name.startswith("kata-") or hv not in KATA_HYPERVISORS:
-        raise UsageError(
-            f"unknown extra Kata handler {name!r}", "choose from: " + ", ".join(f"kata-{h}" for h in KATA_HYPERVISORS)
-        )
-    runtime_type = f"io.containerd.kata-{hv}.v2"
-    return HandlerSpec(
-        name=name,
-        runtime="kata",
-        runtime_type=runtime_type,
-        keys=copy.deepcopy(KATA_HANDLER_KEYS),
-        options={"ConfigPath": f"{KATA_DEFAULTS_DIR}/configuration-{hv}.toml"},
-    )

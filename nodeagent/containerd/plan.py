@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from nodeagent.containerd import edit, layout, model
 from nodeagent.containerd.downgrade import retire_2x_dropins
@@ -18,7 +18,8 @@ from nodeagent.containerd.inspect import (containerd_major, decoded_option, defa
                                          effective_runtimes)
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
-from nodeagent.runtimes import runsc_toml
+from nodeagent import runtimes as runtime_plugins
+from nodeagent.runtimes.base import ConfigContext
 
 
 @dataclass
@@ -87,7 +88,7 @@ class Plan:
         """containerd must restart when what it loads changed (runsc.toml is read per sandbox)."""
         if not self.layout.needs_restart:
             return False
-        return any(f.action != "none" and f.role != "runsc" for f in self.files)
+        return any(f.action != "none" and f.role not in runtime_plugins.option_roles() for f in self.files)
 
     def overrides(self) -> dict[str, bytes | None]:
         return {f.path: f.new for f in self.files}
@@ -158,12 +159,6 @@ def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]]
     return decoded_option(table.get("options"), "SystemdCgroup") is True
 
 
-def gvisor_platform_of(facts: dict[str, Any], override: str | None) -> str:
-    if override:
-        return override
-    return ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform") or "systrap"
-
-
 class _Files:
     """Current and planned contents, read lazily through the host root."""
 
@@ -202,7 +197,7 @@ def plan_install(
     *,
     config_path: str | None = None,
     force: bool = False,
-    gvisor_platform: str | None = None,
+    runtime_options: Mapping[str, Any] | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
     cfacts = facts.get("containerd") or {}
@@ -254,18 +249,26 @@ def plan_install(
             else:
                 plan.defaults_added.append(spec.name)
 
-    if any(spec.runtime == "gvisor" for spec in handlers):
-        raw = files.current(model.RUNSC_CONFIG_PATH)
-        new = runsc_toml.render(raw, gvisor_platform_of(facts, gvisor_platform),
-                                systemd_cgroup_of(facts, effective, default_runtime_name(chain, major)),
-                                model.RUNSC_CONFIG_PATH)
-        if new != raw:
-            files.set(model.RUNSC_CONFIG_PATH, new, "runsc")
+    _plan_option_files(files, handlers, runtime_options or {},
+                       ConfigContext(facts, systemd_cgroup_of(facts, effective, default_runtime_name(chain, major))))
 
     plan.files = files.changes()
     plan.validation_overrides = chosen.validation_overrides(files, plan)
     _self_check(host, plan, major)
     return plan
+
+
+def _plan_option_files(files: _Files, handlers: list[model.HandlerSpec], options: Mapping[str, Any],
+                       ctx: ConfigContext) -> None:
+    """The option files (e.g. gVisor's runsc.toml) of each runtime that has a handler here."""
+    wanted = {spec.runtime for spec in handlers}
+    for rt in runtime_plugins.ALL:
+        if rt.name not in wanted:
+            continue
+        opts = options.get(rt.name) or rt.default_options()
+        for option_file in rt.config_files(files.current, ctx, opts):
+            if option_file.new != files.current(option_file.path):
+                files.set(option_file.path, option_file.new, option_file.role)
 
 
 def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],

@@ -1,14 +1,14 @@
-"""Which sandbox runtimes this host can run, and why not: pure functions of the facts."""
+"""Which sandbox runtimes this host can run, and why not: pure functions of the facts.
+
+The rules are each runtime plug-in's (`nodeagent/runtimes/<name>.py`, `eligibility`).
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-GVISOR_ARCHES = ("amd64", "arm64")
-# gVisor's install guide: "requires Linux 4.14.77+" (https://gvisor.dev/docs/user_guide/install/)
-GVISOR_MIN_KERNEL = (4, 14, 77)
-KATA_ARCHES = ("amd64", "arm64", "s390x", "ppc64le")
+from nodeagent import runtimes as runtime_plugins
 
 
 def kernel_tuple(release: str | None) -> tuple[int, int, int] | None:
@@ -19,43 +19,6 @@ def kernel_tuple(release: str | None) -> tuple[int, int, int] | None:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
-def gvisor(facts: dict[str, Any]) -> dict[str, Any]:
-    reasons = []
-    arch = facts.get("arch")
-    if arch not in GVISOR_ARCHES:
-        reasons.append(f"architecture {arch or 'unknown'} is not supported by gVisor (amd64, arm64 only)")
-    kernel = kernel_tuple(facts.get("kernel"))
-    minimum = ".".join(map(str, GVISOR_MIN_KERNEL))
-    if kernel is None:
-        reasons.append(f"kernel release unknown; gVisor needs Linux {minimum} or newer")
-    elif kernel < GVISOR_MIN_KERNEL:
-        reasons.append(f"kernel {facts.get('kernel')} is older than gVisor's minimum {minimum}")
-    virt = facts.get("virtualization", {})
-    # KVM platform only on bare metal: in a VM it runs nested and gVisor recommends systrap there.
-    if virt.get("kvm_usable") and not virt.get("in_vm"):
-        platform, why = "kvm", "bare metal with usable KVM"
-    elif virt.get("kvm_usable"):
-        platform, why = "systrap", "KVM works but this host is a VM (nested): systrap is faster and supported"
-    else:
-        platform, why = "systrap", "KVM is not usable"
-    return {"eligible": not reasons, "platform": platform, "platform_reason": why, "reasons": reasons}
-
-
-def kata(facts: dict[str, Any]) -> dict[str, Any]:
-    reasons = []
-    virt = facts.get("virtualization", {})
-    if not virt.get("kvm_usable"):
-        detail = "; ".join(r for r in virt.get("reasons", []) if "vsock" not in r) or "KVM is not usable"
-        reasons.append(f"KVM is not usable ({detail})")
-    if not virt.get("vhost_vsock"):
-        # the probe's own words: "missing", or present but "unusable" (a node with no driver behind it)
-        said = [r for r in virt.get("reasons", []) if "/dev/vhost-vsock" in r]
-        reasons += said or ["host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module"]
-    arch = facts.get("arch")
-    if arch not in KATA_ARCHES:
-        reasons.append(f"architecture {arch or 'unknown'} is not supported by Kata ({', '.join(KATA_ARCHES)})")
-    return {"eligible": not reasons, "reasons": reasons}
-
-
 def evaluate(facts: dict[str, Any]) -> dict[str, Any]:
-    return {"gvisor": gvisor(facts), "kata": kata(facts)}
+    """Each runtime plug-in's verdict on these facts, in the registry's order."""
+    return {rt.name: rt.eligibility(facts) for rt in runtime_plugins.ALL}

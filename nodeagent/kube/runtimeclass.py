@@ -17,6 +17,7 @@ import structlog
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeConflict
 from nodeagent.kube.labels import DEFAULT_PREFIX
+from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
@@ -56,14 +57,10 @@ def manifests(settings: Any, runtimes: Iterable[str] = NAMES) -> list[dict[str, 
     prefix = getattr(settings, "label_prefix", DEFAULT_PREFIX)
     out = []
     for runtime in runtimes:
-        out.append(manifest(
-            getattr(settings, f"{runtime}_runtimeclass"),
-            getattr(settings, f"{runtime}_handler"),
-            node_label=f"{prefix}{runtime}",
-            memory=getattr(settings, f"{runtime}_overhead_memory", None),
-            cpu=getattr(settings, f"{runtime}_overhead_cpu", None),
-            tolerations=getattr(settings, f"{runtime}_tolerations", None),
-        ))
+        plugin = runtime_plugins.get(runtime)
+        for rc in plugin.runtime_classes(plugin.options(settings)):
+            out.append(manifest(rc.name, rc.handler, node_label=f"{prefix}{rc.label}", memory=rc.memory,
+                                cpu=rc.cpu, tolerations=rc.tolerations))
     return out
 
 

@@ -18,6 +18,7 @@ import tomlkit.exceptions
 from nodeagent.containerd import edit
 from nodeagent.errors import ConfigError
 
+PATH = "/etc/containerd/runsc.toml"
 HEADER_COMMENT = "gVisor runsc options for containerd-shim-runsc-v1 (managed by nodeagent: platform, systemd-cgroup)"
 
 

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.containerd import apply, model, validate
+from nodeagent.containerd import apply, validate
 from nodeagent.containerd.cri import cri_status
 from nodeagent.containerd.plan import compatible, plan_install
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
+from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import run_cli
 from tests.support.containerd_daemon import minimal_config
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import BINARIES, CORPUS, SCENARIOS, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 
 
 def meaningful(value):
@@ -126,7 +127,7 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
     status = cri_status(daemon.socket)
     assert status.ok, status.as_dict()
     types = status.runtime_types()
-    assert types.get("runsc") == model.GVISOR_RUNTIME_TYPE and types.get("kata") == model.KATA_RUNTIME_TYPE, types
+    assert types.get("runsc") == gvisor.RUNTIME_TYPE and types.get("kata") == kata.RUNTIME_TYPE, types
     assert "runc" in types
     # 1.x edits in place; 2.x writes a drop-in plus an imports entry
     kinds = {c.path: c.action for c in state["plan"].files}
@@ -193,4 +194,4 @@ def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
     assert {"runc", "runsc", "kata"} <= set(dumped)
     undo, state = apply.plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
-    assert not host.exists("/etc/containerd/config.toml") and not host.exists(model.RUNSC_CONFIG_PATH)
+    assert not host.exists("/etc/containerd/config.toml") and not host.exists(gvisor.RUNSC_CONFIG_PATH)

@@ -27,6 +27,7 @@ from nodeagent.containerd.inspect import decoded_option
 from nodeagent.containerd.plan import compatible, plan_install
 from nodeagent.containerd.validate import dump_runtimes, effective_config
 from nodeagent.host import HostRoot
+from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import BINARIES, FIXTURES, have_containerd, install_containerd
@@ -62,7 +63,7 @@ class Case:
 
     @property
     def specs(self) -> list[model.HandlerSpec]:
-        return [model.gvisor_handler()] + ([model.kata_handler()] if self.runtime == "all" else [])
+        return [gvisor.handler()] + ([kata.handler()] if self.runtime == "all" else [])
 
     def facts(self) -> dict:
         return {"containerd": {"found": True, "version": self.containerd_version, "config_path": self.config,
@@ -165,7 +166,7 @@ def check_runsc_toml(host: HostRoot, after: dict) -> None:
     version = model.config_version(after.get("version"))
     cri = after["plugins"][model.cri_runtime_plugin(version)]["containerd"]
     default = runtimes.get(cri.get("default_runtime_name") or "runc") or {}
-    runsc = tomllib.loads(host.path(model.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
+    runsc = tomllib.loads(host.path(gvisor.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
     wanted = decoded_option(default.get("options"), "SystemdCgroup") is True
     assert (runsc.get("systemd-cgroup") == "true") == wanted, (runsc, default.get("options"))
     assert runsc["platform"] == "systrap"
@@ -187,7 +188,7 @@ def install_and_judge(case: Case, host: HostRoot) -> None:
     check_files_keep_everything(plan)
     check_runsc_toml(host, after)
     if case.expect == "noop":
-        assert [c.path for c in plan.files if c.action != "none"] == [model.RUNSC_CONFIG_PATH], plan.render_text()
+        assert [c.path for c in plan.files if c.action != "none"] == [gvisor.RUNSC_CONFIG_PATH], plan.render_text()
     else:
         assert plan.added == [s.name for s in case.specs], plan.render_text()
 
@@ -243,5 +244,5 @@ def test_kubespray_systemdcgroup_in_lower_camel_case_reaches_runsc_toml(series, 
     host = case.build(tmp_path / "root")
     assert "systemdCgroup = true" in host.path(case.config).read_text()
     apply.apply_install(host, plan_install(host, case.specs, case.facts()))
-    runsc = tomllib.loads(host.path(model.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
+    runsc = tomllib.loads(host.path(gvisor.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
     assert runsc["systemd-cgroup"] == "true"

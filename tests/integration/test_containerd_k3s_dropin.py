@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import pytest
 
-from nodeagent.containerd import apply, model, validate
+from nodeagent.containerd import apply, validate
 from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.runtimes import gvisor, kata
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 
 
 def scenario(flavor: str, series: str, with_import: bool) -> Scenario:
@@ -41,7 +42,7 @@ def test_release_with_dropin_dir_gets_a_dropin_there(flavor, tmp_path):
     before = snapshot(tmp_path, metadata=False)  # a round trip that restores bytes, not inodes/mtimes
     plan = plan_install(host, SPECS, case.facts())
     assert plan.layout.kind == "dropin" and plan.layout.path == case.effective_path, plan.render_text()
-    assert {c.path for c in plan.files if c.action != "none"} == {case.effective_path, model.RUNSC_CONFIG_PATH}
+    assert {c.path for c in plan.files if c.action != "none"} == {case.effective_path, gvisor.RUNSC_CONFIG_PATH}
     outcome = apply.apply_install(host, plan)  # validated and proven by the real 2.1
     assert not [n for n in outcome.notes if "not validated" in n]
     served = validate.effective_dump(host, case.config_path, {}, str(BINARIES["2.1"]))

@@ -15,18 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.containerd import apply, cri, model, validate
+from nodeagent.containerd import apply, cri, validate
 from nodeagent.containerd.clashes import duplicate_handlers
 from nodeagent.containerd.imports import load_chain
 from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
+from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 CONFIG = "/etc/containerd/config.toml"
 VERSIONS = {"1.7": "1.7.24", "2.1": "2.1.9"}
 
@@ -57,7 +58,7 @@ def served_once(containerd_factory, host: HostRoot, series: str, tmp: Path) -> N
         status = client.status()
         assert status.ok, status.as_dict()
         types = status.runtime_types()
-        assert types.get("runsc") == model.GVISOR_RUNTIME_TYPE and types.get("kata") == model.KATA_RUNTIME_TYPE
+        assert types.get("runsc") == gvisor.RUNTIME_TYPE and types.get("kata") == kata.RUNTIME_TYPE
         assert "runc" in types
         raw = client.runtime.Status(client.pb.StatusRequest(verbose=True), timeout=10)
         listed = Counter(h.name for h in getattr(raw, "runtime_handlers", []) if h.name)
@@ -117,7 +118,7 @@ def test_downgrade_21_to_17_moves_our_dropin_in_place(containerd_factory, tmp_pa
     undo, state = apply.plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(CONFIG).read_bytes() == original
-    assert not host.exists("/etc/containerd/conf.d") and not host.exists(model.RUNSC_CONFIG_PATH)
+    assert not host.exists("/etc/containerd/conf.d") and not host.exists(gvisor.RUNSC_CONFIG_PATH)
 
 
 def test_downgrade_to_17_with_a_version_3_config_is_refused(tmp_path):

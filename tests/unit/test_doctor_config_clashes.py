@@ -9,14 +9,15 @@ import shutil
 import pytest
 
 from nodeagent import doctor
-from nodeagent.containerd import apply, model
+from nodeagent.containerd import apply
 from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
+from nodeagent.runtimes import gvisor, kata
 from tests.unit.containerd.scenarios import FIXTURES, install_containerd
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 V3_RUNSC = "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.gvisor]\n  runtime_type = 'io.containerd.runsc.v1'\n"
 
 

@@ -115,3 +115,59 @@ def test_the_checks_find_what_they_look_for():
         "nodeagent/containerd/apply.py:5 uses nodeagent.settings._FIELDS",
     ]
     assert commands_imports_below_cli(sources) == ["nodeagent/containerd/apply.py:8 imports nodeagent.commands.install"]
+
+
+# --- runtimes are plug-ins (issue 12, scope 2) ------------------------------------------------
+RUNTIME_NAMES = ("gvisor", "kata")  # spelled out: the rule must not depend on the code it checks
+PLUGIN_PACKAGE = "runtimes/"
+
+
+def _names_a_runtime(node: ast.AST) -> bool:
+    """A runtime-name string, or a tuple/list/set literal holding one."""
+    if isinstance(node, ast.Constant):
+        return node.value in RUNTIME_NAMES
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_a_runtime(e) for e in node.elts)
+    return False
+
+
+def runtime_name_branches(sources: list[tuple[str, ast.Module]] | None = None) -> list[str]:
+    """Code outside nodeagent/runtimes/ that decides by a runtime's name: `== "gvisor"`,
+    `"kata" in x`, `x in ("gvisor", "all")`, a `case "kata":`, or a literal list of runtime names
+    (`("gvisor", "kata")`, `{"gvisor": ...}`) a new runtime would have to be added to."""
+    bad = []
+    for rel, tree in _sources() if sources is None else sources:
+        if rel.startswith(PLUGIN_PACKAGE):
+            continue
+        compared = {id(n) for c in ast.walk(tree) if isinstance(c, ast.Compare) for n in (c.left, *c.comparators)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(_names_a_runtime(n) for n in (node.left, *node.comparators)):
+                bad.append(f"nodeagent/{rel}:{node.lineno} compares with a runtime name")
+            elif isinstance(node, ast.MatchValue) and _names_a_runtime(node.value):
+                bad.append(f"nodeagent/{rel}:{node.lineno} matches a runtime name")
+            elif isinstance(node, (ast.Tuple, ast.List, ast.Set)) and id(node) not in compared and _names_a_runtime(node):
+                bad.append(f"nodeagent/{rel}:{node.lineno} lists runtime names")
+            elif isinstance(node, ast.Dict) and any(k is not None and _names_a_runtime(k) for k in node.keys):
+                bad.append(f"nodeagent/{rel}:{node.lineno} keys a dict by runtime name")
+    return sorted(set(bad))
+
+
+def test_no_branch_on_a_runtime_name_outside_the_plugins():
+    """Callers iterate `runtimes.ALL` or ask `runtimes.get(name)`; a third runtime is one new module."""
+    assert runtime_name_branches() == []
+
+
+def test_the_runtime_name_check_finds_what_it_looks_for():
+    source = ('if runtime == "gvisor":\n    pass\nif "kata" in runtimes:\n    pass\n'
+              'ok = wanted in ("gvisor", "all")\nNAMES = ("gvisor", "kata")\nv = {"gvisor": 1}\n'
+              'match r:\n    case "kata":\n        pass\n'
+              'fine = facts["gvisor"]\nalso_fine = f"{prefix}gvisor"\n')
+    sources = [("artifacts/api.py", ast.parse(source)), ("runtimes/gvisor.py", ast.parse(source))]
+    assert runtime_name_branches(sources) == [
+        "nodeagent/artifacts/api.py:1 compares with a runtime name",
+        "nodeagent/artifacts/api.py:3 compares with a runtime name",
+        "nodeagent/artifacts/api.py:5 compares with a runtime name",
+        "nodeagent/artifacts/api.py:6 lists runtime names",
+        "nodeagent/artifacts/api.py:7 keys a dict by runtime name",
+        "nodeagent/artifacts/api.py:9 matches a runtime name",
+    ]

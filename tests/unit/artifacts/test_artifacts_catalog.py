@@ -10,6 +10,7 @@ from nodeagent.artifacts import catalog, sources
 from nodeagent.artifacts.digest import Digest, parse_hex, parse_sidecar
 from nodeagent.artifacts.download import _check_scheme
 from nodeagent.errors import ArtifactError
+from nodeagent.runtimes import gvisor, kata
 
 HEX512 = hashlib.sha512(b"x").hexdigest()
 HEX256 = hashlib.sha256(b"x").hexdigest()
@@ -43,10 +44,10 @@ def test_kata_sha256_flag():
 
 
 def test_arch_mapping_and_versions():
-    assert catalog.gvisor_arch("amd64") == "x86_64" and catalog.gvisor_arch("arm64") == "aarch64"
+    assert gvisor.upstream_arch("amd64") == "x86_64" and gvisor.upstream_arch("arm64") == "aarch64"
     with pytest.raises(ArtifactError, match="no build for architecture 's390x'"):
-        catalog.gvisor_arch("s390x")
-    assert catalog.kata_filename("3.11.0", "ppc64le", "tar.zst") == "kata-static-3.11.0-ppc64le.tar.zst"
+        gvisor.upstream_arch("s390x")
+    assert kata.filename("3.11.0", "ppc64le", "tar.zst") == "kata-static-3.11.0-ppc64le.tar.zst"
     for ok in ("latest", "20240729", "20240729.0"):
         catalog.check_version("gvisor", ok)
     for bad in ("../../etc", "2024", "latest/../x", ""):
@@ -57,22 +58,22 @@ def test_arch_mapping_and_versions():
 
 
 def test_pinned_kata_digests_are_well_formed():
-    for (version, arch, ext), hexval in catalog.KATA_PINNED_SHA256.items():
+    for (version, arch, ext), hexval in kata.PINNED_SHA256.items():
         Digest("sha256", hexval)
-        assert ext in catalog.KATA_EXTS and arch in ("amd64", "arm64", "s390x", "ppc64le")
+        assert ext in kata.EXTS and arch in ("amd64", "arm64", "s390x", "ppc64le")
 
 
 def test_upstream_and_mirror_locations(tmp_path):
-    up = sources.gvisor_base(None, "20240729.0", "arm64").join("gvisor.tar.bz2")
+    up = gvisor.release_base(None, "20240729.0", "arm64").join("gvisor.tar.bz2")
     assert up.url == "https://storage.googleapis.com/gvisor/releases/release/20240729.0/aarch64/gvisor.tar.bz2"
     assert not up.allow_http
-    kata = sources.kata_base(None, "3.11.0").join(catalog.kata_filename("3.11.0", "amd64", "tar.zst"))
-    assert kata.url == "https://github.com/kata-containers/kata-containers/releases/download/3.11.0/kata-static-3.11.0-amd64.tar.zst"
-    m = sources.gvisor_base("http://mirror.example/base/", "latest", "amd64").join("runsc")
+    tarball = kata.release_base(None, "3.11.0").join(kata.filename("3.11.0", "amd64", "tar.zst"))
+    assert tarball.url == "https://github.com/kata-containers/kata-containers/releases/download/3.11.0/kata-static-3.11.0-amd64.tar.zst"
+    m = gvisor.release_base("http://mirror.example/base/", "latest", "amd64").join("runsc")
     assert m.url == "http://mirror.example/base/gvisor/latest/x86_64/runsc" and m.allow_http
-    d = sources.kata_base(f"file://{tmp_path}", "3.11.0").join("k.tar.zst")
+    d = kata.release_base(f"file://{tmp_path}", "3.11.0").join("k.tar.zst")
     assert d.path == tmp_path / "kata/3.11.0/k.tar.zst"
-    assert sources.kata_base(str(tmp_path), "3.11.0").join("k").path == tmp_path / "kata/3.11.0/k"
+    assert kata.release_base(str(tmp_path), "3.11.0").join("k").path == tmp_path / "kata/3.11.0/k"
     with pytest.raises(ArtifactError, match="unsupported scheme"):
         sources.mirror_base("ftp://x/y")
     with pytest.raises(ArtifactError, match="does not exist"):

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from nodeagent.artifacts import catalog, release_listing
+from nodeagent.artifacts import release_listing
+from nodeagent.runtimes import kata
 from nodeagent.artifacts.digest import Digest
 from nodeagent.errors import ArtifactError
 from nodeagent.settings import Settings
@@ -71,6 +72,6 @@ def test_the_default_is_githubs_tag_endpoint_and_the_default_version_has_a_diges
     # released after GitHub began listing asset digests (June 2025; 3.20.0 was current in August 2025,
     # kata-containers#11714); arm64's value is also pinned
     assert tuple(int(p) for p in s.kata_version.split(".")) >= (3, 20, 0)
-    assert catalog.kata_pinned(s.kata_version, "arm64", "tar.zst") == \
+    assert kata.pinned(s.kata_version, "arm64", "tar.zst") == \
         "f63d54507d1f18635d94475077e4c2330de4d8e05cedf25f7c38f063b0e66a91"
-    assert catalog.kata_pinned(s.kata_version, "amd64", "tar.zst") is None  # one published value only: not pinned
+    assert kata.pinned(s.kata_version, "amd64", "tar.zst") is None  # one published value only: not pinned

@@ -14,13 +14,14 @@ import tomllib
 
 import pytest
 
-from nodeagent.containerd import apply, model
+from nodeagent.containerd import apply
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.runtimes import gvisor, kata
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import SCENARIOS
 
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 STATE_PREFIX = "var/lib/nodeagent"
 
 
@@ -85,7 +86,7 @@ def test_install_is_additive_idempotent_and_uninstall_restores(name, tmp_path):
         assert handlers[name] == table
 
     # runsc.toml: platform from facts, systemd-cgroup only when the default runtime uses it
-    runsc = tomllib.loads(host.path(model.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
+    runsc = tomllib.loads(host.path(gvisor.RUNSC_CONFIG_PATH).read_text())["runsc_config"]
     assert runsc["platform"] == "systrap"
     written = "\n".join(p.read_text() for p in tmp_path.rglob("*.toml*") if p.is_file())
     default = next((h for h in handlers if re.search(rf"default_runtime_name\s*=\s*['\"]{h}['\"]", written)), "runc")
@@ -114,9 +115,9 @@ def test_partial_uninstall_keeps_the_other_runtime(name, tmp_path):
     apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))
     undo, state = apply.plan_uninstall(host, {"kata"}, flavor=scenario.flavor)
     apply.apply_uninstall(host, undo, state)
-    assert host.exists(model.RUNSC_CONFIG_PATH)
+    assert host.exists(gvisor.RUNSC_CONFIG_PATH)
     assert set(state.handlers) == {"runsc"}
-    plan = plan_install(host, [model.gvisor_handler()], scenario.facts())
+    plan = plan_install(host, [gvisor.handler()], scenario.facts())
     assert not plan.changed, plan.render_text()
     undo, state = apply.plan_uninstall(host, {"gvisor"}, flavor=scenario.flavor)
     apply.apply_uninstall(host, undo, state)

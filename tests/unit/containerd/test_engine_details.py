@@ -8,17 +8,18 @@ import tomllib
 
 import pytest
 
-from nodeagent.containerd import apply, model
+from nodeagent.containerd import apply
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
+from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import run_cli
 from tests.unit.containerd.scenarios import CORPUS, SCENARIOS, Scenario
 
-SPECS = [model.gvisor_handler(), model.kata_handler()]
-RUNSC = model.RUNSC_CONFIG_PATH
+SPECS = [gvisor.handler(), kata.handler()]
+RUNSC = gvisor.RUNSC_CONFIG_PATH
 
 
 # -- runsc.toml ------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_compatible_existing_handler_with_extra_keys_is_left_alone(tmp_path):
                       'runtime_type = "io.containerd.runsc.v1"\npod_annotations = ["dev.gvisor.*"]\n'
                       '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc.options]\n'
                       'TypeUrl = "io.containerd.runsc.v1.options"\nConfigPath = "/etc/containerd/runsc.toml"\n')
-    plan = plan_install(host, [model.gvisor_handler()], scenario.facts())
+    plan = plan_install(host, [gvisor.handler()], scenario.facts())
     assert [f.path for f in plan.files if f.action != "none"] == [RUNSC]
     assert not plan.restart  # runsc.toml is read per sandbox; containerd's config did not change
 
@@ -229,7 +230,7 @@ def test_plan_text_output_through_cli(tmp_path):
 def test_rollback_install_restores_files_and_state(tmp_path):
     scenario = SCENARIOS["eks-nvidia-v2@2.1"]
     host = scenario.build(tmp_path)
-    first = apply.apply_install(host, plan_install(host, [model.gvisor_handler()], scenario.facts()))
+    first = apply.apply_install(host, plan_install(host, [gvisor.handler()], scenario.facts()))
     state_before = host.path("/var/lib/nodeagent/state.json").read_bytes()
     files_before = {p: host.read_bytes(p) for p in ("/etc/containerd/config.toml", "/etc/containerd/conf.d/90-nodeagent.toml")}
     outcome = apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))  # adds kata
@@ -270,7 +271,7 @@ def test_force_on_containerd_2_moves_the_handler_into_our_dropin(tmp_path):
     assert plan.replaced["runsc"]["options"] == {"BinaryName": "/opt/old/runsc"}
     apply.apply_install(host, plan)
     runsc = registered_handlers(host, scenario.config_path, scenario.version)["runsc"]
-    assert runsc == model.gvisor_handler().table()  # deep merge left no stale BinaryName behind
+    assert runsc == gvisor.handler().table()  # deep merge left no stale BinaryName behind
     undo, state = apply.plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert config.read_bytes() == original

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.plan import plan_install
+from nodeagent.runtimes import gvisor, kata
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import CORPUS, OURS, Scenario
 
@@ -22,7 +23,7 @@ BASES = {
     "minikube-iso-v1.toml": ("1.6",),
     "default-1.7.toml": ("1.7",),
 }
-SPECS = [model.gvisor_handler(), model.kata_handler()]
+SPECS = [gvisor.handler(), kata.handler()]
 names = st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True).filter(lambda n: n not in ("runsc", "kata"))
 words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz _-.:/#'\"", max_size=30)
 values = st.one_of(st.integers(-5, 10**6), st.booleans(), words, st.lists(words, max_size=3))

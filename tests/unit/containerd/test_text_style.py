@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import re
 
-from nodeagent.containerd import edit, model
+from nodeagent.containerd import edit
 from nodeagent.runtimes import runsc_toml
+from nodeagent.runtimes import gvisor
 from tests.unit.containerd.scenarios import FIXTURES
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
@@ -24,7 +25,7 @@ def indent_of(text: str, pattern: str) -> str:
 def test_handler_tables_follow_the_indentation_of_the_runtime_tables_they_join():
     for case, version in (("kubespray-v2", 2), ("aks-nvidia-v2", 2), ("kubespray-kata-v4", 4), ("flatcar-v2", 2)):
         text, style = edit.decode(read(case).encode(), case)
-        new = edit.add_runtime(text, version, model.gvisor_handler(), style, case)
+        new = edit.add_runtime(text, version, gvisor.handler(), style, case)
         added = new[len(text):]
         runc_header = indent_of(text, r"\[[^\n]*runtimes\.(?:runc|'runc'|\"runc\"|nvidia|'nvidia')\]")
         assert indent_of(added, r"\[[^\n]*runtimes\.runsc\]") == runc_header, case
@@ -48,6 +49,6 @@ def test_single_line_imports_stay_on_one_line():
 
 def test_runsc_toml_keys_follow_its_indentation():
     raw = (CORPUS / "gvisor-configuration-v2/etc/containerd/runsc.toml").read_bytes()
-    new = runsc_toml.render(raw, "systrap", True, model.RUNSC_CONFIG_PATH).decode()
+    new = runsc_toml.render(raw, "systrap", True, gvisor.RUNSC_CONFIG_PATH).decode()
     assert '\n  platform = "systrap"\n  systemd-cgroup = "true"\n' in new
     assert new.startswith(raw.decode())  # everything there before stays, byte for byte

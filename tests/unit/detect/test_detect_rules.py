@@ -3,6 +3,7 @@
 import pytest
 
 from nodeagent.detect import containerd, eligibility
+from nodeagent.runtimes import gvisor, kata
 
 
 def facts(**over):
@@ -23,16 +24,16 @@ def test_kernel_tuple(release, expected):
 
 @pytest.mark.parametrize("kernel, eligible", [("4.14.76", False), ("4.14.77", True), ("3.10.0-1160.el7", False), ("6.1.0", True)])
 def test_gvisor_kernel_minimum(kernel, eligible):
-    result = eligibility.gvisor(facts(kernel=kernel))
+    result = gvisor.eligibility(facts(kernel=kernel))
     assert result["eligible"] is eligible
     if not eligible:
         assert "older than gVisor's minimum 4.14.77" in result["reasons"][0]
 
 
 def test_gvisor_platform_kvm_only_on_bare_metal_with_usable_kvm():
-    assert eligibility.gvisor(facts())["platform"] == "kvm"
-    assert eligibility.gvisor(facts(virtualization={"kvm_usable": True, "in_vm": True}))["platform"] == "systrap"
-    assert eligibility.gvisor(facts(virtualization={"kvm_usable": False, "in_vm": False}))["platform"] == "systrap"
+    assert gvisor.eligibility(facts())["platform"] == "kvm"
+    assert gvisor.eligibility(facts(virtualization={"kvm_usable": True, "in_vm": True}))["platform"] == "systrap"
+    assert gvisor.eligibility(facts(virtualization={"kvm_usable": False, "in_vm": False}))["platform"] == "systrap"
 
 
 @pytest.mark.parametrize("arch, gvisor_ok, kata_ok", [
@@ -40,12 +41,12 @@ def test_gvisor_platform_kvm_only_on_bare_metal_with_usable_kvm():
 ])
 def test_arch_support(arch, gvisor_ok, kata_ok):
     f = facts(arch=arch)
-    assert eligibility.gvisor(f)["eligible"] is gvisor_ok
-    assert eligibility.kata(f)["eligible"] is kata_ok
+    assert gvisor.eligibility(f)["eligible"] is gvisor_ok
+    assert kata.eligibility(f)["eligible"] is kata_ok
 
 
 def test_kata_lists_every_missing_piece():
-    result = eligibility.kata(facts(arch="riscv64", virtualization={
+    result = kata.eligibility(facts(arch="riscv64", virtualization={
         "kvm_usable": False, "vhost_vsock": False, "reasons": ["/dev/kvm does not exist: KVM module not loaded"]}))
     assert result["eligible"] is False
     assert len(result["reasons"]) == 3
