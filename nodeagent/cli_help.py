@@ -53,12 +53,16 @@ HELP: dict[str, str] = {
     "kata_overhead_memory": "pod memory overhead in Kata's RuntimeClass",
     "kata_overhead_cpu": "pod CPU overhead in Kata's RuntimeClass",
     "max_concurrent_restarts": "how many nodes of the cluster may restart containerd at once",
+    "rollout_max_failures": "failed nodes after which no agent restarts containerd for the same settings (0: never halt)",
+    "startup_taint": "taint key to remove from this Node once it converged and verify passed",
     # commands' own options
     "image": "image for CRI-based checks (default: skip CRI pods)",
     "apply": "write to the Kubernetes API instead of printing",
     "arch": "architecture to bundle: amd64, arm64, ... (repeatable; default this host's)",
     "dir": "directory to fill with the offline mirror",
     "once": "converge once and exit",
+    "action": "status: the failed nodes per desired state; resume: clear them so restarts go on",
+    "namespace": "the agents' namespace (default: $POD_NAMESPACE, else nodeagent)",
     # agent
     "interval": "seconds between drift checks",
     "listen": "address:port of the health and metrics endpoint",

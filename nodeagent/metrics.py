@@ -14,6 +14,7 @@ _HELP = {
     "nodeagent_last_converge_duration_seconds": ("gauge", "Duration of the last converge."),
     "nodeagent_last_converge_timestamp_seconds": ("gauge", "Unix time the last converge ended."),
     "nodeagent_ready": ("gauge", "1 when the last converge succeeded."),
+    "nodeagent_rollout_halted": ("gauge", "1 while the fleet's rollout of this desired state is halted (too many nodes failed)."),
 }
 
 

@@ -85,15 +85,28 @@ def _text(checks: list[verify.RuntimeCheck]) -> str:
     return "\n".join(lines)
 
 
-def run(settings, args) -> Result:
-    host = HostRoot(settings.root)
+def run_checks(settings, host: HostRoot, image: str | None = None,
+               explicit: bool | None = None) -> list[verify.RuntimeCheck]:
+    """The checks `verify` makes; `explicit=False` skips what is not installed (or needs an image)
+    even for a runtime named in --runtime (the agent: it has no --image)."""
     wanted = settings.runtime
-    image = getattr(args, "image", None)
     checks: list[verify.RuntimeCheck] = []
     if wanted in ("gvisor", "all"):
-        checks.append(_check_gvisor(host, settings, explicit=wanted == "gvisor"))
+        checks.append(_check_gvisor(host, settings, explicit=wanted == "gvisor" if explicit is None else explicit))
     if wanted in ("kata", "all"):
-        checks.append(_check_kata(host, settings, image, explicit=wanted == "kata"))
+        checks.append(_check_kata(host, settings, image, explicit=wanted == "kata" if explicit is None else explicit))
+    return checks
+
+
+def failed_checks(checks: list[verify.RuntimeCheck]) -> str | None:
+    """What failed, as one line; None when every check that ran passed."""
+    failed = [c for c in checks if not c.skipped and not c.ok]
+    return "; ".join(f"{c.runtime}: {c.reason}" for c in failed) or None
+
+
+def run(settings, args) -> Result:
+    host = HostRoot(settings.root)
+    checks = run_checks(settings, host, getattr(args, "image", None))
     checked = [c for c in checks if not c.skipped]
     ok = bool(checked) and all(c.ok for c in checked)
     data: dict[str, Any] = {"ok": ok, "runtimes": {c.runtime: c.as_dict() for c in checks}}
