@@ -72,7 +72,7 @@ def run(agents: int, slots: int, restart: float, poll: float, jitter: float) -> 
                 "rollout_s": round(took, 1), "errors": errors[:5],
                 "lease_requests_per_node_mean": round(server.count(path_contains="/leases") / agents, 1),
                 "per_node_median": statistics.median(per_node), "per_node_max": max(per_node),
-                "lists": server.count("GET", path_contains="/leases"),
+                "lists": sum(1 for r in server.records if r.method == "GET" and "/leases" in r.path and not r.watch),
                 "watches": sum(1 for r in server.records if r.watch),
                 "conflicts_409": server.count(status=409),
                 "max_holders": server.max_lease_holders,
