@@ -67,7 +67,11 @@ class _Kube:
 
     def halted(self, host: HostRoot, exc: NodeagentError) -> None:
         """State label `halted`; an Event when the label changes to it (not every round)."""
-        _, patch, _ = self.label(host, state="halted")
+        try:
+            _, patch, _ = self.label(host, state="halted")
+        except NodeagentError as exc:  # the halt is the news; a label we could not write is not
+            log.warning("could not label the node halted", error=exc.message)
+            return
         if patch and (patch["metadata"].get("labels") or {}).get(self.settings.label_prefix + "state") == "halted":
             self.event("NodeagentRolloutHalted", exc.message, warning=True)
 
