@@ -632,21 +632,7 @@ class FakeApiServer:
             if (new.get("metadata") or {}).get("name") not in (None, name):
                 raise ApiError(400, "BadRequest", "the name in the body does not match the URL")
         elif method == "PATCH":
-            patch = self._decode(body)
-            if content_type == "application/merge-patch+json":
-                new = merge_patch(current, patch)
-            elif content_type == "application/strategic-merge-patch+json":
-                try:
-                    new = strategic_merge_patch(current, patch)
-                except ValueError as exc:
-                    raise ApiError(400, "BadRequest", str(exc)) from None
-            elif content_type == "application/json-patch+json":
-                try:
-                    new = json_patch(current, patch)
-                except ValueError as exc:  # kube-apiserver answers 422 when a patch cannot apply
-                    raise ApiError(422, "Invalid", str(exc)) from None
-            else:
-                raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not serve patch type {content_type}")
+            new = self._patched(current, self._decode(body), content_type)
         else:
             raise ApiError(405, "MethodNotAllowed", method)
         want_rv = (new.get("metadata") or {}).get("resourceVersion")
@@ -673,6 +659,22 @@ class FakeApiServer:
         items[name] = new
         self._emit(collection, "MODIFIED", new)
         return 200, copy.deepcopy(new)
+
+    @staticmethod
+    def _patched(current: dict[str, Any], patch: Any, content_type: str | None) -> dict[str, Any]:
+        if content_type == "application/merge-patch+json":
+            return merge_patch(current, patch)
+        if content_type == "application/strategic-merge-patch+json":
+            try:
+                return strategic_merge_patch(current, patch)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", str(exc)) from None
+        if content_type == "application/json-patch+json":
+            try:
+                return json_patch(current, patch)
+            except ValueError as exc:  # kube-apiserver answers 422 when a patch cannot apply
+                raise ApiError(422, "Invalid", str(exc)) from None
+        raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not serve patch type {content_type}")
 
     def _validate(self, obj: dict[str, Any]) -> None:
         problems = validate_metadata(obj)
