@@ -181,6 +181,18 @@ def test_a_halted_rollout_touches_nothing_until_resumed_then_the_startup_taint_g
         _wait(lambda: apiserver.object(NODE)["spec"]["taints"] == [other_taint], what="startup taint removed")
         assert apiserver.object(NODE)["metadata"]["labels"][P + "state"] == "ready"
         assert node.main_pid() != containerd_pid
+
+        # at rest: no Lease, no rollout record, no taint patch; one Node GET per round
+        _wait(lambda: apiserver.count("PATCH", path_contains="/nodes/") >= 2, what="labels and taint settled")
+        first = _metric(port, "nodeagent_converges_total")
+        apiserver.reset_records()
+        _wait(lambda: _metric(port, "nodeagent_converges_total") >= first + 3, timeout=60, what="three rounds at rest")
+        rounds = _metric(port, "nodeagent_converges_total") - first
+        with apiserver.lock:
+            seen = [(r.method, r.path) for r in apiserver.records]
+        assert not [r for r in seen if "/leases" in r[1] or "/configmaps" in r[1] or r[0] != "GET"], seen
+        print(f"\n[rollout] at rest: {len(seen)} API requests in {rounds:.0f} rounds: {sorted(set(seen))}")
+        assert len(seen) <= rounds + 1
     finally:
         code, err = _stop(proc)
     assert code == 0, err[-3000:]
