@@ -71,10 +71,7 @@ class CollectionView:
         self._stop.set()
         stream = self._stream
         if stream is not None:
-            try:
-                stream.shutdown()  # urllib3 >= 2.3: ends a read blocked in the watch thread
-            except (AttributeError, OSError):
-                stream.close()
+            self._shutdown(stream)
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self.changed:
@@ -94,6 +91,15 @@ class CollectionView:
 
     def _open(self, stream: Any) -> None:
         self._stream = stream
+        if self._stop.is_set():  # stop() ran while this watch was being opened: end it now
+            self._shutdown(stream)
+
+    @staticmethod
+    def _shutdown(stream: Any) -> None:
+        try:
+            stream.shutdown()  # urllib3 >= 2.3: ends a read blocked in the watch thread
+        except (AttributeError, OSError):
+            stream.close()
 
     def _run(self) -> None:
         backoff = FIRST_BACKOFF

@@ -210,3 +210,24 @@ def test_a_watch_that_expired_lists_again_and_a_broken_one_reconnects(apiserver,
              and r.status == 200]
     assert len(lists) == 2, "one LIST at the start, one after 410 Gone"
     assert sum(1 for r in apiserver.records if r.watch and r.status == 200) >= 2
+
+
+def test_a_view_relists_on_an_http_410_too(apiserver, kc):  # noqa: F811
+    """kube-apiserver answers a too-old watch either with an ERROR event (above) or an HTTP 410."""
+    from nodeagent.kube.watch import CollectionView
+
+    with KubeClient(from_kubeconfig(kc)) as api, KubeClient(from_kubeconfig(kc)) as other:
+        view = CollectionView(api, LEASES, timeout_seconds=30)
+        view.relist()
+        apiserver.inject(410, times=1, method="GET", path_contains="/leases")
+        view.start()
+        try:
+            other.create(LEASES, {"metadata": {"name": "seen"}, "spec": {}})
+            deadline = time.monotonic() + 10
+            while "seen" not in view.snapshot() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "seen" in view.snapshot()
+            assert view.relists == 2
+        finally:
+            view.stop()
+    assert apiserver.count(status=410) == 1
