@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import requests
 import structlog
+import urllib3
 
 from nodeagent import __version__
 from nodeagent.errors import KubeError
@@ -294,7 +295,7 @@ class KubeClient:
                             raise KubeGone(f"WATCH {collection_path}: {obj.get('message') or 'resource version expired'}")
                         raise KubeUnavailable(f"WATCH {collection_path}: {obj.get('code')} {obj.get('message')}")
                     yield event
-            except (requests.exceptions.RequestException, ValueError, OSError) as exc:
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
                 if stop():
                     return
                 raise KubeUnavailable(f"the watch of {collection_path} broke: {self._redact(_short(exc))}") from None
