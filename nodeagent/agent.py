@@ -110,6 +110,7 @@ class Agent:
             if getattr(exc, "rolled_back", False):
                 outcome_label = "rolled_back"
                 self.metrics.inc("nodeagent_rollbacks_total")
+            self.metrics.set("nodeagent_rollout_halted", 1 if getattr(exc, "rollout_halted", False) else 0)
             log.error("converge failed", error=exc.message, hint=exc.hint)
             return False
         except Exception as exc:  # a bug must not kill the agent; it is logged and retried
@@ -140,6 +141,7 @@ class Agent:
         self.ready = True
         self.last_error = None
         self.metrics.set("nodeagent_ready", 1)
+        self.metrics.set("nodeagent_rollout_halted", 0)
         return True
 
     def _failed(self) -> None:

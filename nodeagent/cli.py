@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "runtimeclasses": ("nodeagent.commands.kube:runtimeclasses", "print (or --apply) the RuntimeClass manifests"),
     "bundle": ("nodeagent.commands.bundle:run", "download artifacts + digests into an offline mirror"),
     "agent": ("nodeagent.commands.agent:run", "long-running mode: converge, watch for drift, serve health/metrics"),
+    "rollout": ("nodeagent.commands.rollout:run", "status of the fleet's rollout, or resume one that halted itself"),
     "version": ("nodeagent.commands.version:run", "version of nodeagent and of the artifacts it would install"),
 }
 
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--interval", type=float, default=argparse.SUPPRESS)
     a.add_argument("--listen", default=argparse.SUPPRESS)
     a.add_argument("--once", action="store_true", default=False, help="converge once and exit")
+    a.add_argument("--startup-taint", dest="startup_taint", default=argparse.SUPPRESS)
+    a.add_argument("--rollout-max-failures", dest="rollout_max_failures", type=int, default=argparse.SUPPRESS)
+    r = subparsers["rollout"]
+    r.add_argument("action", choices=("status", "resume"))
+    r.add_argument("--namespace", default=None)
     return cli_help.fill_help(parser)
 
 

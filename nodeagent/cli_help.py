@@ -56,6 +56,8 @@ HELP: dict[str, str] = {
     "kata_overhead_cpu": "pod CPU overhead in Kata's RuntimeClass",
     "max_concurrent_restarts": "how many nodes of the cluster may restart containerd at once",
     "overhead_from": "RuntimeClass overhead from this `verify --measure -o json` file (wins over *_overhead_*)",
+    "rollout_max_failures": "failed nodes after which no agent restarts containerd for the same settings (0: never halt)",
+    "startup_taint": "taint key to remove from this Node once it converged and verify passed",
     # commands' own options
     "image": "image for CRI-based checks (default: skip CRI pods)",
     "apply": "write to the Kubernetes API instead of printing",
@@ -64,6 +66,8 @@ HELP: dict[str, str] = {
     "once": "converge once and exit",
     "measure": "start N sandboxes per runtime (default 3) and measure the memory and CPU the runtime adds",
     "out": "also write the JSON report to this file (for runtimeclasses --overhead-from)",
+    "action": "status: the failed nodes per desired state; resume: clear them so restarts go on",
+    "namespace": "the agents' namespace (default: $POD_NAMESPACE, else nodeagent)",
     # agent
     "interval": "seconds between drift checks",
     "listen": "address:port of the health and metrics endpoint",

@@ -37,6 +37,7 @@ GAUGES = {
     "nodeagent_ready": "1 when the last converge succeeded, else 0.",
     "nodeagent_last_converge_duration_seconds": "Duration of the last converge.",
     "nodeagent_last_converge_timestamp_seconds": "Unix time the last converge ended.",
+    "nodeagent_rollout_halted": "1 while the fleet's rollout of this desired state is halted (too many nodes failed).",
 }
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

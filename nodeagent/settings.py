@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class Settings:
     kata_overhead_cpu: str = "250m"
     max_concurrent_restarts: int = 1
     overhead_from: str | None = None  # `verify --measure` JSON whose recommended podFixed wins over *_overhead_*
+    rollout_max_failures: int = 3  # nodes failing one desired state before the rollout halts; 0: never
+    startup_taint: str | None = None  # taint key removed from this Node once converged and verified
     # agent
     interval: float = 300.0
     # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and
@@ -153,6 +156,21 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
+# A taint key as the API server validates it: an optional DNS-subdomain prefix and "/", then a name.
+_TAINT_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _check_fleet(settings: Settings) -> None:
+    if settings.rollout_max_failures < 0:
+        raise UsageError(f"invalid rollout-max-failures {settings.rollout_max_failures}",
+                         "use 0 (never halt) or a positive number of failed nodes")
+    taint = settings.startup_taint
+    if taint is not None and (len(taint) > 316 or not _TAINT_KEY.match(taint) or len(taint.rsplit("/", 1)[0]) > 253):
+        raise UsageError(f"invalid startup-taint {taint!r}: not a taint key",
+                         "use the key only, e.g. sandbox.nodeagent.io/not-ready (no =value or :effect)")
+
+
 def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
     """Merge flags (only those explicitly given), env and file into Settings."""
     environ = dict(os.environ if environ is None else environ)
@@ -169,6 +187,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
     if "kubeconfig" not in merged and environ.get("KUBECONFIG"):
         merged["kubeconfig"] = environ["KUBECONFIG"]
     settings = Settings(**merged)
+    _check_fleet(settings)
     for name, allowed in CHOICES.items():
         if getattr(settings, name) not in allowed:
             raise UsageError(

@@ -35,27 +35,67 @@ def _kube_client(settings: Settings):
 
 
 class _Kube:
-    """What the agent does with the API: restart slots, labels, events, selection."""
+    """What the agent does with the API: restart slots, the rollout record, labels, the startup
+    taint, events, selection."""
 
     def __init__(self, settings: Settings, api):
         from nodeagent.kube.lease import RestartSlots, lease_namespace
         from nodeagent.kube.nodes import node_name
+        from nodeagent.kube.rollout import RolloutRecord, desired_state_hash
 
         self.settings = settings
         self.api = api
         self.node = node_name(settings)
-        self.slots = RestartSlots(api, self.node, slots=settings.max_concurrent_restarts,
-                                  namespace=lease_namespace())
+        namespace = lease_namespace()
+        self.slots = RestartSlots(api, self.node, slots=settings.max_concurrent_restarts, namespace=namespace)
+        self.record = RolloutRecord(api, namespace, desired_state_hash(settings), settings.rollout_max_failures)
 
-    def restart_guard(self):
-        return self.slots.hold(timeout=max(600.0, 4 * self.settings.interval))
+    def restart_guard(self, check_sandbox: Callable[[], str | None]):
+        from nodeagent.kube.rollout import guarded_restart
 
-    def label(self, host: HostRoot) -> None:
-        from nodeagent.kube.nodes import apply_labels
+        return guarded_restart(self.record, self.slots, self.node, max(600.0, 4 * self.settings.interval),
+                               check_sandbox)
+
+    def label(self, host: HostRoot, state: str | None = None) -> tuple[dict, dict | None, str]:
+        """(the Node as read, the label patch sent or None, the state): one GET, a PATCH on change."""
+        from nodeagent.kube.nodes import apply_labels, get_node
         from nodeagent.kube.runtime_status import node_labels
 
-        desired, _, _ = node_labels(self.settings, host)
-        apply_labels(self.api, self.node, desired, self.settings.label_prefix)
+        node = get_node(self.api, self.node)
+        desired, _, state = node_labels(self.settings, host, state=state)
+        return node, apply_labels(self.api, self.node, desired, self.settings.label_prefix, node=node), state
+
+    def halted(self, host: HostRoot, exc: NodeagentError) -> None:
+        """State label `halted`; an Event when the label changes to it (not every round)."""
+        try:
+            _, patch, _ = self.label(host, state="halted")
+        except NodeagentError as exc:  # the halt is the news; a label we could not write is not
+            log.warning("could not label the node halted", error=exc.message)
+            return
+        if patch and (patch["metadata"].get("labels") or {}).get(self.settings.label_prefix + "state") == "halted":
+            self.event("NodeagentRolloutHalted", exc.message, warning=True)
+
+    def release_startup_taint(self, node: dict, host: HostRoot, state: str, verified: bool) -> None:
+        """Remove the startup taint once this node is ready and a sandbox check passed.
+
+        Never re-added when the node degrades later: see the module docstring of kube/nodes.py.
+        """
+        from nodeagent.kube.nodes import has_taint, remove_startup_taint
+        from nodeagent.kube.rollout import SandboxCheckFailed
+
+        key = self.settings.startup_taint
+        if not key or not has_taint(node, key):
+            return
+        if state != "ready":
+            log.info("keeping the startup taint until the node is ready", taint=key, state=state)
+            return
+        problem = None if verified else _sandbox_problem(self.settings, host)
+        if problem:
+            self.event("NodeagentVerifyFailed", f"keeping startup taint {key}: {problem}", warning=True)
+            raise SandboxCheckFailed(f"keeping the startup taint {key}: {problem}",
+                                     "run `nodeagent verify` on the node; the taint goes once a sandbox starts")
+        if remove_startup_taint(self.api, self.node, key, node=node):
+            self.event("NodeagentStartupTaintRemoved", f"runtimes converged and verified: removed taint {key}")
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         from nodeagent.kube.events import record
@@ -77,9 +117,18 @@ class _Kube:
             return True
 
 
+def _sandbox_problem(settings: Settings, host: HostRoot) -> str | None:
+    """`verify`'s checks of what is installed (no image: Kata through CRI is skipped); None = passed."""
+    from nodeagent.commands.verify import failed_checks, run_checks
+
+    return failed_checks(run_checks(settings, host, explicit=False))
+
+
 def converge_round(settings: Settings, api=_NO_CLIENT) -> Callable[[], ConvergeOutcome]:
-    """One round: converge, then (with an API) events and labels from what containerd serves."""
+    """One round: converge, then (with an API) events, labels from what containerd serves, and
+    the startup taint. A restart is guarded by the fleet's slots and rollout record."""
     from nodeagent import converge
+    from nodeagent.kube.rollout import RolloutHalted
 
     host = HostRoot(settings.root)
     if api is _NO_CLIENT:
@@ -87,9 +136,19 @@ def converge_round(settings: Settings, api=_NO_CLIENT) -> Callable[[], ConvergeO
     kube = _Kube(settings, api) if api is not None else None
 
     def round_() -> ConvergeOutcome:
-        guard = kube.restart_guard if kube else contextlib.nullcontext
+        verified: list[bool] = []
+
+        def check_sandbox() -> str | None:  # right after a restart, while the slot is held
+            problem = _sandbox_problem(settings, host)
+            verified.append(problem is None)
+            return problem
+
+        guard = (lambda: kube.restart_guard(check_sandbox)) if kube else contextlib.nullcontext
         try:
             report = converge.install(settings, restart_guard=guard)
+        except RolloutHalted as exc:
+            kube.halted(host, exc)
+            raise
         except NodeagentError as exc:
             if kube:
                 kube.event("NodeagentFailed", exc.message, warning=True)
@@ -98,7 +157,8 @@ def converge_round(settings: Settings, api=_NO_CLIENT) -> Callable[[], ConvergeO
         if kube:
             if report.changed:
                 kube.event("NodeagentInstalled", "runtimes converged: " + ", ".join(report.runtimes))
-            kube.label(host)
+            node, _, state = kube.label(host)
+            kube.release_startup_taint(node, host, state, verified=bool(verified) and all(verified))
         restarted = bool(report.restarted and report.restarted.get("new_pid"))
         return ConvergeOutcome(changed=report.changed, restarted=restarted)
 

@@ -32,10 +32,12 @@ BUG_HINT = "this is a bug in nodeagent; run again with -v for the traceback and 
 class ChildError(NodeagentError):
     """A failure the child reported: its message, hint, exit code and whether it rolled back."""
 
-    def __init__(self, message: str, hint: str | None, exit_code: int, rolled_back: bool):
+    def __init__(self, message: str, hint: str | None, exit_code: int, rolled_back: bool,
+                 rollout_halted: bool = False):
         super().__init__(message, hint)
         self.exit_code = exit_code
         self.rolled_back = rolled_back
+        self.rollout_halted = rollout_halted
 
 
 def run_in_child(settings: Settings) -> ConvergeOutcome:
@@ -50,7 +52,7 @@ def run_in_child(settings: Settings) -> ConvergeOutcome:
                          EXIT_FAIL, False) from None
     if "error" in result:
         e = result["error"]
-        raise ChildError(e["message"], e["hint"], e["exit_code"], e["rolled_back"])
+        raise ChildError(e["message"], e["hint"], e["exit_code"], e["rolled_back"], bool(e.get("rollout_halted")))
     return ConvergeOutcome(**result["outcome"])
 
 
@@ -68,7 +70,8 @@ def _child() -> int:
         return 0
     except NodeagentError as exc:
         error = {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code,
-                 "rolled_back": bool(getattr(exc, "rolled_back", False))}
+                 "rolled_back": bool(getattr(exc, "rolled_back", False)),
+                 "rollout_halted": bool(getattr(exc, "rollout_halted", False))}
     except Exception as exc:  # a bug: the agent logs it and retries, as it did in-process
         error = {"message": f"unexpected {type(exc).__name__}: {exc}", "hint": BUG_HINT, "exit_code": EXIT_FAIL,
                  "rolled_back": False}

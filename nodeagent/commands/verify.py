@@ -56,22 +56,35 @@ def _text(checks: list[verify.RuntimeCheck]) -> str:
     return "\n".join(lines)
 
 
+def run_checks(settings, host: HostRoot, image: str | None = None,
+               explicit: bool | None = None) -> list[verify.RuntimeCheck]:
+    """The checks `verify` makes; `explicit=False` skips what is not installed (or needs an image)
+    even for a runtime named in --runtime (the agent: it has no --image)."""
+    wanted = selected(settings.runtime)
+    socket = functools.cache(lambda: _socket(host, settings))
+    named = settings.runtime != "all" if explicit is None else explicit
+    checks: list[verify.RuntimeCheck] = []
+    for rt in runtime_plugins.ALL:
+        if rt.name in wanted:
+            ctx = VerifyContext(host, image, socket, timeout=settings.health_timeout, explicit=named)
+            checks.append(rt.verify(ctx, rt.options(settings)))
+    return checks
+
+
+def failed_checks(checks: list[verify.RuntimeCheck]) -> str | None:
+    """What failed, as one line; None when every check that ran passed."""
+    failed = [c for c in checks if not c.skipped and not c.ok]
+    return "; ".join(f"{c.runtime}: {c.reason}" for c in failed) or None
+
+
 def run(settings, args) -> Result:
     host = HostRoot(settings.root)
-    wanted = selected(settings.runtime)
-    image = getattr(args, "image", None)
     count = getattr(args, "measure", None)
     if count is not None:
         from nodeagent.commands.verify_measure import check_count
 
         check_count(count)
-    socket = functools.cache(lambda: _socket(host, settings))
-    checks: list[verify.RuntimeCheck] = []
-    for rt in runtime_plugins.ALL:
-        if rt.name in wanted:
-            ctx = VerifyContext(host, image, socket, timeout=settings.health_timeout,
-                                explicit=settings.runtime != "all")
-            checks.append(rt.verify(ctx, rt.options(settings)))
+    checks = run_checks(settings, host, getattr(args, "image", None))
     checked = [c for c in checks if not c.skipped]
     ok = bool(checked) and all(c.ok for c in checked)
     data: dict[str, Any] = {"ok": ok, "runtimes": {c.runtime: c.as_dict() for c in checks}}

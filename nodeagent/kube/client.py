@@ -23,10 +23,11 @@ import email.utils
 import json
 import random
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import requests
 import structlog
+import urllib3
 
 from nodeagent import __version__
 from nodeagent.errors import KubeError
@@ -36,7 +37,8 @@ log = structlog.get_logger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-_PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH}
+JSON_PATCH = "application/json-patch+json"
+_PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH, "json": JSON_PATCH}
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -52,6 +54,12 @@ class KubeConflict(KubeError):
     def __init__(self, message: str, hint: str | None = None, reason: str = "Conflict"):
         super().__init__(message, hint)
         self.reason = reason
+
+
+class KubeGone(KubeError):
+    """410: the resourceVersion a watch asked for is older than the server keeps; LIST again."""
+
+    default_hint = "the watch fell too far behind; it re-lists on its own"
 
 
 class KubeUnauthorized(KubeError):
@@ -229,6 +237,8 @@ class KubeClient:
             raise KubeNotFound(what)
         if code == 409:
             raise KubeConflict(what, reason=reason or "Conflict")
+        if code == 410:
+            raise KubeGone(what)
         if code == 422:
             raise KubeInvalid(what)
         if code in RETRY_STATUSES:
@@ -252,11 +262,61 @@ class KubeClient:
         """PUT the whole object; with metadata.resourceVersion set a stale write raises KubeConflict."""
         return self.request("PUT", path, body=obj) or {}
 
-    def patch(self, path: str, patch: Mapping[str, Any], strategy: str = "merge") -> dict[str, Any]:
-        """PATCH with RFC 7386 merge-patch ("merge") or Kubernetes strategic-merge-patch ("strategic")."""
+    def patch(self, path: str, patch: Any, strategy: str = "merge") -> dict[str, Any]:
+        """PATCH with RFC 7386 merge-patch ("merge"), Kubernetes strategic-merge-patch ("strategic")
+        or an RFC 6902 JSON patch ("json": a list of operations; a failed `test` op is a 422)."""
         if strategy not in _PATCH_TYPES:
             raise ValueError(f"unknown patch strategy {strategy!r}")
         return self.request("PATCH", path, body=patch, content_type=_PATCH_TYPES[strategy]) or {}
+
+    def watch(self, collection_path: str, resource_version: str, *, timeout_seconds: int,
+              stop: Callable[[], bool] = lambda: False,
+              on_open: Callable[[Any], None] = lambda response: None) -> Iterator[dict[str, Any]]:
+        """WATCH a collection from `resource_version`: yields each event ({"type", "object"}), BOOKMARKs
+        included, until the server ends the stream (after `timeout_seconds`) or `stop()` is true.
+
+        One attempt, no retries: the caller reconnects with its own back-off. KubeGone when the
+        version is too old (an HTTP 410 or an ERROR event with code 410): LIST again. A broken
+        stream is KubeUnavailable. `on_open` gets the streaming response so another thread can
+        `shutdown()` it to end a blocked read.
+        """
+        url = self.creds.server + collection_path
+        params = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(int(timeout_seconds))}
+        headers = {"Accept": "application/json", "User-Agent": f"nodeagent/{__version__}"}
+        token = self.creds.bearer_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.requests_made += 1
+        try:
+            resp = self.session.get(url, params=params, headers=headers, stream=True,
+                                    timeout=(self.timeout[0], timeout_seconds + self.timeout[1]),
+                                    verify=self.creds.ca_file or True, cert=self.creds.client_cert,
+                                    proxies=self._proxies(url), allow_redirects=False)
+        except requests.exceptions.RequestException as exc:
+            raise KubeUnavailable(f"cannot watch {collection_path}: {self._redact(_short(exc))}") from None
+        with resp:
+            if resp.status_code != 200:
+                self._result("WATCH", collection_path, resp)  # raises the matching KubeError
+                raise KubeError(f"WATCH {collection_path}: unexpected status {resp.status_code}")
+            on_open(resp.raw)
+            try:
+                for line in resp.iter_lines():
+                    if stop():
+                        return
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise KubeGone(f"WATCH {collection_path}: {obj.get('message') or 'resource version expired'}")
+                        raise KubeUnavailable(f"WATCH {collection_path}: {obj.get('code')} {obj.get('message')}")
+                    yield event
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ValueError, OSError) as exc:
+                if stop():
+                    return
+                raise KubeUnavailable(f"the watch of {collection_path} broke: {self._redact(_short(exc))}") from None
 
     def delete(self, path: str) -> bool:
         """True if deleted, False if it was already gone."""

@@ -18,7 +18,7 @@ DEFAULT_PREFIX = "sandbox.nodeagent.io/"
 # Fixed (not derived from the prefix) so a prefix change still finds and removes the old labels.
 OWNED_ANNOTATION = "sandbox.nodeagent.io/owned-labels"
 KATA_COMPAT_LABEL = "katacontainers.io/kata-runtime"
-STATES = ("installing", "ready", "degraded", "removing")
+STATES = ("installing", "ready", "degraded", "removing", "halted")  # halted: kube/rollout.py
 RUNTIMES = NAMES
 
 

@@ -3,9 +3,12 @@
 N slot Leases (`coordination.k8s.io/v1`, named `<prefix>-0 .. <prefix>-(N-1)`) live in the
 agent's namespace. Taking a slot = creating its Lease, or writing ourselves into a free or
 expired one with its resourceVersion, so two nodes racing for one slot cannot both win
-(the loser gets 409 and tries another slot). A waiting node looks at all slots with one LIST
-per poll. The holder renews while it works and clears `holderIdentity` when done. At rest an
-agent makes no Lease requests at all.
+(the loser gets 409 and tries another slot). A waiting node LISTs the slots once, then WATCHes
+them (kube/watch.py): it wakes when a holder releases or renews, or when a holder's lease
+expires, and claims a free slot after a short random delay, so that of a fleet woken by one
+release most see the winner's claim before they try (few 409s instead of one per waiter).
+The holder renews while it works and clears `holderIdentity` when done. At rest an agent makes
+no Lease requests at all.
 
 Expiry is judged on our clock against the holder's renewTime (+ leaseDurationSeconds): keep
 node clocks in sync (NTP) and the duration well above the skew and a restart's length.
@@ -26,6 +29,7 @@ import structlog
 
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeConflict
+from nodeagent.kube.watch import CollectionView
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +63,10 @@ def lease_namespace(environ: dict[str, str] | None = None) -> str:
     return environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
 
 
+def _version(lease: dict[str, Any] | None) -> str | None:
+    return ((lease or {}).get("metadata") or {}).get("resourceVersion")
+
+
 def is_free(lease: dict[str, Any], now: float) -> bool:
     """Nobody holds it, or the holder stopped renewing longer than leaseDurationSeconds ago."""
     spec = lease.get("spec") or {}
@@ -82,6 +90,8 @@ class RestartSlots:
         prefix: str = DEFAULT_PREFIX,
         lease_duration: int = 120,
         poll: float = 5.0,
+        claim_jitter: float = 1.0,
+        watch_timeout: int = 300,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -94,9 +104,12 @@ class RestartSlots:
         self.namespace = namespace
         self.prefix = prefix
         self.lease_duration = lease_duration
-        self.poll = poll
+        self.poll = poll  # longest sleep between looks while the watch is down
+        self.claim_jitter = claim_jitter
+        self.watch_timeout = watch_timeout
         self._clock = clock
         self._sleep = sleep
+        self.races_lost = 0
         self.held: dict[str, Any] | None = None  # the Lease object we hold (with its resourceVersion)
         self._lock = threading.Lock()
 
@@ -116,15 +129,19 @@ class RestartSlots:
             "leaseTransitions": transitions,
         }
 
-    def try_acquire(self) -> str | None:
-        """One look at all slots (a single LIST), then a claim on a free one; its name if we got it.
+    def _names(self) -> list[str]:
+        return [f"{self.prefix}-{i}" for i in range(self.slots)]
 
-        One LIST per poll keeps a waiting fleet's load at one request per node per poll,
-        whatever the number of slots.
-        """
-        names = [f"{self.prefix}-{i}" for i in range(self.slots)]
+    def try_acquire(self) -> str | None:
+        """One look at all slots (a single LIST), then a claim on a free one; its name if we got it."""
         existing = {(l.get("metadata") or {}).get("name"): l
                     for l in (self.api.get(self.collection) or {}).get("items") or []}
+        return self._claim(existing, {})
+
+    def _claim(self, existing: dict[str, Any], tried: dict[str, str | None]) -> str | None:
+        """Claim a free slot of `existing` (name -> Lease as last seen); `tried` records the
+        resourceVersion of each slot we lost a race for, so a stale view is not tried twice."""
+        names = self._names()
         now = self._clock()
         mine = [n for n in names if ((existing.get(n) or {}).get("spec") or {}).get("holderIdentity") == self.identity]
         free = [n for n in names if n not in existing or is_free(existing[n], now)]
@@ -150,21 +167,66 @@ class RestartSlots:
                 self.held = self.api.update(self._path(name), claimed)
                 return name
             except KubeConflict:
-                continue  # another node won this slot a moment ago
+                tried[name] = _version(lease)  # another node won this slot a moment ago
+                self.races_lost += 1
         return None
 
+    def _claimable(self, items: dict[str, Any], tried: dict[str, str | None], now: float) -> list[str]:
+        """Slots that look free in the watched view and that we have not lost a race for as seen."""
+        return [n for n in self._names()
+                if (n not in items or is_free(items[n], now)) and (n not in tried or tried[n] != _version(items.get(n)))]
+
+    def _next_expiry(self, items: dict[str, Any]) -> float | None:
+        ends = []
+        for lease in items.values():
+            spec = lease.get("spec") or {}
+            renewed = parse_microtime(spec.get("renewTime")) or parse_microtime(spec.get("acquireTime"))
+            if spec.get("holderIdentity") and renewed is not None:
+                ends.append(renewed + (spec.get("leaseDurationSeconds") or 0))
+        return min(ends) if ends else None
+
+    def _wait_for_free(self, view: CollectionView, tried: dict[str, str | None], deadline: float) -> None:
+        """Block until a slot looks free (then a random 0..claim_jitter s more, still free) or the deadline."""
+        claim_at = None
+        with view.changed:
+            while True:
+                now = self._clock()
+                if now >= deadline:
+                    return
+                if self._claimable(view.items, tried, now):
+                    # each race lost doubles our delay (up to 16x): of a herd woken by one release,
+                    # the nodes that keep losing step back, like Ethernet's back-off after a collision
+                    spread = self.claim_jitter * 2 ** min(self.races_lost, 4)
+                    claim_at = claim_at if claim_at is not None else now + random.random() * spread
+                    if now >= claim_at:
+                        return
+                    wake = claim_at
+                else:
+                    claim_at = None  # someone else got it first: wait for the next change
+                    expiry = self._next_expiry(view.items)
+                    wake = min(deadline, expiry + 0.05 if expiry is not None else deadline)
+                view.changed.wait(max(0.01, min(wake - now, self.poll)))
+
     def acquire(self, timeout: float) -> str:
-        """Wait (polling with jitter) until a slot is ours; LeaseTimeout after `timeout` seconds."""
+        """Wait (LIST once, then WATCH) until a slot is ours; LeaseTimeout after `timeout` seconds."""
         deadline = self._clock() + timeout
-        while True:
-            name = self.try_acquire()
-            if name:
-                log.info("restart slot acquired", lease=name, namespace=self.namespace)
-                return name
-            if self._clock() >= deadline:
-                raise LeaseTimeout(f"no restart slot free in namespace {self.namespace} after {timeout:.0f}s "
-                                   f"({self.slots} slot(s))")
-            self._sleep(self.poll * (0.5 + random.random()))
+        view = CollectionView(self.api, self.collection, timeout_seconds=self.watch_timeout)
+        view.relist()
+        self.races_lost = 0
+        tried: dict[str, str | None] = {}
+        try:
+            while True:
+                name = self._claim(view.snapshot(), tried)
+                if name:
+                    log.info("restart slot acquired", lease=name, namespace=self.namespace)
+                    return name
+                if self._clock() >= deadline:
+                    raise LeaseTimeout(f"no restart slot free in namespace {self.namespace} after {timeout:.0f}s "
+                                       f"({self.slots} slot(s))")
+                view.start()  # once; a no-op after
+                self._wait_for_free(view, tried, deadline)
+        finally:
+            view.stop()
 
     def renew(self) -> None:
         """Push renewTime forward; KubeConflict means someone took the slot (we were too slow)."""

@@ -70,14 +70,14 @@ def agent_env(tmp_path, apiserver, pki, clean_node):  # noqa: F811
     clean_node.wait_active()
 
 
-def _start_agent(kc, node, port: int) -> subprocess.Popen:
+def _start_agent(kc, node, port: int, *extra: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODEAGENT_")}
     env.update({"POD_NAMESPACE": "nodeagent", "NODEAGENT_LOG_FORMAT": "json", "NODEAGENT_HEALTH_TIMEOUT": "20"})
     for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
         env.pop(var, None)
     argv = [sys.executable, "-m", "nodeagent", "agent", "--root", str(node.root), "--kubeconfig", str(kc),
             "--node-name", "node-a", "--listen", f"127.0.0.1:{port}", "--interval", "1",
-            "--runtime", "gvisor", "--mirror", str(default_mirror())]
+            "--runtime", "gvisor", "--mirror", str(default_mirror()), *extra]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -137,3 +137,64 @@ def test_agent_converges_labels_repairs_drift_and_stops_cleanly(agent_env, apise
     with apiserver.lock:
         events = list(apiserver.store.objects.get("/api/v1/namespaces/default/events", {}).values())
     assert {"NodeagentInstalled", "NodeagentRemoving"} <= {e.get("reason") for e in events}
+
+
+def test_a_halted_rollout_touches_nothing_until_resumed_then_the_startup_taint_goes(agent_env, apiserver):  # noqa: F811
+    """Issue 16: the fleet already recorded rollout_max_failures failed nodes for this desired state.
+    The agent must not restart containerd nor switch its config; it says `halted` (label, metric,
+    one Event). After `nodeagent rollout resume` it converges, verifies with real runsc, and only
+    then removes the startup taint, leaving the provisioner's other taints alone."""
+    from nodeagent.kube.rollout import RolloutRecord, desired_state_hash
+    from nodeagent.kube.client import KubeClient
+    from nodeagent.kube.credentials import from_kubeconfig
+    from nodeagent.settings import Settings
+
+    kc, node, original = agent_env
+    other_taint = {"key": "node.kubernetes.io/network-unavailable", "effect": "NoSchedule"}
+    startup = {"key": "sandbox.nodeagent.io/not-ready", "effect": "NoSchedule"}
+    apiserver.put_object(NODE, {**apiserver.object(NODE), "spec": {"taints": [startup, other_taint]}})
+    desired = desired_state_hash(Settings(runtime="gvisor", mirror=str(default_mirror())))
+    with KubeClient(from_kubeconfig(str(kc))) as api:
+        for failed in ("node-x", "node-y", "node-z"):
+            RolloutRecord(api, "nodeagent", desired, 3).record_failure(failed, "rolled back: test")
+    containerd_pid = node.main_pid()
+    port = free_port()
+    proc = _start_agent(kc, node, port, "--startup-taint", "sandbox.nodeagent.io/not-ready")
+    try:
+        _wait(lambda: _metric(port, "nodeagent_rollout_halted") == 1, what="halted metric")
+        labels = apiserver.object(NODE)["metadata"]["labels"]
+        assert labels[P + "state"] == "halted"
+        _wait(lambda: _metric(port, "nodeagent_converge_failures_total") >= 2, timeout=60, what="a second halted round")
+        assert node.main_pid() == containerd_pid, "containerd was restarted during a halted rollout"
+        assert node.path(CONFIG).read_bytes() == original
+        assert apiserver.object(NODE)["spec"]["taints"] == [startup, other_taint]
+        with apiserver.lock:
+            events = list(apiserver.store.objects.get("/api/v1/namespaces/default/events", {}).values())
+        assert [e["reason"] for e in events].count("NodeagentRolloutHalted") == 1  # on the change, not per round
+
+        resumed = subprocess.run([sys.executable, "-m", "nodeagent", "rollout", "resume", "--kubeconfig", str(kc),
+                                  "--namespace", "nodeagent"], capture_output=True, text=True, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        _wait(lambda: _get(port, "/readyz")[0] == 200, timeout=120, what="/readyz after resume")
+        assert _metric(port, "nodeagent_rollout_halted") == 0
+        _wait(lambda: apiserver.object(NODE)["spec"]["taints"] == [other_taint], what="startup taint removed")
+        assert apiserver.object(NODE)["metadata"]["labels"][P + "state"] == "ready"
+        assert node.main_pid() != containerd_pid
+
+        # at rest: no Lease, no rollout record, no taint patch; one Node GET per round
+        _wait(lambda: apiserver.count("PATCH", path_contains="/nodes/") >= 2, what="labels and taint settled")
+        first = _metric(port, "nodeagent_converges_total")
+        apiserver.reset_records()
+        _wait(lambda: _metric(port, "nodeagent_converges_total") >= first + 3, timeout=60, what="three rounds at rest")
+        rounds = _metric(port, "nodeagent_converges_total") - first
+        with apiserver.lock:
+            seen = [(r.method, r.path) for r in apiserver.records]
+        assert not [r for r in seen if "/leases" in r[1] or "/configmaps" in r[1] or r[0] != "GET"], seen
+        print(f"\n[rollout] at rest: {len(seen)} API requests in {rounds:.0f} rounds: {sorted(set(seen))}")
+        assert len(seen) <= rounds + 1
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err[-3000:]
+    with apiserver.lock:
+        events = list(apiserver.store.objects.get("/api/v1/namespaces/default/events", {}).values())
+    assert "NodeagentStartupTaintRemoved" in {e["reason"] for e in events}

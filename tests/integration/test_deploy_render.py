@@ -43,8 +43,12 @@ def test_rbac_is_least_privilege(objects):
     }
     role = objects[("Role", "nodeagent")]
     assert role["metadata"]["namespace"] == "nodeagent"
-    assert rules(role) == {("coordination.k8s.io", "leases"): {"get", "list", "create", "update"},
+    assert rules(role) == {("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update"},
+                           ("", "configmaps"): {"create"},  # the rule without resourceNames
                            ("apps", "daemonsets"): {"get"}}
+    cm_rules = [r for r in role["rules"] if "configmaps" in r["resources"]]
+    assert [(r.get("resourceNames"), sorted(r["verbs"])) for r in cm_rules] == [
+        (["nodeagent-rollout"], ["get", "update"]), (None, ["create"])]
     ds_rule = next(r for r in role["rules"] if "daemonsets" in r["resources"])
     assert ds_rule["resourceNames"] == ["nodeagent"]
     for kind in ("ClusterRoleBinding", "RoleBinding"):

@@ -45,7 +45,8 @@ def run_fleet(kc, agents: int, slots: int, restart_seconds: float, poll: float):
         try:
             with KubeClient(from_kubeconfig(kc)) as api:
                 start.wait()
-                with RestartSlots(api, f"node-{i:03d}", slots=slots, namespace=NS, poll=poll).hold(timeout=120):
+                with RestartSlots(api, f"node-{i:03d}", slots=slots, namespace=NS, poll=poll,
+                                 claim_jitter=poll / 10).hold(timeout=120):
                     with lock:
                         inside += 1
                         max_inside = max(max_inside, inside)
@@ -142,3 +143,91 @@ def test_microtime_roundtrip():
     from nodeagent.kube.lease import parse_microtime
 
     assert abs(parse_microtime(microtime(1700000000.25)) - 1700000000.25) < 1e-6
+
+
+def _hold_in_thread(api, identity: str, release: threading.Event, **kw) -> threading.Thread:
+    slots = RestartSlots(api, identity, slots=1, namespace=NS, **kw)
+    held = threading.Event()
+
+    def run():
+        with slots.hold(timeout=30):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=run)
+    t.start()
+    assert held.wait(10)
+    return t
+
+
+def test_a_waiting_agent_watches_instead_of_listing(apiserver, kc):  # noqa: F811
+    """One LIST, then one WATCH: the release wakes the waiter, no LIST per poll."""
+    release = threading.Event()
+    with KubeClient(from_kubeconfig(kc)) as holder_api, KubeClient(from_kubeconfig(kc)) as api:
+        holder = _hold_in_thread(holder_api, "node-holder", release)
+        apiserver.reset_records()
+        got = []
+        waiter = threading.Thread(target=lambda: got.append(
+            RestartSlots(api, "node-waiter", slots=1, namespace=NS, poll=0.05, claim_jitter=0.01).acquire(30)))
+        waiter.start()
+        time.sleep(1.5)  # 30 polls' worth of waiting
+        assert got == []
+        release.set()
+        waiter.join(30)
+        holder.join(10)
+    assert got == ["nodeagent-restart-0"]
+    lists = [r for r in apiserver.records if r.method == "GET" and "/leases" in r.path and not r.watch]
+    watches = [r for r in apiserver.records if r.watch]
+    assert len(lists) == 1, "a waiter LISTs once, then watches"
+    assert len(watches) == 1
+
+
+def test_a_watch_that_expired_lists_again_and_a_broken_one_reconnects(apiserver, kc):  # noqa: F811
+    """410 Gone (history compacted while the watch was down) -> LIST again; a cut stream and
+    503s on reconnect -> back-off and reconnect; the waiter still gets the slot on release."""
+    release = threading.Event()
+    with KubeClient(from_kubeconfig(kc)) as holder_api, KubeClient(from_kubeconfig(kc)) as api:
+        holder = _hold_in_thread(holder_api, "node-holder", release)
+        apiserver.reset_records()
+        got, slots = [], RestartSlots(api, "node-waiter", slots=1, namespace=NS, poll=0.05, claim_jitter=0.01)
+        waiter = threading.Thread(target=lambda: got.append(slots.acquire(60)))
+        waiter.start()
+        wait_until = time.monotonic() + 10
+        while not any(r.watch for r in apiserver.records) and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        apiserver.inject(503, times=2, method="GET", path_contains="/leases")
+        apiserver.drop_watches()
+        with KubeClient(from_kubeconfig(kc)) as other:  # history moves on while the watch is cut...
+            other.create(LEASES, {"metadata": {"name": "unrelated"}, "spec": {}})
+        apiserver.compact()  # ...and the server forgets it: the waiter's version is too old now
+        time.sleep(3)  # back-off after two 503s, then 410, then LIST, then WATCH again
+        release.set()
+        waiter.join(60)
+        holder.join(10)
+    assert got == ["nodeagent-restart-0"]
+    assert apiserver.count(status=503) == 2
+    lists = [r for r in apiserver.records if r.method == "GET" and "/leases" in r.path and not r.watch
+             and r.status == 200]
+    assert len(lists) == 2, "one LIST at the start, one after 410 Gone"
+    assert sum(1 for r in apiserver.records if r.watch and r.status == 200) >= 2
+
+
+def test_a_view_relists_on_an_http_410_too(apiserver, kc):  # noqa: F811
+    """kube-apiserver answers a too-old watch either with an ERROR event (above) or an HTTP 410."""
+    from nodeagent.kube.watch import CollectionView
+
+    with KubeClient(from_kubeconfig(kc)) as api, KubeClient(from_kubeconfig(kc)) as other:
+        view = CollectionView(api, LEASES, timeout_seconds=30)
+        view.relist()
+        apiserver.inject(410, times=1, method="GET", path_contains="/leases")
+        view.start()
+        try:
+            other.create(LEASES, {"metadata": {"name": "seen"}, "spec": {}})
+            deadline = time.monotonic() + 10
+            while "seen" not in view.snapshot() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "seen" in view.snapshot()
+            assert view.relists == 2
+        finally:
+            view.stop()
+    assert apiserver.count(status=410) == 1

@@ -13,6 +13,11 @@ semantics rather than mocks:
   `application/merge-patch+json` (RFC 7386) and `application/strategic-merge-patch+json`
   (maps merge, null deletes, `$patch: replace|delete` directives; lists replace as for fields
   without a patchStrategy); a no-op write keeps the resourceVersion; other patch types → 415;
+- `application/json-patch+json` (RFC 6902: add, remove, replace, test; a failed `test` is a 422
+  as on the real server);
+- WATCH (`?watch=1`) as chunked JSON lines from a resourceVersion, `timeoutSeconds`, BOOKMARK
+  events (`allowWatchBookmarks`), 410 Expired as an ERROR event for a resourceVersion older than
+  the retained history (`compact()`), and `drop_watches()` to cut every open watch mid-stream;
 - label key/value validation → 422 Invalid;
 - fault injection (429 with Retry-After, 5xx) for the next N matching requests;
 - request records, and for Leases: concurrent unexpired holders over time and any "steal"
@@ -23,6 +28,7 @@ semantics rather than mocks:
 
 from __future__ import annotations
 
+import bisect
 import copy
 import datetime as dt
 import json
@@ -158,6 +164,50 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise ValueError(f"invalid JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _step(doc: Any, token: str) -> Any:
+    if isinstance(doc, list):
+        return doc[int(token)]
+    return doc[token]
+
+
+def json_patch(target: Any, ops: Any) -> Any:
+    """RFC 6902 add/remove/replace/test; ValueError (the server's 422) when an op cannot apply."""
+    if not isinstance(ops, list):
+        raise ValueError("a JSON patch is a list of operations")
+    doc = copy.deepcopy(target)
+    for op in ops:
+        kind, tokens = op.get("op"), _pointer(op.get("path", ""))
+        try:
+            parent = doc
+            for token in tokens[:-1]:
+                parent = _step(parent, token)
+            last = tokens[-1]
+            if kind == "test":
+                if _step(parent, last) != op.get("value"):
+                    raise ValueError(f"testing value {op['path']} failed")
+            elif kind == "remove":
+                del parent[int(last) if isinstance(parent, list) else last]
+            elif kind == "replace":
+                _step(parent, last)  # must exist
+                parent[int(last) if isinstance(parent, list) else last] = copy.deepcopy(op.get("value"))
+            elif kind == "add":
+                if isinstance(parent, list):
+                    parent.insert(len(parent) if last == "-" else int(last), copy.deepcopy(op.get("value")))
+                else:
+                    parent[last] = copy.deepcopy(op.get("value"))
+            else:
+                raise ValueError(f"the stand-in does not serve JSON patch op {kind!r}")
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ValueError(f"{kind} {op.get('path')}: no such path ({exc!r})") from None
+    return doc
+
+
 def _parse_time(text: str | None) -> float | None:
     if not text:
         return None
@@ -188,6 +238,7 @@ class Record:
     status: int
     user: str | None
     content_type: str | None
+    watch: bool = False
 
 
 @dataclass
@@ -197,6 +248,14 @@ class Fault:
     method: str | None = None
     path_contains: str | None = None
     retry_after: str | None = None
+
+
+@dataclass
+class WatchEvent:
+    version: int
+    collection: str
+    type: str  # ADDED | MODIFIED | DELETED
+    object: dict[str, Any]
 
 
 @dataclass
@@ -252,6 +311,11 @@ class FakeApiServer:
         self.lease_holder_samples: list[tuple[float, int]] = []
         self.max_lease_holders = 0
         self.lease_steals: list[str] = []
+        self.watch_events: list[WatchEvent] = []  # the retained history a WATCH replays from
+        self._watch_versions: list[int] = []  # their resourceVersions, ascending (for bisect)
+        self.watch_floor = 0  # a WATCH from a resourceVersion below this gets 410 Expired
+        self.watch_generation = 0  # drop_watches() bumps it: open watches are cut
+        self.changed = threading.Condition(self.lock)
         # admission(user, collection, name, new, old) -> None to admit, or the refusal message
         self.admission: Callable[[str, str, str, dict, dict], str | None] | None = None
         # token_review(token) -> user name, or None to refuse: a bearer token not in `tokens` is
@@ -342,7 +406,9 @@ class FakeApiServer:
             meta["name"] = name
             meta.setdefault("uid", str(uuid.uuid4()))
             meta["resourceVersion"] = self._next_version()
+            existed = name in self.store.objects.get(collection, {})
             self.store.objects.setdefault(collection, {})[name] = stored
+            self._emit(collection, "MODIFIED" if existed else "ADDED", stored)
             return copy.deepcopy(stored)
 
     def object(self, path: str) -> dict[str, Any] | None:
@@ -362,6 +428,19 @@ class FakeApiServer:
                        and (path_contains is None or path_contains in r.path)
                        and (status is None or r.status == status))
 
+    def compact(self) -> None:
+        """Forget the watch history, like etcd compaction: older resourceVersions get 410."""
+        with self.lock:
+            self.watch_floor = self.store.version
+            self.watch_events.clear()
+            self._watch_versions.clear()
+
+    def drop_watches(self) -> None:
+        """Cut every open watch without its final chunk (a load balancer or API server restart)."""
+        with self.changed:
+            self.watch_generation += 1
+            self.changed.notify_all()
+
     def reset_records(self) -> None:
         with self.lock:
             self.records.clear()
@@ -370,6 +449,13 @@ class FakeApiServer:
     def _next_version(self) -> str:
         self.store.version += 1
         return str(self.store.version)
+
+    def _emit(self, collection: str, kind: str, obj: dict[str, Any]) -> None:
+        """Call with the lock held: record a watch event and wake the watchers."""
+        version = int(obj["metadata"]["resourceVersion"])
+        self.watch_events.append(WatchEvent(version, collection, kind, copy.deepcopy(obj)))
+        self._watch_versions.append(version)
+        self.changed.notify_all()
 
     def _user(self, handler: BaseHTTPRequestHandler) -> str | None:
         auth = handler.headers.get("Authorization", "")
@@ -396,6 +482,7 @@ class FakeApiServer:
         content_type = (h.headers.get("Content-Type") or "").split(";")[0].strip() or None
         user = self._user(h)
         status, payload, headers = 500, {}, {}
+        watch = None
         try:
             if user is None:
                 raise ApiError(401, "Unauthorized", "Unauthorized")
@@ -407,13 +494,24 @@ class FakeApiServer:
                     fault.remaining -= 1
                     raise ApiError(fault.status, "TooManyRequests" if fault.status == 429 else "InternalError",
                                    "injected by the test", {"Retry-After": fault.retry_after} if fault.retry_after else {})
-                status, payload = self._dispatch(h.command, url.path, parse_qs(url.query), body, content_type, user)
+                query = parse_qs(url.query)
+                if h.command == "GET" and (query.get("watch") or [""])[0] in ("1", "true"):
+                    collection, name = split_path(url.path)
+                    if name is not None:
+                        raise ApiError(405, "MethodNotAllowed", "the stand-in watches collections only")
+                    watch, status = (collection, query), 200
+                else:
+                    status, payload = self._dispatch(h.command, url.path, query, body, content_type, user)
         except ApiError as exc:
             status, headers = exc.code, exc.headers
             payload = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "message": exc.message, "reason": exc.reason, "code": exc.code}
         with self.lock:
-            self.records.append(Record(h.command, url.path, status, user, content_type))
+            self.records.append(Record(h.command, url.path, status, user, content_type,
+                                       watch=watch is not None))
+        if watch is not None:
+            self._stream_watch(h, *watch)
+            return
         data = json.dumps(payload).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
@@ -422,6 +520,65 @@ class FakeApiServer:
             h.send_header(key, value)
         h.end_headers()
         h.wfile.write(data)
+
+    def _stream_watch(self, h: BaseHTTPRequestHandler, collection: str, query: dict) -> None:
+        """Chunked JSON lines, one event each, until timeoutSeconds, a drop, or the client leaves."""
+        since = int((query.get("resourceVersion") or ["0"])[0] or 0)
+        timeout = float((query.get("timeoutSeconds") or ["30"])[0])
+        bookmarks = (query.get("allowWatchBookmarks") or [""])[0] in ("1", "true")
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+
+        def send(event: dict[str, Any]) -> None:
+            data = json.dumps(event).encode() + b"\n"
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+
+        end = time.monotonic() + timeout
+        try:
+            with self.lock:
+                generation = self.watch_generation
+                expired = since and since < self.watch_floor
+                if not since:  # no resourceVersion: the current objects first, as ADDED
+                    since = self.store.version
+                    replay = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                              for _, o in sorted(self.store.objects.get(collection, {}).items())]
+                else:
+                    replay = []
+            if expired:
+                send({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                  "reason": "Expired", "code": 410,
+                                                  "message": f"too old resource version: {since}"}})
+                h.wfile.write(b"0\r\n\r\n")
+                return
+            for event in replay:
+                send(event)
+            while True:
+                with self.changed:
+                    start = bisect.bisect_right(self._watch_versions, since)
+                    pending = [e for e in self.watch_events[start:] if e.collection == collection]
+                    if not pending and self.watch_generation == generation and time.monotonic() < end:
+                        self.changed.wait(min(end - time.monotonic(), 1.0))
+                        continue
+                    dropped = self.watch_generation != generation
+                    version = self.store.version
+                if dropped:
+                    h.close_connection = True
+                    return  # no final chunk, nothing pending sent: the client sees a broken stream
+                for event in pending:
+                    send({"type": event.type, "object": copy.deepcopy(event.object)})
+                    since = event.version
+                if not pending and time.monotonic() >= end:
+                    break
+            if bookmarks:
+                send({"type": "BOOKMARK", "object": {"kind": collection.rsplit("/", 1)[-1],
+                                                     "metadata": {"resourceVersion": str(version)}}})
+            h.wfile.write(b"0\r\n\r\n")
+            h.wfile.flush()
+        except OSError:  # the client went away
+            h.close_connection = True
 
     def _decode(self, body: bytes) -> Any:
         try:
@@ -465,6 +622,7 @@ class FakeApiServer:
                 meta["namespace"] = collection.split("/namespaces/")[1].split("/")[0]
             self._observe_write(collection, new_name, None, obj)
             items[new_name] = obj
+            self._emit(collection, "ADDED", obj)
             return 201, copy.deepcopy(obj)
         if name is None or name not in items:
             raise ApiError(404 if name else 405, "NotFound" if name else "MethodNotAllowed",
@@ -472,22 +630,15 @@ class FakeApiServer:
         current = items[name]
         if method == "DELETE":
             del items[name]
+            current["metadata"]["resourceVersion"] = self._next_version()
+            self._emit(collection, "DELETED", current)
             return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success", "details": {"name": name}}
         if method == "PUT":
             new = self._decode(body)
             if (new.get("metadata") or {}).get("name") not in (None, name):
                 raise ApiError(400, "BadRequest", "the name in the body does not match the URL")
         elif method == "PATCH":
-            patch = self._decode(body)
-            if content_type == "application/merge-patch+json":
-                new = merge_patch(current, patch)
-            elif content_type == "application/strategic-merge-patch+json":
-                try:
-                    new = strategic_merge_patch(current, patch)
-                except ValueError as exc:
-                    raise ApiError(400, "BadRequest", str(exc)) from None
-            else:
-                raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not serve patch type {content_type}")
+            new = self._patched(current, self._decode(body), content_type)
         else:
             raise ApiError(405, "MethodNotAllowed", method)
         want_rv = (new.get("metadata") or {}).get("resourceVersion")
@@ -512,7 +663,24 @@ class FakeApiServer:
         meta["resourceVersion"] = self._next_version()
         self._observe_write(collection, name, current, new)
         items[name] = new
+        self._emit(collection, "MODIFIED", new)
         return 200, copy.deepcopy(new)
+
+    @staticmethod
+    def _patched(current: dict[str, Any], patch: Any, content_type: str | None) -> dict[str, Any]:
+        if content_type == "application/merge-patch+json":
+            return merge_patch(current, patch)
+        if content_type == "application/strategic-merge-patch+json":
+            try:
+                return strategic_merge_patch(current, patch)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", str(exc)) from None
+        if content_type == "application/json-patch+json":
+            try:
+                return json_patch(current, patch)
+            except ValueError as exc:  # kube-apiserver answers 422 when a patch cannot apply
+                raise ApiError(422, "Invalid", str(exc)) from None
+        raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not serve patch type {content_type}")
 
     def _validate(self, obj: dict[str, Any]) -> None:
         problems = validate_metadata(obj)

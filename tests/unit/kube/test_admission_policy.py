@@ -130,6 +130,20 @@ def test_the_patch_nodeagent_really_sends_is_allowed(policy):
     assert decide(policy, removing, old=after).allowed
 
 
+def test_the_taint_patch_nodeagent_really_sends_is_allowed_and_halted_is_a_state(policy):
+    """kube/nodes.py's JSON patch (test + remove of every startup-key taint) on a Node that also
+    carries a NoExecute taint of the same key; and the `halted` state label of a halted rollout."""
+    from nodeagent.kube.nodes import taint_removal
+    from tests.support.fake_apiserver import json_patch
+
+    old = node()
+    old["spec"]["taints"].append(dict(STARTUP, effect="NoExecute"))
+    new = json_patch(old, taint_removal(old, STARTUP["key"]))
+    assert new["spec"]["taints"] == [CONTROL_PLANE]
+    assert evaluate(policy, request(AGENT, node_name="node-a", name="node-a"), new, old).allowed
+    assert decide(policy, labels(**{P + "state": "halted"})).allowed
+
+
 def test_a_node_without_spec_is_judged_not_an_error(policy):
     """The API server sends `spec: {}` at least; an absent one must not turn into an evaluation
     error (which `failurePolicy: Fail` would turn into a denial of the agent's own labels)."""
@@ -281,6 +295,9 @@ def test_policy_names_the_shipped_service_account_and_prefix(objects, policy):
     prefix = tomllib.loads(config["data"]["config.toml"]).get("label_prefix", Settings().label_prefix)
     assert prefix == DEFAULT_PREFIX == P
     assert variables["prefix"] == repr(prefix)
+    # the agent removes the taint config.toml names; the policy admits removing exactly that key
+    taint = tomllib.loads(config["data"]["config.toml"]).get("startup_taint") or ""
+    assert taint == STARTUP["key"] and variables["startupTaintKey"] == repr(taint)
 
 
 def test_every_validation_denies_something(policy):
