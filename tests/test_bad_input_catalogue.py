@@ -25,8 +25,8 @@ from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle case
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
 from tests.support.http_server import LoopbackServer, make_tls, shared_tls
+from tests.support.scenarios import have_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd
 
 pytestmark = pytest.mark.bad_input
 INSTALL = ["install", "--runtime", "kata", "--skip-eligibility", "--restart", "none"]

@@ -21,12 +21,12 @@ import pytest
 
 from nodeagent.host import HostRoot
 from tests.fixtures.artifacts import mirror as M
+from tests.support import peak_rss
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
-from tests.support import peak_rss
 from tests.support.http_server import LoopbackServer
+from tests.support.scenarios import have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.host import HostRoot
-from tests.unit.containerd.scenarios import BINARIES, VERSIONS, have_containerd
+from tests.support.scenarios import BINARIES, VERSIONS, have_containerd
 
 pytestmark = pytest.mark.integration
 

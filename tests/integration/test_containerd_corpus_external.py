@@ -28,8 +28,8 @@ from nodeagent.containerd.plan import compatible, plan_install
 from nodeagent.containerd.validate import dump_runtimes, effective_config
 from nodeagent.host import HostRoot
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.scenarios import BINARIES, FIXTURES, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import BINARIES, FIXTURES, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 

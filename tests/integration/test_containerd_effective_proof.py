@@ -15,8 +15,8 @@ from nodeagent.containerd import apply, edit, model
 from nodeagent.containerd.effective import differences, meaningful, unexpected_changes
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError
+from tests.support.scenarios import SCENARIOS, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import SCENARIOS, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [model.gvisor_handler(), model.kata_handler()]

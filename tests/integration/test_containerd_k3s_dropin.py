@@ -13,8 +13,8 @@ import pytest
 
 from nodeagent.containerd import apply, model, validate
 from nodeagent.containerd.plan import compatible, plan_install
+from tests.support.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [model.gvisor_handler(), model.kata_handler()]

@@ -22,8 +22,8 @@ from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
+from tests.support.scenarios import have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [model.gvisor_handler(), model.kata_handler()]

@@ -13,7 +13,7 @@ from nodeagent.containerd import apply, model
 from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.unit.containerd.scenarios import FIXTURES, install_containerd
+from tests.support.scenarios import FIXTURES, install_containerd
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
 SPECS = [model.gvisor_handler(), model.kata_handler()]

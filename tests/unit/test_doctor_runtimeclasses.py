@@ -5,7 +5,7 @@ import json
 
 from tests.support.cli import run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
-from tests.unit.detect.hosttrees import HOSTS
+from tests.support.hosttrees import HOSTS
 
 P = "sandbox.nodeagent.io/"
 RC = "/apis/node.k8s.io/v1/runtimeclasses"

@@ -17,8 +17,8 @@ import pytest
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.containerd.plan import compatible, plan_install
+from tests.support.scenarios import SCENARIOS
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import SCENARIOS
 
 SPECS = [model.gvisor_handler(), model.kata_handler()]
 STATE_PREFIX = "var/lib/nodeagent"

@@ -15,7 +15,7 @@ from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 from tests.support.cli import run_cli
-from tests.unit.containerd.scenarios import CORPUS, SCENARIOS, Scenario
+from tests.support.scenarios import CORPUS, SCENARIOS, Scenario
 
 SPECS = [model.gvisor_handler(), model.kata_handler()]
 RUNSC = model.RUNSC_CONFIG_PATH

@@ -8,7 +8,7 @@ import re
 
 from nodeagent.containerd import edit, model
 from nodeagent.runtimes import runsc_toml
-from tests.unit.containerd.scenarios import FIXTURES
+from tests.support.scenarios import FIXTURES
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
 
