@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults import harness
-from tests.fixtures.artifacts import mirror as M
 from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' hostile members
+from tests.support import mirror_builder as M
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
 from tests.support.http_server import LoopbackServer, make_tls, shared_tls

@@ -18,7 +18,7 @@ import pytest
 from nodeagent.artifacts import ensure_artifact
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.http_server import LoopbackServer, make_tls, shared_tls
 from tests.support.tree import diff_snapshots, snapshot

@@ -9,7 +9,7 @@ import pytest
 
 from nodeagent.artifacts import extract
 from nodeagent.errors import ArtifactError
-from tests.fixtures.artifacts.mirror import Member, build_tar
+from tests.support.mirror_builder import Member, build_tar
 
 GOOD = [
     Member("./", "dir"),
@@ -177,7 +177,7 @@ def test_every_reader_hands_out_bounded_blocks(tmp_path, compression):
     import subprocess
     import sys
 
-    from tests.fixtures.artifacts.mirror import build_bomb
+    from tests.support.mirror_builder import build_bomb
     from tests.support import peak_rss
 
     members = [Member("a", data=b"x"), Member("filler", data=os.urandom(64 << 10))]
