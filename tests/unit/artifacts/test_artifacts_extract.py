@@ -9,6 +9,7 @@ import pytest
 
 from nodeagent.artifacts import extract
 from nodeagent.errors import ArtifactError
+from tests.support.hostile_tar import HOSTILE_MEMBERS
 from tests.support.mirror_builder import Member, build_tar
 
 GOOD = [
@@ -33,29 +34,9 @@ def test_extracts_a_good_archive_in_every_compression(tmp_path, compression):
     assert os.stat(out / "bin/hard").st_ino == os.stat(out / "bin/runsc").st_ino
     assert extract.find_unique(entries, "runsc", "a").name == "bin/runsc"
 
-
-HOSTILE = {
-    "traversal": ([Member("../evil", data=b"x")], "outside the archive"),
-    "nested-traversal": ([Member("a/../../evil", data=b"x")], "outside the archive"),
-    "absolute": ([Member("/etc/evil", data=b"x")], "absolute path"),
-    "symlink-outside": ([Member("link", "symlink", link="../../etc/passwd")], "points outside"),
-    "symlink-absolute": ([Member("link", "symlink", link="/etc/passwd")], "points outside"),
-    "hardlink-outside": ([Member("hl", "hardlink", link="../etc/passwd")], "outside the archive"),
-    "hardlink-absolute": ([Member("hl", "hardlink", link="/etc/passwd")], "outside the archive"),
-    "hardlink-unknown": ([Member("hl", "hardlink", link="nothing-here")], "names no earlier file"),
-    "device": ([Member("dev", "chr")], "device node"),
-    "fifo": ([Member("pipe", "fifo")], "fifo"),
-    "setuid": ([Member("runsc", data=b"x", mode=0o4755)], "setuid"),
-    "setgid": ([Member("runsc", data=b"x", mode=0o2755)], "setuid/setgid"),
-    "duplicate": ([Member("a", data=b"1"), Member("a", data=b"2")], "appears twice"),
-    # a symlinked directory inside the tree, then a file "through" it: refused even if it stays inside
-    "through-symlink": ([Member("d", "symlink", link="."), Member("d/x", data=b"x")], "non-directory"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
 def test_hostile_member_is_refused_and_nothing_escapes(tmp_path, case):
-    members, words = HOSTILE[case]
+    members, words = HOSTILE_MEMBERS[case]
     tarball = build_tar(tmp_path / "t.tar.bz2", [Member("ok", data=b"fine"), *members], "bz2")
     with pytest.raises(ArtifactError) as exc:
         extract.scan(tarball)
