@@ -64,10 +64,7 @@ OWED = {
     # kube: against the stand-in API server (no kube-apiserver here)
     "kube/checks.py": "tests/integration/test_kube_objects.py, tests/unit/test_doctor_runtimeclasses.py",
     "kube/client.py": "tests/integration/test_kube_client.py",
-    "kube/events.py": "tests/integration/test_kube_objects.py",
     "kube/lease.py": "tests/integration/test_kube_lease.py",
-    "kube/nfd.py": "tests/unit/kube/test_labels.py",
-    "kube/nodes.py": "tests/integration/test_kube_objects.py, test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     "kube/runtimeclass.py": "tests/integration/test_kube_objects.py, test_deploy_render.py",
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
