@@ -43,7 +43,6 @@ OWED = {
     "commands/verify.py": "tests/integration/test_verify.py",
     # containerd: the observer work (issue 12 §5) is merging cri/health/imports; each is driven today
     # by the config-engine scenarios or against real daemons
-    "containerd/clashes.py": "tests/unit/test_doctor_config_clashes.py (through doctor)",
     "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
     "containerd/downgrade.py": "tests/integration/test_containerd_upgrade.py",
     "containerd/effective.py": "tests/integration/test_containerd_effective_proof.py",
