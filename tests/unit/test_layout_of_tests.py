@@ -49,7 +49,6 @@ OWED = {
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
     "containerd/imports.py": "tests/unit/containerd/test_engine_details.py (import resolution rules)",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
-    "containerd/layout.py": "tests/unit/containerd/test_engine_corpus.py (every flavor's layout)",
     # detect: typed facts (issue 12 §3) are reshaping the probes' results; all run on captured host trees
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/containerd_config.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_detect_live.py",
