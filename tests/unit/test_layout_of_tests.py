@@ -47,7 +47,6 @@ OWED = {
     "containerd/downgrade.py": "tests/integration/test_containerd_upgrade.py",
     "containerd/effective.py": "tests/integration/test_containerd_effective_proof.py",
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
-    "containerd/imports.py": "tests/unit/containerd/test_engine_details.py (import resolution rules)",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
     # detect: typed facts (issue 12 §3) are reshaping the probes' results; all run on captured host trees
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
