@@ -44,7 +44,6 @@ OWED = {
     # containerd: the observer work (issue 12 §5) is merging cri/health/imports; each is driven today
     # by the config-engine scenarios or against real daemons
     "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
-    "containerd/downgrade.py": "tests/integration/test_containerd_upgrade.py",
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
     # detect: typed facts (issue 12 §3) are reshaping the probes' results; all run on captured host trees
