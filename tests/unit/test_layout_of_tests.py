@@ -32,7 +32,6 @@ GLUE = {
 OWED = {
     # artifacts: fetch, cache and install need a mirror; journal work (issue 12 §4) is reshaping txn/install
     "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
-    "artifacts/cache.py": "tests/integration/test_artifacts_verify_once.py, test_archive_trust.py",
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
     "artifacts/inuse.py": "tests/unit/detect/test_procs.py (pids_using on a booted systemd node)",
     "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
