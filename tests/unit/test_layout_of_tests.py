@@ -33,7 +33,6 @@ OWED = {
     # artifacts: fetch, cache and install need a mirror; journal work (issue 12 §4) is reshaping txn/install
     "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
-    "artifacts/inuse.py": "tests/unit/detect/test_procs.py (pids_using on a booted systemd node)",
     "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
     "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (reinstall reuses the unpacked tree)",
     # the CLI's long-running commands
