@@ -53,7 +53,6 @@ OWED = {
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    "endpoint.py": "tests/unit/test_agent.py (the agent's endpoints)",
     # kube: against the stand-in API server (no kube-apiserver here)
     "kube/checks.py": "tests/integration/test_kube_objects.py, tests/unit/test_doctor_runtimeclasses.py",
     "kube/client.py": "tests/integration/test_kube_client.py",
