@@ -54,7 +54,6 @@ OWED = {
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # kube: against the stand-in API server (no kube-apiserver here)
-    "kube/checks.py": "tests/integration/test_kube_objects.py, tests/unit/test_doctor_runtimeclasses.py",
     "kube/client.py": "tests/integration/test_kube_client.py",
     "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
