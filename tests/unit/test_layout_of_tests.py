@@ -61,7 +61,6 @@ OWED = {
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
     # runtimes: the plug-in work (issue 12 §2) is rewriting this module (runtimes.ALL / get)
     "runtimes/__init__.py": "tests/unit/containerd/test_engine_details.py",
-    "sdbus.py": "tests/integration/test_service.py (systemd booted in namespaces)",
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
 }
