@@ -30,21 +30,23 @@ GLUE = {
 }
 
 OWED = {
-    # artifacts: fetch, cache and install need a mirror; journal work (issue 12 §4) is reshaping txn/install
+    # Every module left here is being reshaped by issue 12's other items as this list is written
+    # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
+    # their unit tests belong to the new shape. Each entry: what exercises the module today.
+    # artifacts: one undo journal (§4) and the runtime plug-ins (§2) take over txn/install/bundle
     "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
     "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
-    "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (reinstall reuses the unpacked tree)",
-    # the CLI's long-running commands
+    "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (a reinstall reuses the unpacked tree)",
+    # the CLI's long-running commands (restart impact, verify --measure, exec credentials)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
     "commands/verify.py": "tests/integration/test_verify.py",
-    # containerd: the observer work (issue 12 §5) is merging cri/health/imports; each is driven today
-    # by the config-engine scenarios or against real daemons
+    # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
     "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
-    # detect: typed facts (issue 12 §3) are reshaping the probes' results; all run on captured host trees
+    # detect: typed facts (§3) change what the probes return; all run on captured host trees today
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/containerd_config.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_detect_live.py",
     "detect/cpu.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
@@ -53,14 +55,16 @@ OWED = {
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    # kube: against the stand-in API server (no kube-apiserver here)
+    # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
+    # against the stand-in API server (no kube-apiserver here)
     "kube/client.py": "tests/integration/test_kube_client.py",
     "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     "kube/runtimeclass.py": "tests/integration/test_kube_objects.py, test_deploy_render.py",
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
-    # runtimes: the plug-in work (issue 12 §2) is rewriting this module (runtimes.ALL / get)
+    # runtimes: the plug-ins (§2) rewrite this module (runtimes.ALL / get)
     "runtimes/__init__.py": "tests/unit/containerd/test_engine_details.py",
+    # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
 }
