@@ -57,7 +57,6 @@ OWED = {
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
     # against the stand-in API server (no kube-apiserver here)
-    "kube/client.py": "tests/integration/test_kube_client.py",
     "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     "kube/runtimeclass.py": "tests/integration/test_kube_objects.py, test_deploy_render.py",
