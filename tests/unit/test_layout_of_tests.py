@@ -59,7 +59,6 @@ OWED = {
     # against the stand-in API server (no kube-apiserver here)
     "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
-    "kube/runtimeclass.py": "tests/integration/test_kube_objects.py, test_deploy_render.py",
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
     # runtimes: the plug-ins (§2) rewrite this module (runtimes.ALL / get)
     "runtimes/__init__.py": "tests/unit/containerd/test_engine_details.py",
