@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.common import IMPORTS, PY, REPO, env, peak_rss_of, ratio_row, row, timed
 from bench.kata_standin import build as build_kata
 from bench.mirror_server import MirrorServer
-from tests.unit.containerd.scenarios import install_containerd
+from tests.support.scenarios import install_containerd
 
 GVISOR_VERSION = "20240729.0"
 KATA_VERSION = "3.20.0"

@@ -20,7 +20,7 @@ import psutil
 from bench.common import IMPORTS, PY, SOCKET, env, interleaved, ratio_row, row, timed
 from tests.support.containerd_daemon import new_daemon
 from tests.support.mirror import default_mirror
-from tests.unit.containerd.scenarios import install_containerd
+from tests.support.scenarios import install_containerd
 
 INSTALL = ["install", "--runtime", "all", "--skip-eligibility", "--restart", "none"]
 

@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.faults import harness
-from tests.fixtures.artifacts import mirror as M
-from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' hostile members
+from tests.integration import test_artifacts_cli as ARTIFACTS  # the bundle cases' release and version
+from tests.support import mirror_builder as M
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.support.hostile_tar import RELEASE_CASES, hostile_release, refusal_words
 from tests.support.http_server import LoopbackServer, make_tls, shared_tls
+from tests.support.scenarios import have_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd
 
 pytestmark = pytest.mark.bad_input
 INSTALL = ["install", "--runtime", "kata", "--skip-eligibility", "--restart", "none"]
@@ -211,14 +212,13 @@ def refused_from(template: Path, tmp_path: Path, srv_url: str, args: list[str], 
                    env={**FAST_HTTP, **trust, **(env or {})})
 
 
-@pytest.mark.parametrize("case", sorted(ARTIFACTS.HOSTILE))
+@pytest.mark.parametrize("case", RELEASE_CASES)
 def test_install_hostile_gvisor_member(template, tmp_path, case):
     mirror = tmp_path / "mirror"
-    M.gvisor_tarball_release(mirror, ARTIFACTS.V, [ARTIFACTS.SMALL_GVISOR[0], ARTIFACTS.HOSTILE[case],
-                                                   ARTIFACTS.SMALL_GVISOR[1]])
+    M.gvisor_tarball_release(mirror, ARTIFACTS.V, hostile_release(ARTIFACTS.SMALL_GVISOR, case))
     with https_mirror(mirror) as srv:
         message = refused_from(template, tmp_path, srv.url, GVISOR_INSTALL)
-    assert message.startswith("refusing gvisor.tar.bz2:")
+    assert message.startswith("refusing gvisor.tar.bz2:") and refusal_words(case) in message
 
 
 def test_install_hostile_kata_member(template, tmp_path):

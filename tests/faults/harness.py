@@ -45,8 +45,8 @@ from nodeagent.fsutil import TEMP_PREFIX
 from nodeagent.host import HostRoot
 from tests.support.containerd_daemon import minimal_config
 from tests.support.mirror import default_mirror
+from tests.support.scenarios import BINARIES, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import BINARIES, install_containerd
 
 CONFIG = "etc/containerd/config.toml"
 STATE = "var/lib/nodeagent/state.json"

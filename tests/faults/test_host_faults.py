@@ -24,8 +24,8 @@ from tests.faults import harness
 from tests.support import cli
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.locks import flock_holders, paused_while_holding
+from tests.support.scenarios import have_containerd
 from tests.support.wait import wait_for
-from tests.unit.containerd.scenarios import have_containerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 CONFINED = Path(__file__).with_name("confined.py")

@@ -18,7 +18,7 @@ import pytest
 
 from tests.faults import harness
 from tests.support.cli import run_cli
-from tests.unit.containerd.scenarios import have_containerd
+from tests.support.scenarios import have_containerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -18,7 +18,7 @@ import pytest
 from nodeagent.commands.agent_child import ChildError, run_in_child
 from nodeagent.settings import Settings
 from tests.support.mirror import default_mirror
-from tests.unit.containerd.scenarios import install_containerd
+from tests.support.scenarios import install_containerd
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """Hostile release archives through the real CLI: symlink chains, decompression bombs, oversized
 downloads (security review L1, L4).
 
-Each case builds its tarball with the suite's tar builder (tests/fixtures/artifacts/mirror.py),
+Each case builds its tarball with the suite's tar builder (tests/support/mirror_builder.py),
 serves it from a directory mirror or a real HTTP server on 127.0.0.1, and runs
 `nodeagent install` on a fake root holding Debian's real containerd 1.6 (it validates the config)
 with `--restart none`. Kata's shim is a stand-in (Kata VMs cannot run here; see
@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from nodeagent.host import HostRoot
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
+from tests.support import peak_rss
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
-from tests.support import peak_rss
 from tests.support.http_server import LoopbackServer
+from tests.support.scenarios import have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,9 @@ import pytest
 from nodeagent.artifacts import ensure_artifact
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.hostile_tar import RELEASE_CASES, hostile_release, refusal_words
 from tests.support.http_server import LoopbackServer, make_tls, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 
@@ -138,25 +139,13 @@ def test_kata_sha256_flag_is_a_digest_source(world):
     assert (out / (KATA + ".sha256")).read_text().startswith(good)
 
 
-HOSTILE = {
-    "traversal": M.Member("../../etc/evil", data=b"x"),
-    "absolute": M.Member("/etc/evil", data=b"x"),
-    "symlink-outside": M.Member("lib", "symlink", link="../../../usr/lib"),
-    "hardlink-outside": M.Member("hl", "hardlink", link="../etc/shadow"),
-    "device": M.Member("kmem", "chr"),
-    "fifo": M.Member("pipe", "fifo"),
-    "setuid": M.Member("helper", data=b"x", mode=0o4755),
-    "second-runsc": M.Member("bin/runsc", data=b"another runsc"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("case", RELEASE_CASES)
 def test_hostile_members(world, case):
     mirror, _, _ = world
-    M.gvisor_tarball_release(mirror, V, [SMALL_GVISOR[0], HOSTILE[case], SMALL_GVISOR[1]])
+    M.gvisor_tarball_release(mirror, V, hostile_release(SMALL_GVISOR, case))
     with Mirror(mirror) as srv:
         message = refused(world, srv.url, "--runtime", "gvisor", "--gvisor-version", V)
-    assert message.startswith("refusing gvisor.tar.bz2:")
+    assert message.startswith("refusing gvisor.tar.bz2:") and refusal_words(case) in message
 
 
 def test_hostile_kata_member(world):

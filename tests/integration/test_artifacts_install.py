@@ -24,7 +24,8 @@ from nodeagent.artifacts.extract import Limits
 from nodeagent.errors import ArtifactError, ConflictError, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
+from tests.support.hostile_tar import RELEASE_CASES, hostile_release, refusal_words
 from tests.support.http_server import LoopbackServer, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 
@@ -249,26 +250,17 @@ def test_foreign_runsc_is_refused_unless_forced_and_restored_on_remove(tmp_path,
     assert not (root / "opt/nodeagent").exists()
 
 
-HOSTILE_GVISOR = {
-    "traversal": M.Member("../../etc/evil", data=b"x"),
-    "absolute": M.Member("/etc/evil", data=b"x"),
-    "symlink-outside": M.Member("escape", "symlink", link="../../../../etc"),
-    "hardlink-outside": M.Member("hl", "hardlink", link="../../etc/passwd"),
-    "device": M.Member("null", "chr"),
-    "setuid": M.Member("suid", data=b"x", mode=0o4755),
-}
-
-
-@pytest.mark.parametrize("case", sorted(HOSTILE_GVISOR))
+@pytest.mark.parametrize("case", RELEASE_CASES)
 def test_hostile_tarball_with_a_valid_digest_changes_nothing(tmp_path, root, case):
     small = [M.Member("runsc", data=b"#!/bin/sh\n"), M.Member("containerd-shim-runsc-v1", data=b"#!/bin/sh\n")]
-    M.gvisor_tarball_release(tmp_path / "m", "20240729.0", [*small[:1], HOSTILE_GVISOR[case], *small[1:]])
+    M.gvisor_tarball_release(tmp_path / "m", "20240729.0", hostile_release(small, case))
     host = HostRoot(root)
     before = snapshot(root)
     with Mirror(tmp_path / "m") as srv:
         with pytest.raises(ArtifactError) as exc:
             ensure_artifact(host, settings(root, srv.url, gvisor_version="20240729.0"), "gvisor", "amd64")
     assert exc.value.message.startswith("refusing gvisor.tar.bz2:") and exc.value.hint
+    assert refusal_words(case) in exc.value.message
     assert diff_snapshots(before, snapshot(root)) == []  # no cache entry, no temp dir, no partial
     assert not os.path.lexists("/etc/evil")
 

@@ -19,7 +19,7 @@ from nodeagent.artifacts.digest import Digest
 from nodeagent.errors import ArtifactError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
 from tests.support.http_server import LoopbackServer, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
 

@@ -13,7 +13,7 @@ from nodeagent.errors import ConfigError
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor
-from tests.unit.containerd.scenarios import BINARIES, VERSIONS, have_containerd
+from tests.support.scenarios import BINARIES, VERSIONS, have_containerd
 
 pytestmark = pytest.mark.integration
 

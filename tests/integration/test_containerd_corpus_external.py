@@ -29,8 +29,8 @@ from nodeagent.containerd.validate import dump_runtimes, effective_config
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.scenarios import BINARIES, FIXTURES, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import BINARIES, FIXTURES, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 

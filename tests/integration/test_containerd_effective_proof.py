@@ -16,8 +16,8 @@ from nodeagent.containerd.effective import differences, meaningful, unexpected_c
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError
 from nodeagent.runtimes import gvisor, kata
+from tests.support.scenarios import SCENARIOS, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import SCENARIOS, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [gvisor.handler(), kata.handler()]

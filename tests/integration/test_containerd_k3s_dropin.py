@@ -14,8 +14,8 @@ import pytest
 from nodeagent.containerd import apply, validate
 from nodeagent.containerd.plan import compatible, plan_install
 from nodeagent.runtimes import gvisor, kata
+from tests.support.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [gvisor.handler(), kata.handler()]

@@ -23,8 +23,8 @@ from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
+from tests.support.scenarios import have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 SPECS = [gvisor.handler(), kata.handler()]

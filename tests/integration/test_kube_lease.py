@@ -18,18 +18,10 @@ from nodeagent.kube.client import KubeClient
 from nodeagent.kube.credentials import from_kubeconfig
 from nodeagent.kube.lease import LeaseTimeout, RestartSlots, microtime
 from nodeagent.kube.nodes import apply_labels
-from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.support.fake_apiserver import apiserver, kc, pki  # noqa: F401 (fixtures)
 
 NS = "nodeagent"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-
-
-@pytest.fixture
-def kc(tmp_path, apiserver, pki):  # noqa: F811
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
-                                    cluster_extra={"certificate-authority": str(pki.ca_cert)}))
-    return str(path)
 
 
 def run_fleet(kc, agents: int, slots: int, restart_seconds: float, poll: float):

@@ -16,7 +16,7 @@ from nodeagent.kube.nodes import apply_labels
 from nodeagent.settings import Settings
 from tests.support import admission
 from tests.support.cli import assert_known_error, run_cli
-from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.support.fake_apiserver import TOKEN, apiserver, kc, kubeconfig_text, pki  # noqa: F401 (fixtures)
 from tests.support.tree import diff_snapshots, snapshot
 
 P = "sandbox.nodeagent.io/"
@@ -24,14 +24,6 @@ NODE = "/api/v1/nodes/node-a"
 RC = "/apis/node.k8s.io/v1/runtimeclasses"
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 AGENT = "system:serviceaccount:nodeagent:nodeagent"
-
-
-@pytest.fixture
-def kc(tmp_path, apiserver, pki):  # noqa: F811
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
-                                    cluster_extra={"certificate-authority": str(pki.ca_cert)}))
-    return str(path)
 
 
 @pytest.fixture

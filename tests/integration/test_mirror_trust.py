@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.artifacts import mirror as M
+from tests.support import mirror_builder as M
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.http_server import LoopbackServer, shared_tls
 from tests.support.tree import diff_snapshots, snapshot

@@ -21,7 +21,7 @@ from tests.support.cli import assert_known_error, run_cli
 from tests.support.containerd_daemon import minimal_config
 from tests.support.oci_image import import_test_images
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import have_containerd, install_containerd
+from tests.support.scenarios import have_containerd, install_containerd
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from nodeagent.kube.rollout import (RECORD_NAME, RolloutHalted, RolloutRecord, S
                                     desired_state_hash, guarded_restart)
 from nodeagent.settings import Settings
 from tests.support.cli import assert_known_error, run_cli
-from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
+from tests.support.fake_apiserver import TOKEN, apiserver, kc, kubeconfig_text, pki  # noqa: F401 (fixtures)
 
 NS = "nodeagent"
 RECORD = f"/api/v1/namespaces/{NS}/configmaps/{RECORD_NAME}"
@@ -35,13 +35,6 @@ class FakeRollback(NodeagentError):
 
     rolled_back = True
 
-
-@pytest.fixture
-def kc(tmp_path, apiserver, pki):  # noqa: F811
-    path = tmp_path / "kubeconfig"
-    path.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
-                                    cluster_extra={"certificate-authority": str(pki.ca_cert)}))
-    return str(path)
 
 
 def roll_out(kc: str, agents: int, slots: int, max_failures: int, desired: str, fails: bool = True,

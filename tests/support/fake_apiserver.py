@@ -739,3 +739,12 @@ def apiserver(pki, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     with FakeApiServer(pki, tokens={TOKEN}) as server:
         yield server
+
+
+@pytest.fixture
+def kc(tmp_path, apiserver, pki) -> str:  # noqa: F811
+    """Path of a kubeconfig for the running stand-in: TOKEN auth, the stand-in's CA trusted."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
+                                    cluster_extra={"certificate-authority": str(pki.ca_cert)}))
+    return str(path)

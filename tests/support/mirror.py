@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as builders
+from tests.support import mirror_builder as builders
 
 _MIRROR: Path | None = None
 

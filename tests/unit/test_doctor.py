@@ -9,8 +9,8 @@ from nodeagent import doctor
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.hosttrees import HOSTS, KVM_DEV, VHOST_VSOCK_DEV, copy_host, mknod_char, needs_real_kvm
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.detect.hosttrees import HOSTS, KVM_DEV, VHOST_VSOCK_DEV, copy_host, mknod_char, needs_real_kvm
 
 
 def checks_of(root, **settings):

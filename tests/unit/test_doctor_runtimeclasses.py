@@ -4,8 +4,8 @@
 import json
 
 from tests.support.cli import run_cli
-from tests.support.fake_apiserver import TOKEN, apiserver, kubeconfig_text, pki  # noqa: F401 (fixtures)
-from tests.unit.detect.hosttrees import HOSTS
+from tests.support.fake_apiserver import apiserver, kc, pki  # noqa: F401 (fixtures)
+from tests.support.hosttrees import HOSTS
 
 P = "sandbox.nodeagent.io/"
 RC = "/apis/node.k8s.io/v1/runtimeclasses"
@@ -17,18 +17,15 @@ def _check(root, kubeconfig):
     return {c["id"]: c for c in json.loads(proc.stdout)["checks"]}["runtimeclasses"]
 
 
-def test_runtimeclass_naming_the_class_instead_of_the_handler_fails(tmp_path, apiserver, pki):  # noqa: F811
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(kubeconfig_text(apiserver.url, user={"token": TOKEN},
-                                          cluster_extra={"certificate-authority": str(pki.ca_cert)}))
+def test_runtimeclass_naming_the_class_instead_of_the_handler_fails(apiserver, kc):  # noqa: F811
     apiserver.put_object("/api/v1/nodes/node-a", {"apiVersion": "v1", "kind": "Node",
                                                   "metadata": {"labels": {P + "gvisor": "true"}}})
     root = HOSTS / "containerd-v2"  # registers runc and runsc
     apiserver.put_object(RC + "/gvisor", {"metadata": {}, "handler": "runsc",
                                           "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
-    assert _check(root, str(kubeconfig))["status"] == "ok"
+    assert _check(root, kc)["status"] == "ok"
     apiserver.put_object(RC + "/gvisor", {"metadata": {}, "handler": "gvisor",
                                           "scheduling": {"nodeSelector": {P + "gvisor": "true"}}})
-    check = _check(root, str(kubeconfig))
+    check = _check(root, kc)
     assert check["status"] == "fail" and "gvisor (handler 'gvisor')" in check["summary"]
     assert "runsc" in check["hint"]

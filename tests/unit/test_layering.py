@@ -171,3 +171,30 @@ def test_the_runtime_name_check_finds_what_it_looks_for():
         "nodeagent/artifacts/api.py:7 keys a dict by runtime name",
         "nodeagent/artifacts/api.py:9 matches a runtime name",
     ]
+# --- no function over 80 lines (issue 12 acceptance; the project's style rule) ----------------
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(sources: list[tuple[str, ast.Module]] | None = None, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Functions and methods (nested ones too) longer than `limit` lines, from `def` to the last line."""
+    bad = []
+    for rel, tree in _sources() if sources is None else sources:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    bad.append(f"nodeagent/{rel}:{node.lineno} {node.name} is {length} lines")
+    return bad
+
+
+def test_no_function_is_longer_than_80_lines():
+    assert long_functions() == []
+
+
+def test_the_length_check_counts_every_line_of_a_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(79))
+    fits = ast.parse(f"def f():\n{body}\n")  # 80 lines: allowed
+    method = ast.parse(f"class C:\n    def g(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n        return 1\n")
+    assert long_functions([("m.py", fits)]) == []
+    assert long_functions([("m.py", method)]) == ["nodeagent/m.py:2 g is 81 lines"]

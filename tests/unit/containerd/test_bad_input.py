@@ -11,8 +11,8 @@ import pytest
 
 from nodeagent import fsutil
 from tests.support.cli import assert_known_error, run_cli
+from tests.support.scenarios import CORPUS, K3S_DIR, OURS, converge_command, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import CORPUS, K3S_DIR, OURS, converge_command, install_containerd
 
 CONFIG = "/etc/containerd/config.toml"
 INSTALL = ("install", "--skip-eligibility")

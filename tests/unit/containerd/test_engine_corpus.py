@@ -18,8 +18,8 @@ from nodeagent.containerd import apply
 from nodeagent.containerd.inspect import registered_handlers
 from nodeagent.containerd.plan import compatible, plan_install
 from nodeagent.runtimes import gvisor, kata
+from tests.support.scenarios import SCENARIOS
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import SCENARIOS
 
 SPECS = [gvisor.handler(), kata.handler()]
 STATE_PREFIX = "var/lib/nodeagent"

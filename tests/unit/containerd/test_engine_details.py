@@ -16,7 +16,7 @@ from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import run_cli
-from tests.unit.containerd.scenarios import CORPUS, SCENARIOS, Scenario
+from tests.support.scenarios import CORPUS, SCENARIOS, Scenario
 
 SPECS = [gvisor.handler(), kata.handler()]
 RUNSC = gvisor.RUNSC_CONFIG_PATH

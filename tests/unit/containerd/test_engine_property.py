@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.plan import plan_install
 from nodeagent.runtimes import gvisor, kata
+from tests.support.scenarios import CORPUS, OURS, Scenario
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import CORPUS, OURS, Scenario
 
 BASES = {
     "kind-node-v2.toml": ("1.6", "1.7", "2.1"),

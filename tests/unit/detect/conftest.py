@@ -1,6 +1,6 @@
 import pytest
 
-from tests.unit.detect.hosttrees import copy_host
+from tests.support.hosttrees import copy_host
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from nodeagent.detect import cpu, detect_host, kvm, vsock
 from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.unit.detect.hosttrees import VHOST_VSOCK_DEV, mknod_char
+from tests.support.hosttrees import VHOST_VSOCK_DEV, mknod_char
 
 
 def detect(root):

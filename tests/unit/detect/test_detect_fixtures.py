@@ -7,7 +7,7 @@ import pytest
 from nodeagent.detect import detect_host
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from tests.unit.detect.hosttrees import HOSTS, KVM_DEV, VHOST_VSOCK_DEV, mknod_char, needs_real_kvm
+from tests.support.hosttrees import HOSTS, KVM_DEV, VHOST_VSOCK_DEV, mknod_char, needs_real_kvm
 
 
 def detect(root, **settings):

@@ -14,7 +14,7 @@ from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from nodeagent.runtimes import gvisor, kata
-from tests.unit.containerd.scenarios import FIXTURES, install_containerd
+from tests.support.scenarios import FIXTURES, install_containerd
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
 SPECS = [gvisor.handler(), kata.handler()]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-HOSTS = Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
+HOSTS = Path(__file__).resolve().parents[1] / "fixtures" / "hosts"
 KVM_DEV = (10, 232)  # misc device minor of /dev/kvm
 VHOST_VSOCK_DEV = (10, 241)  # misc device minor of /dev/vhost-vsock
 

@@ -1,15 +1,14 @@
 """Added text looks like the file it joins (tests/fixtures/corpus-external): handler tables indented
 like the file's own runtime tables, one `imports` entry per line where the array is written that
-way (Talos), runsc.toml keys indented like the keys already in [runsc_config] (gVisor's docs)."""
+way (Talos). runsc.toml's indentation: tests/unit/runtimes/test_runsc_toml.py."""
 
 from __future__ import annotations
 
 import re
 
 from nodeagent.containerd import edit
-from nodeagent.runtimes import runsc_toml
 from nodeagent.runtimes import gvisor
-from tests.unit.containerd.scenarios import FIXTURES
+from tests.support.scenarios import FIXTURES
 
 CORPUS = FIXTURES / "corpus-external" / "inputs"
 
@@ -46,9 +45,3 @@ def test_single_line_imports_stay_on_one_line():
     new = edit.add_import(text, "/etc/containerd/x.toml", edit.TextStyle(), "eks")
     assert 'imports = ["/etc/containerd/config.d/*.toml", "/etc/containerd/x.toml"]' in new
 
-
-def test_runsc_toml_keys_follow_its_indentation():
-    raw = (CORPUS / "gvisor-configuration-v2/etc/containerd/runsc.toml").read_bytes()
-    new = runsc_toml.render(raw, "systrap", True, gvisor.RUNSC_CONFIG_PATH).decode()
-    assert '\n  platform = "systrap"\n  systemd-cgroup = "true"\n' in new
-    assert new.startswith(raw.decode())  # everything there before stays, byte for byte

@@ -12,7 +12,7 @@ from pathlib import Path
 from nodeagent.host import HostRoot
 from tests.support.containerd_daemon import BINDIRS
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CORPUS = FIXTURES / "corpus"
 OURS = FIXTURES / "containerd"
 K3S_DIR = "/var/lib/rancher/k3s/agent/etc/containerd"

@@ -147,20 +147,3 @@ def test_a_desired_label_outside_the_prefix_is_refused():
     with pytest.raises(ValueError, match="not ours to set"):
         label_patch(node({}), {"kvm": "true"}, prefix="")  # "" is no prefix, not "every key"
     assert manageable(P + "x", "") and not manageable("x", "")
-
-
-def test_nfd_feature_file_is_atomic_idempotent_and_removable(tmp_path):
-    from nodeagent.host import HostRoot
-    from nodeagent.kube.nfd import FEATURE_FILE, write_feature_file
-
-    host = HostRoot(tmp_path)
-    labels = {P + "state": "ready", P + "gvisor": "true"}
-    assert write_feature_file(host, labels) is True
-    text = host.read_text(FEATURE_FILE)
-    assert text.splitlines()[1:] == [f"{P}gvisor=true", f"{P}state=ready"]
-    mtime = host.path(FEATURE_FILE).stat().st_mtime_ns
-    assert write_feature_file(host, labels) is False  # second run: not even rewritten
-    assert host.path(FEATURE_FILE).stat().st_mtime_ns == mtime
-    assert [p.name for p in host.path(FEATURE_FILE).parent.iterdir()] == ["nodeagent"]  # no temp files left
-    assert write_feature_file(host, {}) is True and not host.exists(FEATURE_FILE)
-    assert write_feature_file(host, {}) is False

@@ -8,7 +8,7 @@ from nodeagent.commands.detect import summary
 from nodeagent.detect import detect_host
 from nodeagent.host import HostRoot
 from tests.support.cli import assert_known_error, run_cli
-from tests.unit.detect.hosttrees import HOSTS
+from tests.support.hosttrees import HOSTS
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in HOSTS.iterdir() if p.is_dir()))

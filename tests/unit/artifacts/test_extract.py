@@ -9,7 +9,8 @@ import pytest
 
 from nodeagent.artifacts import extract
 from nodeagent.errors import ArtifactError
-from tests.fixtures.artifacts.mirror import Member, build_tar
+from tests.support.hostile_tar import HOSTILE_MEMBERS
+from tests.support.mirror_builder import Member, build_tar
 
 GOOD = [
     Member("./", "dir"),
@@ -33,29 +34,9 @@ def test_extracts_a_good_archive_in_every_compression(tmp_path, compression):
     assert os.stat(out / "bin/hard").st_ino == os.stat(out / "bin/runsc").st_ino
     assert extract.find_unique(entries, "runsc", "a").name == "bin/runsc"
 
-
-HOSTILE = {
-    "traversal": ([Member("../evil", data=b"x")], "outside the archive"),
-    "nested-traversal": ([Member("a/../../evil", data=b"x")], "outside the archive"),
-    "absolute": ([Member("/etc/evil", data=b"x")], "absolute path"),
-    "symlink-outside": ([Member("link", "symlink", link="../../etc/passwd")], "points outside"),
-    "symlink-absolute": ([Member("link", "symlink", link="/etc/passwd")], "points outside"),
-    "hardlink-outside": ([Member("hl", "hardlink", link="../etc/passwd")], "outside the archive"),
-    "hardlink-absolute": ([Member("hl", "hardlink", link="/etc/passwd")], "outside the archive"),
-    "hardlink-unknown": ([Member("hl", "hardlink", link="nothing-here")], "names no earlier file"),
-    "device": ([Member("dev", "chr")], "device node"),
-    "fifo": ([Member("pipe", "fifo")], "fifo"),
-    "setuid": ([Member("runsc", data=b"x", mode=0o4755)], "setuid"),
-    "setgid": ([Member("runsc", data=b"x", mode=0o2755)], "setuid/setgid"),
-    "duplicate": ([Member("a", data=b"1"), Member("a", data=b"2")], "appears twice"),
-    # a symlinked directory inside the tree, then a file "through" it: refused even if it stays inside
-    "through-symlink": ([Member("d", "symlink", link="."), Member("d/x", data=b"x")], "non-directory"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("case", sorted(HOSTILE_MEMBERS))
 def test_hostile_member_is_refused_and_nothing_escapes(tmp_path, case):
-    members, words = HOSTILE[case]
+    members, words = HOSTILE_MEMBERS[case]
     tarball = build_tar(tmp_path / "t.tar.bz2", [Member("ok", data=b"fine"), *members], "bz2")
     with pytest.raises(ArtifactError) as exc:
         extract.scan(tarball)
@@ -130,46 +111,6 @@ def test_absolute_links_into_the_trees_own_host_location_are_allowed_only_there(
             extract.scan(tarball, host_trees=("/opt/kata",))
 
 
-LINK_CHAINS = {
-    "climb-by-chain": [Member("opt/kata/d/", "dir"), Member("opt/kata/d/l1", "symlink", link=".."),
-                       Member("opt/kata/d/l2", "symlink", link="l1/..")],
-    "inside-archive-outside-tree": [Member("opt/kata/share", "symlink", link="../../etc")],
-    "absolute-into-the-tree-then-up": [Member("opt/kata/up", "symlink", link=".."),
-                                       Member("opt/kata/out", "symlink", link="/opt/kata/up/x")],
-    "loop": [Member("opt/kata/x", "symlink", link="y"), Member("opt/kata/y", "symlink", link="x")],
-}
-
-
-@pytest.mark.parametrize("case", sorted(LINK_CHAINS))
-def test_link_chains_leaving_the_tree_are_refused_on_disk_and_in_a_scan(tmp_path, case):
-    """The same rule for an extracted release (install) and a scanned archive (bundle)."""
-    from nodeagent.artifacts import links
-
-    tarball = build_tar(tmp_path / "k.tar", [Member("opt/kata/bin/shim", data=b"x"), *LINK_CHAINS[case]], "")
-    entries = extract.scan(tarball, host_trees=("/opt/kata",))  # each link alone passes the member check
-    with pytest.raises(ArtifactError, match="resolves outside the release"):
-        links.check_entries(entries, "opt/kata", "k.tar", host_trees=("/opt/kata",))
-    out = tmp_path / "out"
-    out.mkdir()
-    extract.extract(tarball, out, host_trees=("/opt/kata",))
-    with pytest.raises(ArtifactError, match="resolves outside the release"):
-        links.check_tree(out / "opt/kata", "k.tar", host_trees=("/opt/kata",))
-
-
-def test_links_that_stay_inside_pass_even_dangling_or_via_the_host_tree(tmp_path):
-    from nodeagent.artifacts import links
-
-    members = [Member("opt/kata/bin/shim", data=b"x"), Member("opt/kata/bin/a", "symlink", link="shim"),
-               Member("opt/kata/bin/b", "symlink", link="../bin/./a"), Member("opt/kata/c", "symlink", link="/opt/kata/bin/b"),
-               Member("opt/kata/dangling", "symlink", link="lib/not/yet/../there")]
-    tarball = build_tar(tmp_path / "k.tar", members, "")
-    links.check_entries(extract.scan(tarball, host_trees=("/opt/kata",)), "opt/kata", "k.tar", host_trees=("/opt/kata",))
-    out = tmp_path / "out"
-    out.mkdir()
-    extract.extract(tarball, out, host_trees=("/opt/kata",))
-    links.check_tree(out / "opt/kata", "k.tar", host_trees=("/opt/kata",))
-
-
 @pytest.mark.parametrize("compression", ["bz2", "xz", "zst"])
 def test_every_reader_hands_out_bounded_blocks(tmp_path, compression):
     """300 MiB of zeros after the tar's end (behind incompressible filler, so they fall into one of
@@ -177,8 +118,8 @@ def test_every_reader_hands_out_bounded_blocks(tmp_path, compression):
     import subprocess
     import sys
 
-    from tests.fixtures.artifacts.mirror import build_bomb
     from tests.support import peak_rss
+    from tests.support.mirror_builder import build_bomb
 
     members = [Member("a", data=b"x"), Member("filler", data=os.urandom(64 << 10))]
     tarball = build_bomb(tmp_path / f"b.tar.{compression}", members, compression, trailing_zeros=300 << 20)

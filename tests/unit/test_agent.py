@@ -160,24 +160,3 @@ def test_agent_once_with_the_lock_held_is_exit_3_with_error_and_hint(tmp_path):
         proc = run_cli("--root", str(root), "agent", "--once", "--runtime", "gvisor", "--skip-eligibility")
         assert "another nodeagent holds" in assert_known_error(proc, 3)
         assert diff_snapshots(before, snapshot(root)) == []
-
-
-def test_endpoint_keeps_at_most_max_connections_and_still_answers():
-    """Idle clients beyond the bound evict the oldest idle one; a real request is still served."""
-    from nodeagent.endpoint import BoundedHTTPServer
-
-    server = BoundedHTTPServer(("127.0.0.1", 0), lambda path: (200, f"{path}\n", "text/plain"),
-                               max_connections=4, timeout=30)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
-    try:
-        assert _get(port, "/x") == (200, "/x\n")
-        wait_for(lambda: len(server.conns) <= 4, 10, "the server to evict idle connections")
-        # the evicted ones were closed by the server: the oldest see EOF
-        assert idle[0].recv(1) == b""
-    finally:
-        for s in idle:
-            s.close()
-        server.shutdown()
-        server.server_close()

@@ -1,0 +1,50 @@
+"""artifacts.inuse: a version is in use while any process runs a binary from it, whichever way
+the kernel spells the path (host-absolute, under --root, or "(deleted)" after a prune). The
+processes here are real: copies of /bin/sleep started from a version dir in a fake root."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from nodeagent.artifacts.inuse import pids_using
+from nodeagent.host import HostRoot
+
+VERSION = "/opt/nodeagent/gvisor/20240729.0"
+
+
+@pytest.fixture
+def sleeper(tmp_path):
+    """A process whose executable is <root>/opt/nodeagent/gvisor/20240729.0/runsc (a copy of sleep)."""
+    binary = tmp_path / VERSION.lstrip("/") / "runsc"
+    binary.parent.mkdir(parents=True)
+    shutil.copy2(shutil.which("sleep"), binary)
+    proc = subprocess.Popen([str(binary), "60"])
+    yield proc, binary
+    proc.kill()
+    proc.wait()
+
+
+def test_a_running_binary_keeps_its_version_in_use_and_only_that_one(tmp_path, sleeper):
+    proc, _ = sleeper
+    host = HostRoot(tmp_path)
+    assert proc.pid in pids_using(host, VERSION)
+    assert proc.pid in pids_using(host, VERSION + "/")
+    assert proc.pid not in pids_using(host, "/opt/nodeagent/gvisor/20240101.0")
+    assert proc.pid not in pids_using(host, "/opt/nodeagent/gvisor/2024")  # a prefix of the name is not the dir
+
+
+def test_a_deleted_binary_still_counts(tmp_path, sleeper):
+    """A prune that raced a start leaves the process running an unlinked file: still in use."""
+    proc, binary = sleeper
+    binary.unlink()
+    assert proc.pid in pids_using(HostRoot(tmp_path), VERSION)
+
+
+def test_nothing_running_means_not_in_use(tmp_path, sleeper):
+    proc, _ = sleeper
+    proc.kill()
+    proc.wait()
+    assert proc.pid not in pids_using(HostRoot(tmp_path), VERSION)
