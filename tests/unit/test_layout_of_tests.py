@@ -72,7 +72,6 @@ OWED = {
     "kube/rollout.py": "tests/integration/test_rollout_halt.py",
     "kube/watch.py": "tests/integration/test_kube_lease.py",
     "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
-    "runtimes/base.py": "every install test, through runtimes/gvisor.py and kata.py",
 }
 
 
