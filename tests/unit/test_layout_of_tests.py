@@ -60,8 +60,6 @@ OWED = {
     "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
-    # runtimes: the plug-ins (§2) rewrite this module (runtimes.ALL / get)
-    "runtimes/__init__.py": "tests/unit/containerd/test_engine_details.py",
     # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
