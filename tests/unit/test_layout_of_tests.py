@@ -68,7 +68,6 @@ OWED = {
     "commands/verify_measure.py": "tests/integration/test_verify.py (real runsc)",
     "kube/exec_credentials.py": "tests/integration/test_kube_exec_credentials.py (real plugin scripts)",
     "kube/rollout.py": "tests/integration/test_rollout_halt.py",
-    "kube/watch.py": "tests/integration/test_kube_lease.py",
     "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
 }
 
