@@ -67,7 +67,6 @@ OWED = {
     "commands/rollout.py": "tests/integration/test_rollout_halt.py (stand-in API server)",
     "commands/verify_measure.py": "tests/integration/test_verify.py (real runsc)",
     "kube/exec_credentials.py": "tests/integration/test_kube_exec_credentials.py (real plugin scripts)",
-    "kube/rollout.py": "tests/integration/test_rollout_halt.py",
     "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
 }
 
