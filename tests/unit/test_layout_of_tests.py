@@ -64,7 +64,6 @@ OWED = {
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
     # merged after this list was written (issues 12 §2 and 16); unit tests being written
-    "commands/rollout.py": "tests/integration/test_rollout_halt.py (stand-in API server)",
     "commands/verify_measure.py": "tests/integration/test_verify.py (real runsc)",
     "kube/exec_credentials.py": "tests/integration/test_kube_exec_credentials.py (real plugin scripts)",
     "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
