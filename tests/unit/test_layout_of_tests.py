@@ -57,7 +57,6 @@ OWED = {
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
     # against the stand-in API server (no kube-apiserver here)
-    "kube/lease.py": "tests/integration/test_kube_lease.py",
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
     # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
