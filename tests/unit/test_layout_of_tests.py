@@ -58,7 +58,6 @@ OWED = {
     # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
     # against the stand-in API server (no kube-apiserver here)
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
-    "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
     # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
