@@ -62,7 +62,6 @@ OWED = {
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
     # merged after this list was written (issues 12 §2 and 16); unit tests being written
-    "commands/verify_measure.py": "tests/integration/test_verify.py (real runsc)",
 }
 
 
