@@ -41,7 +41,6 @@ OWED = {
     # the CLI's long-running commands (restart impact, verify --measure, exec credentials)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
-    "commands/verify.py": "tests/integration/test_verify.py",
     # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
     "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
