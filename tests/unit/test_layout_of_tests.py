@@ -59,7 +59,6 @@ OWED = {
     "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
-    "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
     # merged after this list was written (issues 12 §2 and 16); unit tests being written
 }
 
