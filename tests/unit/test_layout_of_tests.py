@@ -56,7 +56,6 @@ OWED = {
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
     # against the stand-in API server (no kube-apiserver here)
-    "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
     # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
     # merged after this list was written (issues 12 §2 and 16); unit tests being written
