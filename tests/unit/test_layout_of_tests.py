@@ -34,7 +34,6 @@ OWED = {
     # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
     # artifacts: one undo journal (§4) and the runtime plug-ins (§2) take over txn/install/bundle
-    "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
     "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
     "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (a reinstall reuses the unpacked tree)",
