@@ -33,10 +33,10 @@ OWED = {
     # Every module left here is being reshaped by issue 12's other items as this list is written
     # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
-    # artifacts: one undo journal (§4) and the runtime plug-ins (§2) take over txn/install/bundle
+    # artifacts: one undo journal (§4) takes over txn/install
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
     "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
-    # the CLI's long-running commands (restart impact, verify --measure, exec credentials)
+    # the agent's commands (being reshaped with the agent)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
     # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
@@ -52,11 +52,8 @@ OWED = {
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
-    # against the stand-in API server (no kube-apiserver here)
-    # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
+    # restart with narrow parameters (§3/§4)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
-    # merged after this list was written (issues 12 §2 and 16); unit tests being written
 }
 
 
