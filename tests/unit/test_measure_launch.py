@@ -6,6 +6,8 @@ tests/integration/test_verify.py.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,15 +74,39 @@ def test_a_sandbox_that_never_starts_times_out_and_is_ended(tmp_path):
     assert leftovers("nodeagent-measure-") == []
 
 
-def test_the_workload_must_say_it_is_ready(tmp_path):
-    """Output before the ready line is read past; the ready line (from the workload) counts. This
-    runsc runs the workload as its child and ends it on SIGTERM, as the real one does."""
-    runsc = fake_runsc(tmp_path, 'echo "some banner"; shift $(($# - 3)); "$@" & trap \'kill $!; exit 0\' TERM; wait')
+def test_the_workload_runs_below_runsc_and_ends_with_it(tmp_path):
+    """The ready line comes from the workload; this runsc runs it as its child and ends it on
+    SIGTERM, as the real one does."""
+    runsc = fake_runsc(tmp_path, 'shift $(($# - 3)); "$@" & trap \'kill $!; exit 0\' TERM; wait')
     m = measure_runsc_do(runsc, 1, window=0.1, timeout=10)
     assert m.sandboxes == 1
     assert [p["name"] for p in m.costs[0].processes] == ["sleep"]  # sh exec'd sleep below "runsc"
     assert leftovers(str(tmp_path)) == []
     wait_for(lambda: not alive(m.costs[0].processes[0]["pid"]), 10, "the workload to end with its runtime")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _wait_ready select()s on the pipe's fd but reads with the "
+                   "buffered readline(): when a line before the ready line arrives in the same chunk, the "
+                   "ready line waits in Python's buffer while select() waits for new bytes until the deadline")
+def test_a_line_before_the_ready_line_in_the_same_chunk(tmp_path):
+    runsc = fake_runsc(tmp_path, "printf 'runsc: some banner\\nnodeagent-measure-ready\\n'; exec sleep 600")
+    m = measure_runsc_do(runsc, 1, window=0.1, timeout=3)
+    assert m.sandboxes == 1
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _end's docstring says it SIGKILLs what is left of runsc do's "
+                   "session, but it does so only when runsc do itself outlives SIGTERM by 10 s: a sandbox "
+                   "process left behind by a runsc do that did exit keeps running")
+def test_nothing_of_the_session_outlives_the_measurement(tmp_path):
+    pids = tmp_path / "pids"
+    runsc = fake_runsc(tmp_path, f'shift $(($# - 3)); "$@" & echo $! > {pids}; wait')  # SIGTERM ends only sh
+    try:
+        measure_runsc_do(runsc, 1, window=0.1, timeout=10)
+        child = int(pids.read_text())
+        wait_for(lambda: not alive(child), 3, "the workload runsc do left behind to end")
+    finally:
+        if pids.exists() and alive(int(pids.read_text())):
+            os.kill(int(pids.read_text()), signal.SIGKILL)
 
 
 def test_shim_of_finds_the_shim_serving_a_sandbox_id(tmp_path):
