@@ -106,7 +106,7 @@ def test_every_missing_piece_is_a_reason():
         "host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module",
         "architecture riscv64 is not supported by Kata (amd64, arm64, s390x, ppc64le)",
     ]
-    assert RT.eligibility({})["reasons"][0].startswith("KVM is not usable")  # no probe words: see the note
+    assert RT.eligibility({})["reasons"][0].startswith("KVM is not usable")  # no probe words (the text then repeats itself)
 
 
 # -- catalog ---------------------------------------------------------------------------------------
