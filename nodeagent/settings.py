@@ -55,6 +55,9 @@ class Settings:
     # where Kata's sha256 comes from when nothing else names one ("" = never ask); see release_listing.py
     kata_release_listing: str = "https://api.github.com/repos/kata-containers/kata-containers/releases/tags/{version}"
     allow_control_plane_restart: bool = False  # --restart auto may restart containerd under running static pods
+    # Kata shims to register besides `kata` (qemu, clh, fc, dragonball, qemu-runtime-rs, ...): a handler,
+    # shim link, RuntimeClass and label each. Supersedes kata_extra_handlers (kata-qemu, ...), still read.
+    kata_shims: list[str] = field(default_factory=list)
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
@@ -66,6 +69,7 @@ class Settings:
     kata_overhead_cpu: str = "250m"
     max_concurrent_restarts: int = 1
     overhead_from: str | None = None  # `verify --measure` JSON whose recommended podFixed wins over *_overhead_*
+    kata_shim_overheads: list[str] = field(default_factory=list)  # `<shim>=<memory>[/<cpu>]`, e.g. qemu=200Mi/300m
     # agent
     interval: float = 300.0
     # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and
