@@ -249,3 +249,26 @@ def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(
     daemon.restart()
     status = cri_status(daemon.socket)
     assert status.ok and set(status.runtime_types()) == {"runc"}, status.as_dict()
+
+
+@pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
+def test_devmapper_pool_fact_matches_real_containerd_s_dump(series, tmp_path):
+    """Firecracker's eligibility reads the devmapper pool from the config chain: a drop-in's devmapper
+    table without pool_name replaces the main file's on 1.x (the dump shows pool_name "") and merges
+    on 2.x (the pool stays). The fact must say what containerd itself says."""
+    needs(series)
+    from nodeagent.detect import containerd_config
+
+    v = 3 if series == "2.1" else 2
+    q = "'" if v == 3 else '"'
+    table = f"[plugins.{q}io.containerd.snapshotter.v1.devmapper{q}]\n"
+    (tmp_path / "etc/containerd/conf.d").mkdir(parents=True)
+    (tmp_path / "etc/containerd/config.toml").write_text(
+        f"version = {v}\nimports = ['/etc/containerd/conf.d/x.toml']\n{table}  pool_name = 'pool'\n")
+    (tmp_path / "etc/containerd/conf.d/x.toml").write_text(f"version = {v}\n{table}  base_image_size = '10GB'\n")
+    host = HostRoot(tmp_path)
+    version = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series]
+    fact = containerd_config.snapshotters(containerd_config.read(host, "/etc/containerd/config.toml", version), version)
+    dump = validate.effective_config(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
+    real = dump["plugins"]["io.containerd.snapshotter.v1.devmapper"].get("pool_name") or None
+    assert fact["devmapper_pool"] == real == (None if series != "2.1" else "pool")
