@@ -11,6 +11,7 @@ on this VM (no vhost-vsock).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -427,3 +428,50 @@ def test_a_shim_link_someone_else_made_is_refused_unless_forced(tmp_path, root):
         ensure_artifact(host, settings(root, srv.url, kata_shims=["qemu"]), "kata", "amd64")
     remove_artifact(host, "kata")  # a link that is not ours stays, even though it names a shim
     assert os.readlink(root / "usr/local/bin/containerd-shim-kata-clh-v2") == "/somewhere/else/containerd-shim-kata-v2"
+
+
+def _root_with_containerd_2(tmp_path: Path) -> Path:
+    from tests.unit.containerd.scenarios import install_containerd
+
+    root = tmp_path / "cliroot"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes(b"version = 3\n")
+    install_containerd(root, "2.1")
+    return root
+
+
+def test_cli_install_with_kata_shims_then_uninstall_restores_the_bytes(tmp_path):
+    """The CLI end to end on a --root with REAL containerd 2.1 judging the config (no daemon runs):
+    the suite's mirror (stand-in shim, see tests/support/mirror.py) ships the Go shim and qemu's
+    configuration, so `--kata-shims qemu` installs; uninstall puts every byte back."""
+    from tests.support.cli import run_cli
+
+    root = _root_with_containerd_2(tmp_path)
+    before = (root / "etc/containerd/config.toml").read_bytes()
+    args = ("--root", str(root), "-o", "json", "install", "--runtime", "kata", "--skip-eligibility", "--restart", "none")
+    proc = run_cli(*args, "--kata-shims", "kata-qemu")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["handlers"] == ["kata", "kata-qemu"]
+    dropin = (root / "etc/containerd/conf.d/90-nodeagent.toml").read_text()
+    assert "io.containerd.kata-qemu.v2" in dropin and "configuration-qemu.toml" in dropin
+    assert os.readlink(root / "usr/local/bin/containerd-shim-kata-qemu-v2") == GO
+    proc = run_cli("--root", str(root), "uninstall", "--runtime", "kata", "--restart", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/containerd/config.toml").read_bytes() == before
+    assert not (root / "etc/containerd/conf.d/90-nodeagent.toml").exists()
+    assert not os.path.lexists(root / "usr/local/bin/containerd-shim-kata-qemu-v2")
+
+
+def test_cli_install_refuses_a_shim_the_release_lacks_and_changes_nothing(tmp_path):
+    from tests.support.cli import assert_known_error, run_cli
+
+    root = _root_with_containerd_2(tmp_path)
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "install", "--runtime", "kata", "--skip-eligibility", "--restart", "none",
+                   "--kata-shims", "qemu,dragonball")
+    error = assert_known_error(proc)
+    assert "lacks what the chosen shims need: runtime-rs/bin/containerd-shim-kata-v2 (shim dragonball)" in error
+    # only the run lock's trace (/run is a tmpfs; the release is only known inside the lock, as in
+    # test_mirror_trust.py): no config, link, release or cache entry changed
+    lock = {"added run", "added run/nodeagent.lock", "changed run (mtime)"}
+    assert [c for c in diff_snapshots(before, snapshot(root)) if c not in lock] == []
