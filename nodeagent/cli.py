@@ -69,6 +69,7 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
     p.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
     p.add_argument("--kata-release-listing", dest="kata_release_listing", default=argparse.SUPPRESS)
+    p.add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
@@ -103,11 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = subparsers["verify"]
     v.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     v.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
+    v.add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
     v.add_argument("--image", default=None, help="image for CRI-based checks (default: skip CRI pods)")
     v.add_argument("--measure", nargs="?", const=3, type=int, default=None, metavar="N")
     v.add_argument("--out", default=None, metavar="FILE")
     for name in ("labels", "runtimeclasses"):
         subparsers[name].add_argument("--apply", action="store_true", default=False)
+    for name in ("labels", "runtimeclasses", "doctor"):
+        subparsers[name].add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
+    subparsers["runtimeclasses"].add_argument("--kata-shim-overheads", dest="kata_shim_overheads",
+                                              default=argparse.SUPPRESS, metavar="LIST")
     subparsers["runtimeclasses"].add_argument("--overhead-from", dest="overhead_from", default=argparse.SUPPRESS,
                                               metavar="FILE")
     b = subparsers["bundle"]

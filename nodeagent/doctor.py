@@ -241,7 +241,7 @@ def check_handlers(ctx: Context) -> Check:
     handlers, error = ctx.notes["handlers"], ctx.notes["handlers_error"]
     if error:
         return Check("handlers", FAIL, f"cannot read handlers: {error}", "fix the containerd config first")
-    ours = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler, *ctx.settings.kata_extra_handlers) if h in handlers]
+    ours = [h for h in _our_handlers(ctx.settings) if h in handlers]
     search = ":".join(_daemon_path(ctx))
     problems = []
     for name in sorted(handlers):
@@ -275,6 +275,36 @@ def check_handlers(ctx: Context) -> Check:
     return Check("handlers", OK, f"registered with shims present: {', '.join(ours)}")
 
 
+def _our_handlers(settings: Settings) -> list[str]:
+    """Every handler the settings ask for (each runtime's, with e.g. every chosen Kata shim)."""
+    from nodeagent import runtimes as runtime_plugins
+
+    names = [settings.gvisor_handler, settings.kata_handler]
+    for rt in runtime_plugins.ALL:
+        try:
+            names += [s.name for s in rt.handler_specs(rt.options(settings)) if s.name not in names]
+        except NodeagentError:
+            continue  # a bad setting: check_shim_eligibility reports it
+    return names
+
+
+def check_shim_eligibility(ctx: Context) -> Check:
+    """Each further handler the settings choose (a Kata shim) against what it needs on this node."""
+    from nodeagent import runtimes as runtime_plugins
+
+    verdicts: dict[str, dict[str, Any]] = {}
+    for rt in runtime_plugins.ALL:
+        verdicts.update(rt.variant_verdicts(ctx.facts, rt.options(ctx.settings)))
+    if not verdicts:
+        return Check("shim-eligibility", SKIP, "no further handlers chosen (kata_shims is empty)", None)
+    bad = {h: v["reasons"] for h, v in verdicts.items() if not v["eligible"]}
+    if bad:
+        return Check("shim-eligibility", FAIL, "; ".join(f"{h}: {', '.join(r)}" for h, r in bad.items()),
+                     "fix the reasons above or drop those shims from kata_shims; install refuses them "
+                     "unless --skip-eligibility")
+    return Check("shim-eligibility", OK, f"this node can run: {', '.join(verdicts)}")
+
+
 def check_cri(ctx: Context) -> Check:
     """Served via CRI: only the running containerd knows whether it accepted the handlers."""
     if importlib.util.find_spec("nodeagent.containerd.cri") is None:
@@ -291,8 +321,7 @@ def check_cri(ctx: Context) -> Check:
                      "check containerd's log; a drop-in that replaces the CRI section (containerd#5837) is a common cause")
     if not status.ready:
         return Check("cri-handlers", FAIL, status.reason or "CRI runtime not ready", "check containerd's log (journalctl -u containerd)")
-    wanted = [h for h in (ctx.settings.gvisor_handler, ctx.settings.kata_handler, *ctx.settings.kata_extra_handlers)
-              if h in ctx.notes["handlers"]]
+    wanted = [h for h in _our_handlers(ctx.settings) if h in ctx.notes["handlers"]]
     missing = [h for h in wanted if h not in status.handlers]
     if missing:
         return Check("cri-handlers", FAIL, f"registered in the config but not served via CRI: {', '.join(missing)}",
@@ -340,7 +369,7 @@ def _in_cluster() -> bool:
 CHECKS: list[Callable[[Context], Check]] = [
     check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver,
     check_containerd_found, check_containerd_trust, check_containerd_running, check_containerd_config,
-    check_handlers, check_cri, check_runtimeclasses, check_config_clashes,
+    check_handlers, check_cri, check_runtimeclasses, check_config_clashes, check_shim_eligibility,
 ]
 
 

@@ -45,6 +45,7 @@ def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str
     for runtime in wanted:
         verdict = (facts.get("runtimes") or {}).get(runtime) or {}
         if verdict.get("eligible"):
+            _refuse_ineligible_variants(settings, facts, runtime)
             chosen.append(runtime)
             continue
         reasons = "; ".join(verdict.get("reasons") or ["no detection result"])
@@ -53,6 +54,20 @@ def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str
                               "fix the reasons above, or pass --skip-eligibility to install anyway (image baking)")
         warnings.append(f"skipping {runtime}: {reasons}")
     return chosen, warnings
+
+
+def _refuse_ineligible_variants(settings: Settings, facts: dict[str, Any], runtime: str) -> None:
+    """A handler the operator chose for an eligible runtime (a Kata shim) that cannot run here."""
+    rt = runtime_plugins.get(runtime)
+    try:
+        verdicts = rt.variant_verdicts(facts, rt.options(settings))
+    except UsageError as exc:
+        raise ConfigError(exc.message, exc.hint) from None
+    bad = {h: v for h, v in verdicts.items() if not v.get("eligible")}
+    if bad:
+        why = "; ".join(f"{h}: {', '.join(v.get('reasons') or ['not eligible'])}" for h, v in bad.items())
+        raise ConfigError(f"{why}; nothing was changed",
+                          "fix the reasons above, drop the handler from the settings, or pass --skip-eligibility")
 
 
 def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, list[str]]:

@@ -123,10 +123,15 @@ def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher
     )
 
 
-def _action(host: HostRoot, release: Release, cache: Cache) -> tuple[str, str | None]:
+def _options(settings, runtime: str):
+    plugin = runtime_plugins.get(runtime)
+    return plugin.options(settings)
+
+
+def _action(host: HostRoot, release: Release, cache: Cache, opts=None) -> tuple[str, str | None]:
     dirname = install.find_installed(host, release)
     if dirname is not None:
-        return ("none" if install.links_point_at(host, release.runtime, dirname) else "installed"), dirname
+        return ("none" if install.links_point_at(host, release.runtime, dirname, opts) else "installed"), dirname
     if all(cache.has(f.digest) for f in release.files):
         return "cached", None
     return "download", None
@@ -145,7 +150,7 @@ def plan_artifact(host: HostRoot, settings, runtime: str, arch: str | None = Non
         release = _resolve(host, settings, runtime, arch, fetcher)
     finally:
         fetcher.close()
-    action, dirname = _action(host, release, Cache(host))
+    action, dirname = _action(host, release, Cache(host), _options(settings, runtime))
     return ArtifactPlan(runtime, dirname or release.version, action)
 
 
@@ -164,15 +169,18 @@ def ensure_artifact(
     fetcher = Fetcher(fetch_options(settings))
     try:
         with Transaction() as txn:
+            opts = _options(settings, runtime)
             release = _resolve(host, settings, runtime, arch, fetcher)
-            foreign = install.refuse_foreign(host, runtime, settings.force)
-            action, dirname = _action(host, release, cache)
+            foreign = install.refuse_foreign(host, runtime, settings.force, opts)
+            action, dirname = _action(host, release, cache, opts)
             if action == "download" or action == "cached":
                 action = _fill_cache(host, release, cache, fetcher, txn, settings, progress)
                 _record(cache, release, txn)
                 dirname = install.stage(host, release, cache, txn, limits)
             if action != "none":
-                install.switch_links(host, runtime, dirname, foreign, txn)
+                where = f"{install.runtime_dir(runtime)}/{dirname}"
+                runtime_plugins.get(runtime).check_release(host.path(where), opts, where)  # before any link moves
+                install.switch_links(host, runtime, dirname, foreign, txn, opts)
     finally:
         fetcher.close()
     try:
@@ -242,7 +250,7 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
     removed, restored = [], []
     # reverse of the install order: the shim's link (through /opt/kata) goes before /opt/kata, so
     # an interrupted removal never leaves a dangling shim link (found by tests/faults)
-    for link in reversed(list(install.desired_links(runtime, "x"))):
+    for link in reversed(list(install.all_links(runtime, "x"))):
         real = host.path(link)
         if real.is_symlink() and install.is_ours(runtime, link, os.readlink(real)):
             remove_file(real)  # a read-only /usr/local/bin is a HostError with a hint, not a crash

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,9 +42,15 @@ def runtime_dir(runtime: str) -> str:
     return f"{OPT}/{runtime}"
 
 
-def desired_links(runtime: str, dirname: str) -> dict[str, str]:
-    """host link path -> host-absolute target, for the release installed in `dirname`."""
-    return runtime_plugins.get(runtime).links(f"{runtime_dir(runtime)}/{dirname}")
+def desired_links(runtime: str, dirname: str, opts: Any = None) -> dict[str, str]:
+    """host link path -> host-absolute target, for the release installed in `dirname` (and, with the
+    runtime's options, the links they ask for, e.g. one per Kata shim)."""
+    return runtime_plugins.get(runtime).links(f"{runtime_dir(runtime)}/{dirname}", opts)
+
+
+def all_links(runtime: str, dirname: str) -> dict[str, str]:
+    """Every link the runtime could have made (uninstall, and links a changed option retires)."""
+    return runtime_plugins.get(runtime).all_links(f"{runtime_dir(runtime)}/{dirname}")
 
 
 def is_ours(runtime: str, link: str, target: str) -> bool:
@@ -53,10 +60,10 @@ def is_ours(runtime: str, link: str, target: str) -> bool:
     return runtime_plugins.get(runtime).owns_link(link, target)
 
 
-def foreign_links(host: HostRoot, runtime: str) -> list[str]:
+def foreign_links(host: HostRoot, runtime: str, opts: Any = None) -> list[str]:
     """Links we would replace that someone else put there (a regular file, or a link elsewhere)."""
     out = []
-    for link in desired_links(runtime, "x"):
+    for link in desired_links(runtime, "x", opts):
         real = host.path(link)
         if not os.path.lexists(real):
             continue
@@ -66,9 +73,9 @@ def foreign_links(host: HostRoot, runtime: str) -> list[str]:
     return out
 
 
-def refuse_foreign(host: HostRoot, runtime: str, force: bool) -> list[str]:
+def refuse_foreign(host: HostRoot, runtime: str, force: bool, opts: Any = None) -> list[str]:
     """Refuse (exit 2) to replace what nodeagent did not install, unless forced."""
-    foreign = foreign_links(host, runtime)
+    foreign = foreign_links(host, runtime, opts)
     if foreign and not force:
         what = []
         for link in foreign:
@@ -118,12 +125,24 @@ def find_installed(host: HostRoot, release: Release) -> str | None:
     return None
 
 
-def links_point_at(host: HostRoot, runtime: str, dirname: str) -> bool:
-    for link, target in desired_links(runtime, dirname).items():
+def links_point_at(host: HostRoot, runtime: str, dirname: str, opts: Any = None) -> bool:
+    """Every link the options want is in place, and none of ours they no longer want is left."""
+    wanted = desired_links(runtime, dirname, opts)
+    for link, target in wanted.items():
         real = host.path(link)
         if not real.is_symlink() or os.readlink(real) != target:
             return False
-    return True
+    return not retired_links(host, runtime, wanted)
+
+
+def retired_links(host: HostRoot, runtime: str, wanted: dict[str, str]) -> list[str]:
+    """Links of ours that the options no longer ask for (a shim dropped from kata_shims)."""
+    out = []
+    for link in all_links(runtime, "x"):
+        real = host.path(link)
+        if link not in wanted and real.is_symlink() and is_ours(runtime, link, os.readlink(real)):
+            out.append(link)
+    return out
 
 
 # -- assembling a version directory ----------------------------------------------------------
@@ -179,10 +198,19 @@ def _choose_dirname(host: HostRoot, release: Release, out: Path) -> str:
 
 
 # -- links -----------------------------------------------------------------------------------
-def switch_links(host: HostRoot, runtime: str, dirname: str, foreign: list[str], txn: Transaction) -> None:
-    """Point the runtime's links at `dirname`; a forced foreign file is moved aside first."""
+def switch_links(host: HostRoot, runtime: str, dirname: str, foreign: list[str], txn: Transaction,
+                 opts: Any = None) -> None:
+    """Point the runtime's links at `dirname`; a forced foreign file is moved aside first. Links of
+    ours the options no longer want go (restored on rollback)."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for link, target in desired_links(runtime, dirname).items():
+    wanted = desired_links(runtime, dirname, opts)
+    for link in retired_links(host, runtime, wanted):
+        real = host.path(link)
+        old = os.readlink(real)
+        real.unlink()
+        txn.on_rollback(lambda r=real, o=old: atomic_symlink(o, r))
+        log.info("removed a link the options no longer ask for", path=link)
+    for link, target in wanted.items():
         real = host.path(link)
         txn.mkdirs(real.parent)
         if link in foreign:

@@ -53,6 +53,10 @@ def _text(checks: list[verify.RuntimeCheck]) -> str:
             lines.append(f"{'':<13} {c.reason}")
         for d in c.dmesg[:3]:
             lines.append(f"{'':<13} dmesg: {d.strip()}")
+        for handler, shim in (c.detail.get("shims") or {}).items():  # a runtime's further handlers
+            state = "ok" if shim["ok"] else "FAIL"
+            kernel = f"sandbox kernel {shim['sandbox_kernel']}" if shim["sandbox_kernel"] else shim["reason"] or ""
+            lines.append(f"{'':<7} {state:<5} {handler}: {kernel}".rstrip())
     return "\n".join(lines)
 
 

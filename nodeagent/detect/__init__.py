@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodeagent.detect import cgroup, containerd, cpu, eligibility, kvm, systemd, vsock
+from nodeagent.detect import cgroup, confidential, containerd, cpu, eligibility, kvm, systemd, vsock
 from nodeagent.host import HostReadError, HostRoot
 from nodeagent.settings import Settings
 
@@ -32,6 +32,7 @@ def detect_host(host: HostRoot, settings: Settings | None = None) -> dict[str, A
         )
     }
     virtualization["reasons"] = list(virt["reasons"]) + list(virt.pop("vsock_reasons", []))
+    virtualization["confidential"] = confidential.probe(host)  # extra: Kata's TDX/SNP shims
     systemd_facts = systemd.probe(host)
     cgroup_facts = cgroup.probe(host)
     facts: dict[str, Any] = {

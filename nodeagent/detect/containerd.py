@@ -197,6 +197,7 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
         "config_rendered": flavor.rendered,
         "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
         "handlers": sorted(config.handlers),
+        **containerd_config.snapshotters(config, version),  # extra: Kata's fc shim needs devmapper
         "flavor_evidence": flavor_facts.evidence,
         "unit": flavor_facts.unit,
         "reasons": reasons,

@@ -13,7 +13,7 @@ from typing import Any
 from nodeagent.containerd import model
 from nodeagent.containerd.imports import LoadedFile, load_chain, parse_toml, read_host_file
 from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         registered_handlers)
+                                         effective_containerd_table, registered_handlers)
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -76,3 +76,26 @@ def grpc_address(facts: ConfigFacts) -> str | None:
     value = dig(facts.data or {}, ("grpc", "address"))
     # a template's unexpanded placeholder (microk8s' ${SNAP_COMMON}) is no socket path
     return value if isinstance(value, str) and value and "${" not in value else None
+
+
+# the devmapper snapshotter's plugin table: schema 1 used the short id, 2 and later the full one
+_DEVMAPPER = {1: ("plugins", "devmapper")}
+_DEVMAPPER_ID = ("plugins", "io.containerd.snapshotter.v1.devmapper")
+
+
+def snapshotters(facts: ConfigFacts, containerd_version: str | None = None) -> dict[str, Any]:
+    """{"devmapper_pool": the devmapper snapshotter's pool_name (None: not configured),
+    "cri_snapshotter": the CRI plugin's default snapshotter (None: containerd's, overlayfs)}.
+
+    containerd 1.x replaces a plugin's whole table with a drop-in's (containerd#5837), 2.x merges."""
+    if not facts.ok or not facts.chain:
+        return {"devmapper_pool": None, "cri_snapshotter": None}
+    major = containerd_major(containerd_version, max(item.version for item in facts.chain))
+    pool = None
+    for item in facts.chain:
+        table = dig(item.data, _DEVMAPPER.get(item.version, _DEVMAPPER_ID))
+        if isinstance(table, dict):
+            value = table.get("pool_name")
+            pool = value if isinstance(value, str) and value else (None if major < 2 else pool)
+    cri = effective_containerd_table(facts.chain, major).get("snapshotter")
+    return {"devmapper_pool": pool, "cri_snapshotter": cri if isinstance(cri, str) and cri else None}

@@ -68,7 +68,8 @@ def desired_labels(
         f"{prefix}state": state,
     }
     if state != "removing":
-        for runtime in RUNTIMES:
+        # every runtime, then each further labelled handler the status names (kata-qemu, ...)
+        for runtime in [*RUNTIMES, *(k for k in runtimes if k not in RUNTIMES)]:
             if runtime_ready(runtimes.get(runtime)):
                 labels[f"{prefix}{runtime}"] = "true"
     if f"{prefix}gvisor" in labels:

@@ -42,7 +42,8 @@ def served_handlers(socket: str | None, timeout: float = 5.0) -> tuple[set[str],
 
 
 def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}."""
+    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}, plus one
+    entry per further labelled handler (each chosen Kata shim: "kata-qemu": {...})."""
     ctd = facts.get("containerd") or {}
     handlers: dict[str, dict[str, Any]] = {}
     reason = None
@@ -59,9 +60,8 @@ def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_
 
     served, served_reason = served_handlers(socket_for(host, settings, facts), cri_timeout)
     search = daemon_path(facts)
-    out = {}
-    for runtime in NAMES:
-        handler = getattr(settings, f"{runtime}_handler")
+
+    def status(handler: str) -> dict[str, Any]:
         table = handlers.get(handler)
         shim_present = False
         why = reason
@@ -79,13 +79,28 @@ def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_
                 why = None
         elif why is None:
             why = f"handler {handler!r} not registered"
-        out[runtime] = {
-            "handler": handler,
-            "registered": table is not None,
-            "served": handler in served,
-            "shim_present": shim_present,
-            "reason": why,
-        }
+        return {"handler": handler, "registered": table is not None, "served": handler in served,
+                "shim_present": shim_present, "reason": why}
+
+    out = {runtime: status(getattr(settings, f"{runtime}_handler")) for runtime in NAMES}
+    # a runtime's further handlers with a label of their own (each Kata shim: kata-qemu=true)
+    for extra_label, handler in _labelled_handlers(settings):
+        out.setdefault(extra_label, status(handler))
+    return out
+
+
+def _labelled_handlers(settings: Any) -> list[tuple[str, str]]:
+    """(label suffix, handler) of every RuntimeClass beyond the runtimes' own ones."""
+    from nodeagent import runtimes as runtime_plugins
+
+    out = []
+    for rt in runtime_plugins.ALL:
+        try:
+            classes = rt.runtime_classes(rt.options(settings))
+        except NodeagentError as exc:  # a bad setting: the runtime's own label still stands
+            log.warning("cannot tell the runtime's extra handlers", runtime=rt.name, error=exc.message)
+            continue
+        out += [(rc.label, rc.handler) for rc in classes if rc.label not in NAMES]
     return out
 
 

@@ -115,6 +115,11 @@ class Runtime(abc.ABC):
     def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
         """The contract's verdict for this host: {"eligible", "reasons", ...}; a pure function."""
 
+    def variant_verdicts(self, facts: dict[str, Any], opts: Any) -> dict[str, dict[str, Any]]:
+        """Eligibility of each further handler the options choose (e.g. a Kata shim), by handler
+        name: {"eligible", "reasons"}; none for a runtime with one handler."""
+        return {}
+
     # -- catalog and release -----------------------------------------------------------------
     @abc.abstractmethod
     def check_version(self, version: str) -> str:
@@ -162,9 +167,16 @@ class Runtime(abc.ABC):
         return release.version
 
     @abc.abstractmethod
-    def links(self, base: str) -> dict[str, str]:
-        """host link path -> host-absolute target, for the release installed at `base`. The first
-        link names the current version."""
+    def links(self, base: str, opts: Any = None) -> dict[str, str]:
+        """host link path -> host-absolute target, for the release installed at `base` and what the
+        options ask for (None: the links every install has). The first link names the current version."""
+
+    def all_links(self, base: str) -> dict[str, str]:
+        """Every link any options could ask for: what uninstall and a changed option look for."""
+        return self.links(base)
+
+    def check_release(self, tree: Path, opts: Any, where: str) -> None:
+        """Refuse an installed release tree that lacks what the options need (ArtifactError)."""
 
     def owns_link(self, link: str, target: str) -> bool:
         """A link of ours that points outside /opt/nodeagent/<name> (e.g. through another link)."""

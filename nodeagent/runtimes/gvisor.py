@@ -312,7 +312,7 @@ class GVisor(Runtime):
             return runsc_release(tree / RUNSC) or f"latest-{release.files[0].digest.hex[:12]}"
         return release.version
 
-    def links(self, base: str) -> dict[str, str]:
+    def links(self, base: str, opts: Any = None) -> dict[str, str]:
         return {f"/usr/local/bin/{n}": f"{base}/{n}" for n in (RUNSC, SHIM)}
 
     def runtime_classes(self, opts: GvisorOptions) -> list[RuntimeClassSpec]:

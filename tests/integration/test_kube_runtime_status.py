@@ -78,3 +78,32 @@ def test_containerd_down_means_nothing_served(containerd_factory, tmp_path):
     daemon.stop()
     status = runtime_status(HostRoot("/"), Settings(), facts, cri_timeout=2)
     assert status["gvisor"]["registered"] is True and status["gvisor"]["served"] is False
+
+
+def _shim_table(shim: str) -> str:
+    return (f'\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-{shim}]\n'
+            f'  runtime_type = "io.containerd.kata-{shim}.v2"\n')
+
+
+def test_a_kata_shim_label_needs_its_own_handler_served_and_its_own_shim(containerd_factory, tmp_path):
+    """kata-qemu=true and kata-clh=true each on their own: registered, served by REAL containerd 1.7,
+    and that shim's link (a stand-in file) on containerd's PATH. kata=true alone says nothing of them."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in ("containerd-shim-kata-v2", "containerd-shim-kata-qemu-v2"):
+        shutil.copy("/bin/true", shims / name)
+    config = KATA + _shim_table("qemu") + _shim_table("clh")
+    daemon = containerd_factory("1.7", lambda work: minimal_config("1.7", work, extra=config), extra_path=[str(shims)])
+    facts = facts_for(daemon)
+    status = runtime_status(HostRoot("/"), Settings(kata_shims=["qemu", "clh", "fc"]), facts)
+    labels = desired_labels(facts, status, infer_state(status))
+    assert status["kata-qemu"] == {"handler": "kata-qemu", "registered": True, "served": True, "shim_present": True,
+                                   "reason": None}
+    assert status["kata-clh"]["registered"] and "not on containerd's PATH" in status["kata-clh"]["reason"]
+    assert status["kata-fc"]["registered"] is False and "not registered" in status["kata-fc"]["reason"]
+    assert labels[P + "kata"] == "true" and labels[P + "kata-qemu"] == "true"
+    assert P + "kata-clh" not in labels and P + "kata-fc" not in labels
+    assert labels[P + "state"] == "degraded"  # kata-clh is registered but cannot start a pod
+    # shims nobody chose get no status and no label
+    plain = runtime_status(HostRoot("/"), Settings(), facts)
+    assert set(plain) == {"gvisor", "kata"}

@@ -30,7 +30,7 @@ def test_handler_specs_use_the_configured_names_and_extra_kata_handlers():
 @pytest.mark.parametrize("over, words", [
     ({"gvisor_handler": "Not A Label"}, "invalid handler name"),
     ({"gvisor_handler": "same", "kata_handler": "same"}, "handler names must differ"),
-    ({"kata_extra_handlers": ["kata-dragonball"]}, "unknown extra Kata handler"),
+    ({"kata_extra_handlers": ["kata-xyz"]}, "unknown Kata shim"),
 ])
 def test_bad_handler_names_from_settings_are_config_errors(over, words):
     with pytest.raises(ConfigError, match=words) as exc:

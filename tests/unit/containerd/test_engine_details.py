@@ -253,7 +253,7 @@ def test_extra_kata_handlers_from_settings(tmp_path):
     assert handlers["kata-qemu"]["runtime_type"] == "io.containerd.kata-qemu.v2"
     assert handlers["kata-fc"]["options"]["ConfigPath"].endswith("configuration-fc.toml")
     assert not host.exists(RUNSC)  # no gVisor handler, no runsc.toml
-    with pytest.raises(ConfigError, match="unknown extra Kata handler"):
+    with pytest.raises(ConfigError, match="unknown Kata shim"):
         handler_specs(Settings(kata_extra_handlers=["kata-xyz"]), ["kata"])
 
 
