@@ -1,0 +1,89 @@
+"""Signals and clean-up in one place (in the manner of certbot's ErrorHandler).
+
+Who reacts to SIGTERM/SIGINT, and how, is decided here and nowhere else:
+- the CLI turns SIGTERM into KeyboardInterrupt (`interrupt_on_sigterm`), so clean-ups run;
+- the agent loop stops gracefully (`call_on_stop_signals`);
+- the agent's converge child ignores both: its parent decides when a round ends.
+
+`ErrorHandler` guards a block: any exception, KeyboardInterrupt from a signal included, runs
+its clean-ups newest first (an undo journal's rollback) and is re-raised. `deferred()` holds
+SIGTERM/SIGINT while files are switched and containerd restarted, so an interrupted run leaves
+the node in the old or the new state, never in between; they are delivered when it ends.
+SIGKILL cannot be held back: a re-run converges (see tests/faults).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interrupt_on_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C: `finally:` blocks and clean-ups (rollback, lock release) run."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def call_on_stop_signals(callback: Callable[[int, object], None]) -> None:
+    """SIGTERM/SIGINT call `callback(signum, frame)` (only the main thread may set handlers)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, callback)
+
+
+def ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT until the block ends (they are delivered right after)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class ErrorHandler:
+    """`with ErrorHandler(journal.rollback) as guard:` runs the clean-ups, newest first, when the
+    block fails; `with guard.deferred():` inside it holds signals for a critical section."""
+
+    def __init__(self, *cleanups: Callable[[], None]) -> None:
+        self._cleanups: list[Callable[[], None]] = list(cleanups)
+
+    def register(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
+
+    def __enter__(self) -> "ErrorHandler":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.cleanup()
+
+    @staticmethod
+    def deferred() -> contextlib.AbstractContextManager[None]:
+        return deferred()
+
+    def cleanup(self) -> None:
+        """Run the clean-ups newest first, with signals held so a second SIGTERM cannot cut them short."""
+        with deferred():
+            while self._cleanups:
+                fn = self._cleanups.pop()
+                try:
+                    fn()
+                except Exception as exc:  # the original error is what the operator must see
+                    log.error("clean-up failed", error=str(exc))
