@@ -34,6 +34,7 @@ class Journal:
 
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
+        self._on_commit: list[Callable[[], None]] = []
 
     def __enter__(self) -> "Journal":
         return self
@@ -97,24 +98,37 @@ class Journal:
         """Any other way back (e.g. a file moved aside is moved back)."""
         self._undo.append(fn)
 
+    def on_commit(self, fn: Callable[[], None]) -> None:
+        """Something that may be thrown away only once the run is accepted (an older kept tree):
+        a rollback still needs it."""
+        self._on_commit.append(fn)
+
     # -- ending ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def savepoint(self) -> Iterator["Journal"]:
         """A step that undoes only itself when it fails, and otherwise stays in the journal."""
-        mark = len(self._undo)
+        mark, commit_mark = len(self._undo), len(self._on_commit)
         try:
             yield self
         except BaseException:
             self._rollback_to(mark)
+            del self._on_commit[commit_mark:]
             raise
 
     def rollback(self) -> None:
         """Undo everything registered, newest first; a step that fails is logged, the rest run."""
         self._rollback_to(0)
+        self._on_commit.clear()
 
     def commit(self) -> None:
-        """Keep every change: forget how to undo them."""
+        """Keep every change: forget how to undo them, and drop what only a rollback needed."""
         self._undo.clear()
+        while self._on_commit:
+            fn = self._on_commit.pop(0)
+            try:
+                fn()
+            except OSError as exc:  # leftovers cost disk, never correctness
+                log.warning("clean-up after commit failed", error=str(exc))
 
     def _rollback_to(self, mark: int) -> None:
         while len(self._undo) > mark:

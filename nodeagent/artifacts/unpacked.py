@@ -93,6 +93,10 @@ class UnpackedCache:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             return
+        # the previous tree goes only once the install is accepted: a rollback reinstalls its release
+        journal.on_commit(lambda: self._drop_others(runtime, key))
+
+    def _drop_others(self, runtime: str, key: str) -> None:
         for name in os.listdir(self.dir):
             if name != key and (name.startswith(f"{runtime}-") or name.startswith(TEMP_PREFIX)):
                 shutil.rmtree(self.dir / name, ignore_errors=True)
