@@ -265,7 +265,9 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
                         containerd.restart(handlers, report)
                     except NodeagentError as exc:
                         raise containerd.roll_back(journal, exc.message) from None
-        journal.commit()
+                # accepted, still inside the held section: a SIGTERM held until now finds nothing
+                # to undo (containerd already runs the new config)
+                journal.commit()
         _prune_old_versions(host, runtimes)
         report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
         return report
@@ -332,7 +334,7 @@ def uninstall(settings: Settings) -> Report:
                     containerd.restart(sorted(new_state.handlers), report)
                 except NodeagentError as exc:
                     raise containerd.roll_back(journal, exc.message) from None
-        journal.commit()
+            journal.commit()  # inside the held section, as for install
         if report.restart_pending:
             report.notes.append("artifacts kept: containerd still runs with the old handlers until restarted")
         else:

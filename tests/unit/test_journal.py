@@ -124,6 +124,21 @@ def test_sigterm_is_held_in_the_critical_section_then_cleans_up(tmp_path, sigter
     assert (root / "etc/config.toml").read_bytes() == b"version = 2\n"
 
 
+def test_a_sigterm_held_through_the_commit_undoes_nothing(tmp_path, sigterm_interrupts):
+    """converge's order: the journal is committed before the held section ends, so a SIGTERM
+    that arrived while containerd was restarting on the new config cannot roll the files back
+    under a containerd that already runs them; it only ends the process."""
+    root = _host(tmp_path)
+    journal = Journal()
+    with pytest.raises(KeyboardInterrupt):
+        with error_handler.ErrorHandler(journal.rollback) as guard:
+            with guard.deferred():
+                journal.symlink("/opt/b/runsc", root / "bin/runsc")
+                os.kill(os.getpid(), signal.SIGTERM)
+                journal.commit()
+    assert os.readlink(root / "bin/runsc") == "/opt/b/runsc"
+
+
 def test_no_clean_up_when_the_block_succeeds(tmp_path):
     root = _host(tmp_path)
     journal = Journal()
