@@ -248,7 +248,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         if config_plan is None:
             return report
         _sweep_temps(host, config_plan.files)
-        apply.prepare_install(host, config_plan)  # config test: containerd validates it before any write
+        apply.config_test(host, config_plan)  # config test: containerd validates it before any write
         journal = Journal()
         with ErrorHandler(journal.rollback) as guard:  # any failure below undoes all of the journal
             _save_artifacts(host, settings, runtimes, facts.get("arch"), journal, report)
@@ -258,7 +258,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
             needs_restart = _decide_restart(report, _cri_status(containerd.socket), config_plan, handlers)
             slot = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
             with slot, guard.deferred():
-                outcome = apply.commit_install(host, config_plan, journal)
+                outcome = apply.save(host, config_plan, journal)
                 report.notes += [n for n in outcome.notes if n not in report.notes]
                 if needs_restart:
                     try:

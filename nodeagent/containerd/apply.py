@@ -1,9 +1,9 @@
 """Carry a Plan out on the host: the only module here that writes containerd's config.
 
-Order for install (named after certbot's Installer steps): config test (`prepare_install`:
-validate the candidate with the real containerd, check every target is writable, so a
-read-only file fails before anything changed) -> save (`commit_install`: back up originals,
-record ownership in state.json, atomic writes). Every write is registered in the caller's
+Install, in the steps of certbot's Installer: `config_test` (validate the candidate with the
+real containerd, check every target is writable, so a read-only file fails before anything
+changed) -> `save` (back up originals, record ownership in state.json, atomic writes); the
+restart and rollback steps are converge's. Every write is registered in the caller's
 undo journal (nodeagent/journal.py) before it is made; rolling back is the journal's job.
 The caller holds the run lock (fsutil.RunLock at /run/nodeagent.lock).
 """
@@ -100,14 +100,14 @@ def _write_all(host: HostRoot, changes: list[FileChange], journal: Journal) -> N
 
 
 def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> Outcome:
-    """Validate, then write: prepare_install followed by commit_install."""
-    notes = prepare_install(host, plan, containerd_bin=containerd_bin)
-    outcome = commit_install(host, plan)
+    """Validate, then write: config_test followed by save."""
+    notes = config_test(host, plan, containerd_bin=containerd_bin)
+    outcome = save(host, plan)
     outcome.notes += [n for n in notes if n not in outcome.notes]
     return outcome
 
 
-def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> list[str]:
+def config_test(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> list[str]:
     """Everything that can refuse the plan, with nothing written: the real containerd's
     `config dump` of the candidate, and a writability check of every target. The installer
     runs this before fetching artifacts, so bad input leaves the host byte-identical."""
@@ -131,15 +131,15 @@ def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = 
     return notes
 
 
-def commit_install(host: HostRoot, plan: Plan, journal: Journal | None = None) -> Outcome:
-    """Save: back up, record ownership, write atomically (a plan already checked by prepare_install).
+def save(host: HostRoot, plan: Plan, journal: Journal | None = None) -> Outcome:
+    """Back up, record ownership, write atomically (a plan already checked by config_test).
 
     Every write is registered in `journal` before it is made, so the installer can undo all of
     it (state.json and backups included) when containerd does not accept the result. Without a
     journal, a failed write undoes the writes before it and re-raises."""
     if journal is None:
         with Journal() as own:
-            return commit_install(host, plan, own)
+            return save(host, plan, own)
     outcome = Outcome(plan.files, plan.restart, list(plan.notes))
     if not plan.changed:
         return outcome

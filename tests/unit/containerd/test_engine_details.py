@@ -237,9 +237,9 @@ def test_journal_rollback_restores_files_state_and_backups(tmp_path):
     first = apply.apply_install(host, plan_install(host, [model.gvisor_handler()], scenario.facts()))
     before = snapshot(tmp_path, metadata=False)
     plan = plan_install(host, SPECS, scenario.facts())  # adds kata
-    apply.prepare_install(host, plan)
+    apply.config_test(host, plan)
     journal = Journal()
-    outcome = apply.commit_install(host, plan, journal)
+    outcome = apply.save(host, plan, journal)
     assert outcome.changed and first.changed and diff_snapshots(before, snapshot(tmp_path, metadata=False))
     journal.rollback()
     assert diff_snapshots(before, snapshot(tmp_path, metadata=False)) == []
@@ -255,9 +255,9 @@ def test_a_fresh_install_rolled_back_leaves_no_trace(tmp_path):
     host = scenario.build(tmp_path)
     before = snapshot(tmp_path, metadata=False)
     plan = plan_install(host, SPECS, scenario.facts())
-    apply.prepare_install(host, plan)
+    apply.config_test(host, plan)
     journal = Journal()
-    apply.commit_install(host, plan, journal)
+    apply.save(host, plan, journal)
     assert host.exists("/var/lib/nodeagent/state.json")
     journal.rollback()
     assert diff_snapshots(before, snapshot(tmp_path, metadata=False)) == []
