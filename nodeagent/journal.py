@@ -90,6 +90,17 @@ class Journal:
             self._undo.append(lambda d=d: _rmdir_if_empty(d))
         return Path(path)
 
+    def rmdir(self, path: str | os.PathLike) -> None:
+        """Remove an empty directory (OSError when it is not); rollback makes it again, same mode."""
+        path = Path(path)
+        mode = os.stat(path).st_mode & 0o7777
+        self._undo.append(lambda: path.exists() or fsutil.make_dirs(path, mode))
+        try:
+            os.rmdir(path)
+        except OSError:
+            self._undo.pop()
+            raise
+
     def added(self, path: str | os.PathLike) -> None:
         """A file or tree we just created; removed on rollback."""
         self._undo.append(lambda: _remove(Path(path)))

@@ -146,7 +146,7 @@ def save(host: HostRoot, plan: Plan, journal: Journal | None = None) -> Outcome:
     state, retired_dirs = _record_ownership(host, plan, journal)
     state_mod.save(host, state, journal)  # ownership first: a crash mid-write leaves uninstall able to clean up
     _write_all(host, _named_files_first(plan.files), journal)
-    _remove_empty_dirs(host, retired_dirs)
+    _remove_empty_dirs(host, retired_dirs, journal)
     return outcome
 
 
@@ -200,10 +200,10 @@ def _missing_dirs(host: HostRoot, path: str) -> list[str]:
     return missing
 
 
-def _remove_empty_dirs(host: HostRoot, dirs: list[str]) -> None:
+def _remove_empty_dirs(host: HostRoot, dirs: list[str], journal: Journal) -> None:
     for directory in dirs:  # deepest first; stop at the first one someone else put files in
         try:
-            os.rmdir(host.path(directory))
+            journal.rmdir(host.path(directory))
         except OSError:
             return
 
@@ -221,7 +221,7 @@ def apply_uninstall(host: HostRoot, outcome: Outcome, new_state: state_mod.State
     for change in outcome.files:
         record = old_state.files.get(change.path)
         if change.action == "delete" and record is not None:
-            _remove_empty_dirs(host, record.created_dirs)
+            _remove_empty_dirs(host, record.created_dirs, journal)
     if new_state.files or new_state.handlers:
         state_mod.save(host, new_state, journal)
     else:

@@ -24,6 +24,7 @@ def _host(tmp_path):
 
 def test_rollback_undoes_writes_links_dirs_and_files_newest_first(tmp_path):
     root = _host(tmp_path)
+    os.mkdir(root / "etc/conf.d", 0o750)
     before = snapshot(root, metadata=False)
     journal = Journal()
     journal.write(root / "etc/config.toml", b"version = 2\n# ours\n")
@@ -34,6 +35,9 @@ def test_rollback_undoes_writes_links_dirs_and_files_newest_first(tmp_path):
     (root / "opt/b/x/f").write_bytes(b"new")
     journal.added(root / "opt/b/x/f")
     journal.write(root / "etc/config.toml", None)  # a second change to the same file: undone first
+    journal.rmdir(root / "etc/conf.d")  # a retired drop-in directory: made again, mode 0750
+    with pytest.raises(OSError):
+        journal.rmdir(root / "opt/b")  # not empty: refused, nothing registered
     assert diff_snapshots(before, snapshot(root, metadata=False))
     journal.rollback()
     assert diff_snapshots(before, snapshot(root, metadata=False)) == []
