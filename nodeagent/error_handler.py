@@ -64,9 +64,6 @@ class ErrorHandler:
     def __init__(self, *cleanups: Callable[[], None]) -> None:
         self._cleanups: list[Callable[[], None]] = list(cleanups)
 
-    def register(self, cleanup: Callable[[], None]) -> None:
-        self._cleanups.append(cleanup)
-
     def __enter__(self) -> "ErrorHandler":
         return self
 

@@ -100,7 +100,9 @@ def test_failed_upgrade_rolls_back_links_config_runsc_toml_and_state(node):
     assert proc.returncode == 0, proc.stderr
     planned = json.loads(proc.stdout)
     assert {f["path"] for f in planned["files"]} >= {CONFIG, "/etc/containerd/runsc.toml"}
-    assert {(a["runtime"], a["action"]) for a in planned["artifacts"]} == {("gvisor", "download"), ("kata", "download")}
+    actions = {a["runtime"]: a["action"] for a in planned["artifacts"]}
+    # Kata's stand-in may sit in the node's download cache from another test (uninstall keeps it)
+    assert actions["gvisor"] == "download" and actions["kata"] in ("download", "cached"), actions
     assert planned["restart"]
 
     before = watched(node)
