@@ -49,12 +49,32 @@ def ignore_stop_signals() -> None:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT until the block ends (they are delivered right after)."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+    """Hold SIGTERM/SIGINT until the block ends; they are delivered right after.
+
+    A signal mask alone is not enough: it holds the signal for this thread only, and the kernel
+    then hands a process-directed SIGTERM to any other thread (grpc's, an HTTP server's), after
+    which Python runs the handler in the main thread at once. So, in the main thread, the
+    handlers themselves are swapped for one that only records the signal (certbot's
+    ErrorHandler does the same), and the recorded signals are raised again at the end."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    swapped = [s for s, h in previous.items() if h is not None and h != signal.SIG_IGN]
+    for signum in swapped:
+        signal.signal(signum, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for signum in swapped:
+            signal.signal(signum, previous[signum])
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # to the handler in force again (e.g. KeyboardInterrupt)
 
 
 class ErrorHandler:

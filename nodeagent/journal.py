@@ -69,7 +69,8 @@ class Journal:
         link = Path(link)
         old = os.readlink(link) if link.is_symlink() else None
         if old is None:
-            self._undo.append(lambda: link.unlink(missing_ok=True))
+            parent = os.stat(link.parent) if link.parent.is_dir() else None
+            self._undo.append(lambda: _unlink_new(link, parent))
         else:
             self._undo.append(lambda: fsutil.atomic_symlink(old, link))
         fsutil.atomic_symlink(target, link)
@@ -155,6 +156,14 @@ def _put_back(path: Path, old: bytes | None, mode: int | None) -> None:
         fsutil.remove_file(path)
     else:
         fsutil.atomic_write(path, old, mode=mode)
+
+
+def _unlink_new(link: Path, parent_before: os.stat_result | None) -> None:
+    """Take away a link we created; its directory gets its times back (as if never touched)."""
+    link.unlink(missing_ok=True)
+    fsutil.fsync_dir(link.parent)
+    if parent_before is not None:
+        fsutil.restore_mtime(link.parent, parent_before)
 
 
 def _restore_mtime(parent: Path, created: Path, before: os.stat_result) -> None:

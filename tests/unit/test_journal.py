@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 
@@ -110,7 +111,19 @@ def sigterm_interrupts():
     signal.signal(signal.SIGTERM, old)
 
 
-def test_sigterm_is_held_in_the_critical_section_then_cleans_up(tmp_path, sigterm_interrupts):
+@pytest.fixture
+def another_thread():
+    """A live thread that does not block signals, as grpc's and an HTTP server's are: the kernel
+    may hand it a process-directed SIGTERM (with a mask-only deferral it then must)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+def test_sigterm_is_held_in_the_critical_section_then_cleans_up(tmp_path, sigterm_interrupts, another_thread):
     """A real SIGTERM sent in the middle of the switch: the section finishes, then the signal
     arrives as KeyboardInterrupt and the handler's clean-up (the rollback) runs."""
     root = _host(tmp_path)
@@ -128,7 +141,7 @@ def test_sigterm_is_held_in_the_critical_section_then_cleans_up(tmp_path, sigter
     assert (root / "etc/config.toml").read_bytes() == b"version = 2\n"
 
 
-def test_a_sigterm_held_through_the_commit_undoes_nothing(tmp_path, sigterm_interrupts):
+def test_a_sigterm_held_through_the_commit_undoes_nothing(tmp_path, sigterm_interrupts, another_thread):
     """converge's order: the journal is committed before the held section ends, so a SIGTERM
     that arrived while containerd was restarting on the new config cannot roll the files back
     under a containerd that already runs them; it only ends the process."""
