@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import traceback
 
 import structlog
 
-from nodeagent import cli_help, errors, logsetup, settings as settings_mod
+from nodeagent import cli_help, error_handler, errors, logsetup, settings as settings_mod
 from nodeagent.errors import EXIT_USAGE, NodeagentError, UsageError
 from nodeagent.output import emit
 
@@ -152,11 +151,6 @@ def _load(target: str):
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def _on_sigterm(signum, frame):
-    # Turn SIGTERM into an exception so `finally:` blocks (rollback, lock release) run.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
@@ -167,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings_from(ns)
         verbose = settings.verbosity > 0
         logsetup.configure(settings.log_format, settings.verbosity)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        error_handler.interrupt_on_sigterm()  # `finally:` blocks and rollbacks run on SIGTERM
         func = _load(COMMANDS[ns.command][0])
         result = func(settings, ns)
         emit(result, settings.output)

@@ -1,7 +1,8 @@
 """The pure planner: current files + desired handlers + facts -> a Plan (new bytes, diffs, restart).
 
 Nothing here writes. `plan`, `install --dry-run`, `install` and the tests all go through
-`plan_install`; `apply.py` carries a Plan out. Where the edit goes is decided by
+`plan_install`; `apply.py` carries a Plan out. `plan_uninstall` is the same for uninstall:
+byte-exact restores where a file is still ours, surgical removal of our handlers otherwise. Where the edit goes is decided by
 `layout.choose` (in place on containerd 1.x, a drop-in on 2.x, flavor templates).
 """
 
@@ -16,7 +17,8 @@ from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
 from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
                                          effective_runtimes)
-from nodeagent.errors import ConfigError, ConflictError
+from nodeagent import state as state_mod
+from nodeagent.errors import ConfigError, ConflictError, HostError
 from nodeagent.host import HostRoot
 from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes.base import ConfigContext
@@ -353,3 +355,98 @@ def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
                 f"after the planned edit containerd would still not serve handler {spec.name!r}",
                 "this layout is not supported yet; register the handler by hand and report it",
             )
+
+
+# -- uninstall ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What carrying out a plan changes: the files (old/new bytes), whether containerd must restart."""
+
+    files: list[FileChange]
+    restart: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(f.action != "none" for f in self.files)
+
+    def to_json(self) -> dict:
+        return {"changed": self.changed, "restart": self.restart,
+                "files": [f.to_json() for f in self.files if f.action != "none"], "artifacts": []}
+
+
+def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
+    """Planner path for a file the operator changed after us: take out only our handlers."""
+    if record.role == "template":
+        for name in sorted(names):
+            text = edit.remove_our_blocks(text, name, style)
+        return text
+    version = model.config_version(edit.parse(text, record.path).get("version"))
+    for name in sorted(names):
+        text = edit.remove_runtime(text, version, name, style, record.path)
+    return text
+
+
+def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "containerd") -> tuple[Outcome, state_mod.State]:
+    """What uninstall changes: byte-exact restores where the file is still ours, surgical removal otherwise."""
+    state = state_mod.load(host)
+    removing = {h for h, rt in state.handlers.items() if runtimes is None or rt in runtimes}
+    remaining = {h: rt for h, rt in state.handlers.items() if h not in removing}
+    changes: list[FileChange] = []
+    notes: list[str] = []
+    new_state = state_mod.State(handlers=remaining)
+    for path, record in state.files.items():
+        current = read_host_file(host, path)
+        unchanged = state_mod.sha256(current) == record.written_sha256
+        original = None if record.created else host.read_bytes(record.backup) if record.backup else None
+        if not record.created and original is None:
+            raise HostError(f"the backup of {path} ({record.backup}) is missing", "restore the file by hand")
+        owner = runtime_plugins.owner_of_role(record.role)  # a runtime's option file, e.g. gVisor's runsc.toml
+        if owner is not None:
+            if owner in remaining.values():
+                new_state.files[path] = record
+            elif unchanged:
+                changes.append(FileChange(path, record.role, current, original))
+            else:
+                notes.append(f"{path} was changed after nodeagent wrote it; left in place")
+            continue
+        ours_left = [h for h in record.handlers if h not in removing]
+        for entry in record.imports_added:  # an imports entry stays while the drop-in serves a handler
+            served = state.files[entry].handlers if entry in state.files else []
+            ours_left += [h for h in served if h not in removing and h not in ours_left]
+        if not ours_left and unchanged:
+            changes.append(FileChange(path, record.role, current, original))
+            continue
+        if current is None:
+            notes.append(f"{path} no longer exists; nothing to remove there")
+            continue
+        text, style = edit.decode(current, path)
+        new_text = _remove_ours(text, style, record, {h for h in record.handlers if h in removing})
+        if not ours_left:
+            if record.defaults_added:  # back to containerd's implicit default
+                new_text = _remove_ours(new_text, style, record, set(record.defaults_added))
+            for entry in record.imports_added:
+                new_text = edit.remove_import(new_text, entry, path, drop_empty_line=record.imports_line_created)
+            if not unchanged:
+                notes.append(f"{path} was changed after nodeagent wrote it: removed only nodeagent's handlers")
+            if record.replaced:
+                notes.append(f"handler(s) {', '.join(sorted(record.replaced))} replaced with --force are in the "
+                             f"backup {record.backup}")
+        new = edit.encode(new_text, style)
+        if record.created and not ours_left and _only_skeleton(new_text):
+            new = None
+        changes.append(FileChange(path, record.role, current, new))
+        if ours_left:
+            record.handlers = ours_left
+            record.written_sha256 = state_mod.sha256(new)
+            new_state.files[path] = record
+    restart = flavor != "k0s" and any(c.action != "none" and c.role not in runtime_plugins.option_roles() for c in changes)
+    return Outcome(changes, restart, notes), new_state
+
+
+def _only_skeleton(text: str) -> bool:
+    body = [line.strip() for line in text.splitlines()]
+    return all(not line or line.startswith("#") or line.startswith("version") or line == layout.BASE_LINE.strip()
+               for line in body)

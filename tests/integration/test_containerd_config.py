@@ -11,7 +11,7 @@ import pytest
 
 from nodeagent.containerd import apply, validate
 from nodeagent.containerd.cri import cri_status
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
@@ -137,7 +137,7 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
         assert kinds["/etc/containerd/config.toml"] == "modify"
 
     host = state["host"]
-    undo, new_state = apply.plan_uninstall(host, None)
+    undo, new_state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, new_state)
     assert (root / "etc/containerd/config.toml").read_bytes() == state["original"]
     daemon.write_config(_daemon_config(host, state["work"] / "chain-restored"))
@@ -192,7 +192,7 @@ def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
     apply.apply_install(host, plan)
     dumped = validate.effective_dump(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
     assert {"runc", "runsc", "kata"} <= set(dumped)
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert not host.exists("/etc/containerd/config.toml") and not host.exists(gvisor.RUNSC_CONFIG_PATH)
 
@@ -242,7 +242,7 @@ def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(
     assert dumped["kata-fc"].get("snapshotter") == (None if series == "1.6" else "devmapper")
 
     host = state["host"]
-    undo, new_state = apply.plan_uninstall(host, None)
+    undo, new_state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, new_state)
     assert (root / "etc/containerd/config.toml").read_bytes() == state["original"]
     daemon.write_config(_daemon_config(host, state["work"] / "chain-restored"))

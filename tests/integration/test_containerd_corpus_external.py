@@ -24,7 +24,7 @@ import pytest
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.effective import unexpected_changes
 from nodeagent.containerd.inspect import decoded_option
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.containerd.validate import dump_runtimes, effective_config
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
@@ -223,7 +223,7 @@ def test_external_corpus_case(key, tmp_path):
     case, host, root = built(key, tmp_path)
     before = host_snapshot(root, metadata=False)  # a round trip restores bytes, not inodes/mtimes
     install_and_judge(case, host)
-    undo, new_state = apply.plan_uninstall(host, None, flavor=case.flavor)
+    undo, new_state = plan_uninstall(host, None, flavor=case.flavor)
     apply.apply_uninstall(host, undo, new_state)
     assert diff_snapshots(before, host_snapshot(root, metadata=False)) == []
 

@@ -36,7 +36,6 @@ OWED = {
     # artifacts: one undo journal (§4) and the runtime plug-ins (§2) take over txn/install/bundle
     "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
-    "artifacts/txn.py": "tests/integration/test_artifacts_install.py, test_archive_trust.py",
     "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (a reinstall reuses the unpacked tree)",
     # the CLI's long-running commands (restart impact, verify --measure, exec credentials)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",

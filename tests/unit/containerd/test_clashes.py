@@ -10,7 +10,7 @@ import pytest
 
 from nodeagent import doctor
 from nodeagent.containerd import apply
-from nodeagent.containerd.plan import plan_install
+from nodeagent.containerd.plan import plan_install, plan_uninstall
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from nodeagent.runtimes import gvisor, kata
@@ -84,6 +84,6 @@ def test_our_handlers_in_nvidia_ctk_file_name_the_owner_and_converge_repairs_the
     assert repair.layout.path == "/etc/containerd/config.toml" and set(repair.added) == {"runsc", "kata"}
     apply.apply_install(host, repair)  # validated and proven by the real 1.7
     assert clashes(host).status == doctor.OK
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path("/etc/containerd/config.toml").read_bytes() == original_main
