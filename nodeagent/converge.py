@@ -25,8 +25,10 @@ import structlog
 
 from nodeagent import state as state_mod
 from nodeagent.containerd import apply
-from nodeagent.containerd.cri import socket_for
+from nodeagent.containerd.cri import CriStatus, socket_for
+from nodeagent.containerd.observer import ask_cri
 from nodeagent.containerd.plan import FileChange
+from nodeagent.facts import HostFacts
 from nodeagent.errors import ConfigError, NodeagentError
 from nodeagent.host import HostReadError, HostRoot
 from nodeagent.runtimes import selected
@@ -109,16 +111,12 @@ def signals_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _flavor(facts: dict[str, Any]) -> str:
-    return (facts.get("containerd") or {}).get("flavor") or "containerd"
+def _flavor(facts: HostFacts) -> str:
+    return facts.containerd.flavor or "containerd"
 
 
-def _cri_status(sock: str):
-    """CRI status, or None when nothing answers (containerd stopped, or a node image being baked)."""
-    from nodeagent.containerd.cri import cri_status
-
-    status = cri_status(sock, timeout=5)
-    return status if status.answers else None
+def _socket(host: HostRoot, settings: Settings, facts: HostFacts) -> str:
+    return socket_for(host, settings.containerd_socket, facts.containerd.socket)
 
 
 def _restart_and_wait(host, settings, facts, sock: str, handlers: list[str], report: Report) -> None:
@@ -175,7 +173,7 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
             log.info("removed temp files of an interrupted run", directory=directory, names=removed)
 
 
-def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+def _detect(host: HostRoot, settings: Settings) -> HostFacts:
     """Observe: the host facts (imported on use, like the other steps, to keep startup light)."""
     from nodeagent.detect import usable_facts
 
@@ -205,17 +203,17 @@ def plan(settings: Settings) -> Report:
     report.files = config_plan.files
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
-        report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    _decide_restart(report, _cri_status(socket_for(host, settings, facts)), config_plan, handlers)
+        report.artifacts.append(plan_artifact(host, settings, runtime, facts.arch).as_dict())
+    _decide_restart(report, ask_cri(_socket(host, settings, facts)), config_plan, handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
 
-def _decide_restart(report: Report, status, config_plan, handlers: list[str]) -> bool:
+def _decide_restart(report: Report, status: CriStatus, config_plan, handlers: list[str]) -> bool:
     """Restart a running containerd when what it loads changed, or when it does not serve
     handlers its config already names (a restart still pending); a stopped one (or a node
-    image being baked) picks the change up when it starts. `status`: one CRI probe, or None."""
-    if status is None:
+    image being baked) picks the change up when it starts. `status`: one CRI probe."""
+    if not status.answers:
         report.restart = False
         if config_plan.restart:
             report.notes.append(NOT_RUNNING_NOTE)
@@ -232,7 +230,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
     host = HostRoot(settings.root)
     # refuse bad input before the lock file is even created
     facts, _, _, runtimes, _ = _build(settings, host)
-    check_settings(settings, runtimes, facts.get("arch"))
+    check_settings(settings, runtimes, facts.arch)
     with apply.lock(host):
         facts, config_plan, warnings, runtimes, handlers = _build(settings, host)
         report = Report(warnings=warnings, runtimes=runtimes, handlers=handlers)
@@ -241,12 +239,12 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         _sweep_temps(host, config_plan.files)
         apply.prepare_install(host, config_plan)  # validate with containerd before any write
         for runtime in runtimes:
-            result = ensure_artifact(host, settings, runtime, facts.get("arch"))
+            result = ensure_artifact(host, settings, runtime, facts.arch)
             report.artifacts.append(result.as_dict())
-        sock = socket_for(host, settings, facts)
+        sock = _socket(host, settings, facts)
         report.files = config_plan.files
         report.notes = list(config_plan.notes)
-        needs_restart = _decide_restart(report, _cri_status(sock), config_plan, handlers)
+        needs_restart = _decide_restart(report, ask_cri(sock), config_plan, handlers)
         guard = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
         with guard, signals_deferred():
             outcome = apply.commit_install(host, config_plan)
@@ -288,17 +286,17 @@ def uninstall(settings: Settings) -> Report:
         except HostReadError:
             raise  # out of fds/memory: removing on a host we cannot read is acting blind
         except NodeagentError:
-            facts = {}
+            facts = HostFacts()
         _refuse_in_use(host, runtimes, settings.force)
         state_before = host.read_bytes(state_mod.STATE_FILE)
         outcome, new_state = apply.plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
         _sweep_temps(host, outcome.files)
         report = Report(files=outcome.files, notes=list(outcome.notes), runtimes=runtimes,
                         handlers=sorted(new_state.handlers))
-        sock = socket_for(host, settings, facts)
+        sock = _socket(host, settings, facts)
         with signals_deferred():
             apply.apply_uninstall(host, outcome, new_state)
-            report.restart = outcome.restart and _cri_status(sock) is not None
+            report.restart = outcome.restart and ask_cri(sock).answers
             if report.restart:
                 try:
                     _restart_and_wait(host, settings, facts, sock, sorted(new_state.handlers), report)

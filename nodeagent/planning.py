@@ -12,6 +12,7 @@ from typing import Any
 
 from nodeagent.containerd import model
 from nodeagent.containerd.plan import Plan, plan_install
+from nodeagent.facts import HostFacts
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
@@ -37,18 +38,18 @@ def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.Handler
     return specs
 
 
-def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
+def select_runtimes(settings: Settings, facts: HostFacts) -> tuple[list[str], list[str]]:
     """Runtimes to install and warnings, applying the eligibility rules of the contract."""
     wanted = selected(settings.runtime)
     if settings.skip_eligibility:
         return wanted, []
     chosen, warnings = [], []
     for runtime in wanted:
-        verdict = (facts.get("runtimes") or {}).get(runtime) or {}
-        if verdict.get("eligible"):
+        verdict = facts.verdict(runtime)
+        if verdict and verdict.eligible:
             chosen.append(runtime)
             continue
-        reasons = "; ".join(verdict.get("reasons") or ["no detection result"])
+        reasons = "; ".join((verdict.reasons if verdict else None) or ["no detection result"])
         if settings.runtime != "all":
             raise ConfigError(f"{runtime} cannot run on this host: {reasons}",
                               "fix the reasons above, or pass --skip-eligibility to install anyway (image baking)")
@@ -56,16 +57,15 @@ def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str
     return chosen, warnings
 
 
-def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, list[str]]:
+def build_plan(settings: Settings, facts: HostFacts) -> tuple[Plan | None, list[str]]:
     """The config plan for these facts (files are read, none written); None when nothing is eligible."""
     host = HostRoot(settings.root)
     runtimes, warnings = select_runtimes(settings, facts)
     if not runtimes:
         return None, warnings
     specs = handler_specs(settings, runtimes)
-    cfacts = facts.get("containerd") or {}
-    config_path = settings.containerd_config or cfacts.get("config_path")
-    if not config_path and not cfacts.get("found", True):
+    config_path = settings.containerd_config or facts.containerd.config_path
+    if not config_path and not facts.containerd.found:
         raise ConfigError("no containerd configuration found on this host",
                           "install containerd first, or pass --containerd-config PATH")
     plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force,

@@ -24,21 +24,21 @@ def _socket(host: HostRoot, settings) -> str:
     """containerd's socket as we can reach it (under --root when the root is not ours)."""
     from nodeagent.containerd.cri import socket_for
 
-    facts: dict = {}
+    detected = None
     if not settings.containerd_socket:
         try:
             from nodeagent.detect import containerd as containerd_probe
 
-            facts = {"containerd": containerd_probe.probe(host, settings)}
+            detected = containerd_probe.probe(host, settings).socket
         except NodeagentError:
             pass
-    return socket_for(host, settings, facts)
+    return socket_for(host, settings.containerd_socket, detected)
 
 
 def _kata_installed(host: HostRoot, settings, socket: str) -> tuple[bool, str]:
-    from nodeagent.containerd.cri import cri_status
+    from nodeagent.containerd.observer import ask_cri
 
-    status = cri_status(socket, timeout=5)
+    status = ask_cri(socket, timeout=5)
     if status.ok:
         if settings.kata_handler in status.handlers:
             return True, ""

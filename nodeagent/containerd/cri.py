@@ -463,12 +463,10 @@ def read_cri_log(text: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def socket_for(host, settings, facts: dict[str, Any] | None = None) -> str:
-    """containerd's socket as reachable from here: --containerd-socket, else the detected one,
-    else the default; joined with --root (a DaemonSet reaches the node's socket under /host)."""
-    host_path = (getattr(settings, "containerd_socket", None)
-                 or ((facts or {}).get("containerd") or {}).get("socket") or DEFAULT_SOCKET)
-    return str(host.path(host_path))
+def socket_for(host, configured: str | None, detected: str | None = None) -> str:
+    """containerd's socket as reachable from here: `configured` (--containerd-socket), else the
+    detected one, else the default; joined with --root (a DaemonSet reaches the node's socket under /host)."""
+    return str(host.path(configured or detected or DEFAULT_SOCKET))
 
 
 def cri_status(socket: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 5.0) -> CriStatus:

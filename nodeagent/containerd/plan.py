@@ -16,6 +16,7 @@ from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
 from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
                                          effective_runtimes)
+from nodeagent.facts import HostFacts
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
@@ -147,21 +148,21 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
                     )
 
 
-def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
+def systemd_cgroup_of(fact: bool | None, runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
     """The node's cgroup driver: the detection fact when known, else the default runtime's
     effective SystemdCgroup (kubelet's driver matches the runtime most pods use: EKS' GPU nodes
     set it on `nvidia`, their default, and leave runc's unset)."""
-    fact = (facts.get("containerd") or {}).get("systemd_cgroup")
     if fact is not None:
         return bool(fact)
     table = runtimes.get(default) or runtimes.get("runc") or {}
     return decoded_option(table.get("options"), "SystemdCgroup") is True
 
 
-def gvisor_platform_of(facts: dict[str, Any], override: str | None) -> str:
+def gvisor_platform_of(facts: HostFacts, override: str | None) -> str:
     if override:
         return override
-    return ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform") or "systrap"
+    verdict = facts.verdict("gvisor")
+    return (verdict.platform if verdict else None) or "systrap"
 
 
 class _Files:
@@ -198,18 +199,18 @@ def _edit_text(files: _Files, path: str, role: str, func) -> None:
 def plan_install(
     host: HostRoot,
     handlers: list[model.HandlerSpec],
-    facts: dict[str, Any],
+    facts: HostFacts,
     *,
     config_path: str | None = None,
     force: bool = False,
     gvisor_platform: str | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
-    cfacts = facts.get("containerd") or {}
-    flavor = cfacts.get("flavor") or "containerd"
-    config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
+    cfacts = facts.containerd
+    flavor = cfacts.flavor or "containerd"
+    config_path = config_path or cfacts.config_path or layout.default_config(flavor)
     config_path = layout.source_of(host, flavor, config_path)
-    missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
+    missing_ok = containerd_major(cfacts.version, 1) >= 2  # 2.x skips a missing plain import
     files = _Files(host)
     created_main = flavor == "containerd" and read_host_file(host, config_path) is None
     if created_main:
@@ -219,7 +220,7 @@ def plan_install(
             "# containerd config created by nodeagent: none existed, so containerd ran on its defaults\n"
             f"version = {3 if missing_ok else 2}\n").encode(), "config")
     chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
-    major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
+    major = containerd_major(cfacts.version, max(item.version for item in chain))
     check_schema(chain, major)
     retired = retire_2x_dropins(host, chain, files) if major < 2 else []
     if retired:
@@ -228,7 +229,7 @@ def plan_install(
     chosen = layout.choose(host, flavor, config_path, chain, major)
     if created_main:
         chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
-    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers),
+    plan = Plan(flavor, cfacts.version, config_path, chosen, handlers=list(handlers),
                 imports_removed=retired, baseline_overrides=baseline)
     if retired:
         plan.notes.append("containerd 1.x would let nodeagent's 2.x drop-in replace the whole CRI section "
@@ -257,7 +258,7 @@ def plan_install(
     if any(spec.runtime == "gvisor" for spec in handlers):
         raw = files.current(model.RUNSC_CONFIG_PATH)
         new = runsc_toml.render(raw, gvisor_platform_of(facts, gvisor_platform),
-                                systemd_cgroup_of(facts, effective, default_runtime_name(chain, major)),
+                                systemd_cgroup_of(cfacts.systemd_cgroup, effective, default_runtime_name(chain, major)),
                                 model.RUNSC_CONFIG_PATH)
         if new != raw:
             files.set(model.RUNSC_CONFIG_PATH, new, "runsc")

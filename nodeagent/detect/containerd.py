@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from nodeagent.detect import containerd_config, flavor as flavor_mod, procs, trust, unit_pid
+from nodeagent.facts import ContainerdFacts
 from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
@@ -139,7 +140,7 @@ def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | Non
     return None, socket
 
 
-def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
+def probe(host: HostRoot, settings: Settings) -> ContainerdFacts:
     reasons: list[str] = []
     flavor_facts = flavor_mod.detect(host)
     flavor = flavor_facts.flavor
@@ -175,31 +176,31 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     socket, untrusted_socket = _socket(host, settings, process, flavor, config, reasons)
     template = next((t for t in flavor.templates if host.exists(t)), None)
     binary_dir = posixpath.dirname(binary) if binary else None
-    return {
-        "found": found,
-        "version": version,
-        "config_path": config_path,
-        "config_version": config.version if config.error is None else None,
-        "socket": socket,
-        "flavor": flavor.name,
+    return ContainerdFacts(
+        found=found,
+        version=version,
+        config_path=config_path,
+        config_version=config.version if config.error is None else None,
+        socket=socket,
+        flavor=flavor.name,
         # extras
-        "binary": binary,
-        "binary_dir": binary_dir,
-        "running": process is not None,
-        "pid": process.pid if process else None,
-        "daemon_path": daemon_path(process, binary_dir),
-        "config_exists": config.exists,
-        "config_error": config.error or config.chain_error,
-        "config_imports": [f.path for f in config.chain[1:]],
-        "config_template": template,
-        "config_template_candidates": list(flavor.templates),
-        "config_dropin_dir": flavor.dropin_dir,
-        "config_rendered": flavor.rendered,
-        "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
-        "handlers": sorted(config.handlers),
-        "flavor_evidence": flavor_facts.evidence,
-        "unit": flavor_facts.unit,
-        "reasons": reasons,
-        "untrusted_processes": untrusted,  # never used for discovery; doctor's containerd-trust names them
-        "untrusted_socket": untrusted_socket,
-    }
+        binary=binary,
+        binary_dir=binary_dir,
+        running=process is not None,
+        pid=process.pid if process else None,
+        daemon_path=daemon_path(process, binary_dir),
+        config_exists=config.exists,
+        config_error=config.error or config.chain_error,
+        config_imports=[f.path for f in config.chain[1:]],
+        config_template=template,
+        config_template_candidates=list(flavor.templates),
+        config_dropin_dir=flavor.dropin_dir,
+        config_rendered=flavor.rendered,
+        systemd_cgroup=containerd_config.runc_systemd_cgroup(config),
+        handlers=sorted(config.handlers),
+        flavor_evidence=flavor_facts.evidence,
+        unit=flavor_facts.unit,
+        reasons=reasons,
+        untrusted_processes=untrusted,  # never used for discovery; doctor's containerd-trust names them
+        untrusted_socket=untrusted_socket,
+    )

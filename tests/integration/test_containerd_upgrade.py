@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.containerd import apply, cri, model, validate
 from nodeagent.containerd.clashes import duplicate_handlers
 from nodeagent.containerd.imports import load_chain
@@ -31,9 +32,9 @@ CONFIG = "/etc/containerd/config.toml"
 VERSIONS = {"1.7": "1.7.24", "2.1": "2.1.9"}
 
 
-def facts(series: str) -> dict:
-    return {"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
-            "runtimes": {"gvisor": {"platform": "systrap"}}}
+def facts(series: str) -> HostFacts:
+    return HostFacts.from_json({"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
+                                "runtimes": {"gvisor": {"platform": "systrap"}}})
 
 
 def converge(host: HostRoot, series: str):

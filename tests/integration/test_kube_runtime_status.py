@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.detect.containerd import daemon_path
 from nodeagent.detect.procs import HostProcess
 from nodeagent.host import HostRoot
@@ -23,13 +24,13 @@ KATA = '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]\n  runt
 
 def facts_for(daemon, version="1.7.24"):
     process = HostProcess(daemon.pid, "containerd", str(daemon.binary), proc_dir=f"/proc/{daemon.pid}")
-    return {
+    return HostFacts.from_json({
         "virtualization": {"kvm_usable": True, "nested": None, "in_vm": True},
         "runtimes": {"gvisor": {"platform": "systrap"}},
         "containerd": {"config_exists": True, "config_path": str(daemon.config_path), "version": version,
                        "socket": str(daemon.socket), "pid": daemon.pid, "binary_dir": str(daemon.bindir),
                        "daemon_path": daemon_path(process, str(daemon.bindir))},
-    }
+    })
 
 
 def labels_for(daemon):
