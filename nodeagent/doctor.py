@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from nodeagent.dicts import dig
 from nodeagent.containerd import model
 from nodeagent.containerd.observer import ContainerdView, observe
 from nodeagent.detect import detect_host, eligibility, trust, vsock
@@ -113,7 +114,7 @@ def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return path, None, f"{path} is not valid TOML: {exc}"
-    value = (data.get("runsc_config") or {}).get("systemd-cgroup")
+    value = dig(data, "runsc_config", "systemd-cgroup")
     if isinstance(value, str):
         value = value.strip().lower() == "true"
     return path, value if isinstance(value, bool) else False, None

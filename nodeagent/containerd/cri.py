@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodeagent.dicts import dig, table
 from nodeagent.errors import NodeagentError
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
@@ -78,8 +79,8 @@ class CriStatus:
 
     def runtime_types(self) -> dict[str, str]:
         """handler -> runtimeType from the effective CRI config."""
-        runtimes = (self.config.get("containerd") or {}).get("runtimes") or {}
-        return {name: (body or {}).get("runtimeType", "") for name, body in runtimes.items()}
+        runtimes = table(self.config, "containerd", "runtimes")
+        return {name: dig(body, "runtimeType", default="") for name, body in runtimes.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from nodeagent.dicts import table
 from nodeagent.facts import HostFacts, Virtualization
 from nodeagent.runtimes import NAMES
 
@@ -87,7 +88,7 @@ def owned_annotation_value(labels: Mapping[str, str]) -> str:
 
 def owned_labels(node: Mapping[str, Any]) -> set[str]:
     """Label keys a previous run recorded as ours (a claim anyone who can edit the Node can write)."""
-    annotations = ((node.get("metadata") or {}).get("annotations") or {})
+    annotations = table(node, "metadata", "annotations")
     return {k.strip() for k in str(annotations.get(OWNED_ANNOTATION, "")).split(",") if k.strip()}
 
 
@@ -110,9 +111,8 @@ def label_patch(node: Mapping[str, Any], desired: Mapping[str, str],
     foreign = sorted(k for k in desired if not manageable(k, prefix))
     if foreign:
         raise ValueError(f"labels outside the prefix {prefix!r} are not ours to set: {foreign}")
-    meta = node.get("metadata") or {}
-    current = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
+    current = table(node, "metadata", "labels")
+    annotations = table(node, "metadata", "annotations")
     labels_patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
     for stale in sorted(owned_labels(node) - set(desired)):
         if stale in current and manageable(stale, prefix):
