@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent import fsutil, state as state_mod
-from nodeagent.containerd import edit, model
+from nodeagent.containerd import edit, model, tomlparse
 from nodeagent.containerd.effective import prove_only_ours
 from nodeagent.containerd.imports import read_host_file
 from nodeagent.containerd.layout import BASE_LINE
@@ -222,7 +222,7 @@ def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord,
         for name in sorted(names):
             text = edit.remove_our_blocks(text, name, style)
         return text
-    version = model.config_version(edit.parse(text, record.path).get("version"))
+    version = model.config_version(tomlparse.parse(text, record.path).get("version"))
     for name in sorted(names):
         text = edit.remove_runtime(text, version, name, style, record.path)
     return text

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.containerd import model
-from nodeagent.containerd.imports import LoadedFile, load_chain, parse_toml, read_host_file
+from nodeagent.containerd.tomlparse import parse
+from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
 from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
                                          registered_handlers)
 from nodeagent.errors import ConfigError
@@ -42,7 +43,7 @@ def read(host: HostRoot, path: str, containerd_version: str | None = None) -> Co
         return ConfigFacts(path, exists, error="unreadable" if exists else None)
     facts = ConfigFacts(path, True)
     try:
-        facts.data = parse_toml(raw, path)
+        facts.data = parse(raw, path)
         facts.version = model.config_version(facts.data.get("version"))
     except ConfigError as exc:
         facts.error = exc.message
