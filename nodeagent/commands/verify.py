@@ -29,7 +29,7 @@ def _socket(host: HostRoot, settings) -> str:
         try:
             from nodeagent.detect import containerd as containerd_probe
 
-            detected = containerd_probe.probe(host, settings).socket
+            detected = containerd_probe.probe(host, settings.containerd_config).socket
         except NodeagentError:
             pass
     return socket_for(host, settings.containerd_socket, detected)

@@ -22,7 +22,6 @@ from nodeagent.facts import ContainerdFacts
 from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
-from nodeagent.settings import Settings
 
 _VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+\.\d+)")
 _DPKG_PACKAGES = ("containerd", "containerd.io")
@@ -127,11 +126,11 @@ def _binary_version(host: HostRoot, binary: str, reasons: list[str]) -> str | No
     return version
 
 
-def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
+def _socket(host: HostRoot, socket_hint: str | None, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
             config: containerd_config.ConfigFacts, reasons: list[str]) -> tuple[str | None, str | None]:
     """(the CRI socket to use, a discovered socket refused as not root-owned)."""
-    if settings.containerd_socket:
-        return settings.containerd_socket, None  # the operator's word
+    if socket_hint:
+        return socket_hint, None  # the operator's word
     socket = (process.flag("--address", "-a") if process else None) or containerd_config.grpc_address(config) or flavor.socket
     verdict = trust.socket_verdict(host, socket)
     if verdict.trusted:
@@ -140,18 +139,19 @@ def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | Non
     return None, socket
 
 
-def probe(host: HostRoot, settings: Settings) -> ContainerdFacts:
+def probe(host: HostRoot, config_hint: str | None = None, socket_hint: str | None = None) -> ContainerdFacts:
+    """containerd's facts; the hints are the operator's --containerd-config/--containerd-socket."""
     reasons: list[str] = []
     flavor_facts = flavor_mod.detect(host)
     flavor = flavor_facts.flavor
 
-    process, untrusted = discover_process(host, flavor, settings.containerd_config)
+    process, untrusted = discover_process(host, flavor, config_hint)
     binary = _find_binary(host, process, flavor, reasons)
 
     process_config = process.flag("--config", "-c") if process else None
     if process_config and process_config == flavor.rendered:
         process_config = flavor.config  # edits belong in the source it is rendered from
-    config_path = settings.containerd_config or process_config or flavor.config
+    config_path = config_hint or process_config or flavor.config
 
     version = None
     if binary and host.is_live:
@@ -173,7 +173,7 @@ def probe(host: HostRoot, settings: Settings) -> ContainerdFacts:
     if not found:
         reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
 
-    socket, untrusted_socket = _socket(host, settings, process, flavor, config, reasons)
+    socket, untrusted_socket = _socket(host, socket_hint, process, flavor, config, reasons)
     template = next((t for t in flavor.templates if host.exists(t)), None)
     binary_dir = posixpath.dirname(binary) if binary else None
     return ContainerdFacts(

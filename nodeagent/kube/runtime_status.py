@@ -7,7 +7,7 @@ every pod would fail at sandbox start.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import structlog
 
@@ -20,11 +20,18 @@ from nodeagent.runtimes import NAMES
 log = structlog.get_logger(__name__)
 
 
-def runtime_status(host: HostRoot, settings: Any, facts: HostFacts, *, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}."""
-    socket = socket_for(host, settings.containerd_socket, facts.containerd.socket)
+def runtime_status(host: HostRoot, facts: HostFacts, handlers: Mapping[str, str], *,
+                   configured_socket: str | None = None, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}
+    for `handlers` (runtime -> its handler name), from one look at what containerd serves."""
+    socket = socket_for(host, configured_socket, facts.containerd.socket)
     view = observe(host, facts.containerd, socket, cri_timeout=cri_timeout)
-    return {runtime: view.status(getattr(settings, f"{runtime}_handler")).to_json() for runtime in NAMES}
+    return {runtime: view.status(handler).to_json() for runtime, handler in handlers.items()}
+
+
+def handler_names(settings: Any) -> dict[str, str]:
+    """runtime -> the handler name the settings give it, for every runtime nodeagent knows."""
+    return {runtime: getattr(settings, f"{runtime}_handler") for runtime in NAMES}
 
 
 def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | None = None,
@@ -38,7 +45,7 @@ def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | Non
 
     host = host or HostRoot(settings.root)
     facts = facts if facts is not None else usable_facts(host, settings)
-    runtimes = runtime_status(host, settings, facts)
+    runtimes = runtime_status(host, facts, handler_names(settings), configured_socket=settings.containerd_socket)
     state = state or infer_state(runtimes)
     desired = desired_labels(
         facts, runtimes, state, prefix=settings.label_prefix, kata_compat=settings.kata_compat_label,

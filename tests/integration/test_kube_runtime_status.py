@@ -11,7 +11,7 @@ from nodeagent.detect.containerd import daemon_path
 from nodeagent.detect.procs import HostProcess
 from nodeagent.host import HostRoot
 from nodeagent.kube.labels import desired_labels, infer_state
-from nodeagent.kube.runtime_status import runtime_status
+from nodeagent.kube.runtime_status import handler_names, runtime_status
 from nodeagent.settings import Settings
 from tests.support.containerd_daemon import minimal_config
 
@@ -35,7 +35,7 @@ def facts_for(daemon, version="1.7.24"):
 
 def labels_for(daemon):
     facts = facts_for(daemon)
-    status = runtime_status(HostRoot("/"), Settings(), facts)
+    status = runtime_status(HostRoot("/"), facts, handler_names(Settings()))
     return status, desired_labels(facts, status, infer_state(status))
 
 
@@ -77,5 +77,5 @@ def test_containerd_down_means_nothing_served(containerd_factory, tmp_path):
     daemon = containerd_factory("1.7", lambda work: minimal_config("1.7", work, extra=RUNSC))
     facts = facts_for(daemon)
     daemon.stop()
-    status = runtime_status(HostRoot("/"), Settings(), facts, cri_timeout=2)
+    status = runtime_status(HostRoot("/"), facts, handler_names(Settings()), cri_timeout=2)
     assert status["gvisor"]["registered"] is True and status["gvisor"]["served"] is False
