@@ -1,6 +1,6 @@
 """Host detection: every probe reads through HostRoot and returns facts, never raises.
 
-`detect_host` assembles typed facts (detect/facts.py) whose `to_json()` is the contract's
+`detect_host` assembles typed facts (nodeagent/facts.py) whose `to_json()` is the contract's
 `detect` JSON (see INTERFACE.md) plus extra keys that doctor, install and labels use.
 """
 
