@@ -28,8 +28,8 @@ from nodeagent.containerd import apply
 from nodeagent.containerd.cri import CriStatus, socket_for
 from nodeagent.containerd.observer import ask_cri
 from nodeagent.containerd.plan import FileChange
-from nodeagent.facts import HostFacts
 from nodeagent.errors import ConfigError, NodeagentError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostReadError, HostRoot
 from nodeagent.runtimes import selected
 from nodeagent.settings import Settings

@@ -6,16 +6,15 @@ Every check is a small function of (facts, context); they share one detect pass.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from nodeagent.dicts import dig
-from nodeagent.containerd import model
+from nodeagent.containerd import model, tomlparse
 from nodeagent.containerd.observer import ContainerdView, observe
 from nodeagent.detect import detect_host, eligibility, trust, vsock
+from nodeagent.dicts import dig
+from nodeagent.errors import CommandFailed, ConfigError, NodeagentError
 from nodeagent.facts import HostFacts
-from nodeagent.errors import CommandFailed, NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import table
 from nodeagent.run import run
@@ -111,9 +110,9 @@ def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
     if raw is None:
         return path, None, None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        return path, None, f"{path} is not valid TOML: {exc}"
+        data = tomlparse.parse(raw, path)
+    except ConfigError as exc:
+        return path, None, exc.message
     value = dig(data, "runsc_config", "systemd-cgroup")
     if isinstance(value, str):
         value = value.strip().lower() == "true"

@@ -12,11 +12,11 @@ from typing import Any
 
 from nodeagent.containerd import model
 from nodeagent.containerd.plan import Plan, plan_install
-from nodeagent.facts import HostFacts
 from nodeagent.errors import ConfigError, UsageError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
-from nodeagent.settings import Settings
 from nodeagent.runtimes import NAMES, selected
+from nodeagent.settings import Settings
 
 RUNTIMES = NAMES
 

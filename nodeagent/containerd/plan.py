@@ -14,10 +14,10 @@ from typing import Any
 from nodeagent.containerd import edit, layout, model
 from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         effective_runtimes)
-from nodeagent.facts import HostFacts
+from nodeagent.containerd.inspect import containerd_major, decoded_option, default_runtime_name, effective_runtimes
+from nodeagent.dicts import dig
 from nodeagent.errors import ConfigError, ConflictError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
 
@@ -140,7 +140,7 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
             )
         if item.version >= 3:
             for old in (model.cri_runtime_plugin(1), model.cri_runtime_plugin(2)):
-                if isinstance(dig(item.data, ("plugins", old, "containerd")), dict):
+                if isinstance(dig(item.data, "plugins", old, "containerd"), dict):
                     raise ConfigError(
                         f"{item.path} is a version {item.version} config but holds `plugins.\"{old}\".containerd` "
                         "tables, which containerd 2.x ignores",

@@ -13,8 +13,8 @@ from typing import Any
 from nodeagent.containerd import model
 from nodeagent.containerd.tomlparse import parse
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         registered_handlers)
+from nodeagent.containerd.inspect import containerd_major, decoded_option, default_runtime_name, registered_handlers
+from nodeagent.dicts import dig
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -67,13 +67,13 @@ def runc_systemd_cgroup(facts: ConfigFacts) -> bool | None:
         return value
     # schema 1's legacy switch for the whole CRI plugin
     for item in facts.chain:
-        legacy = dig(item.data, ("plugins", "cri", "systemd_cgroup")) if item.version == 1 else None
+        legacy = dig(item.data, "plugins", "cri", "systemd_cgroup") if item.version == 1 else None
         if isinstance(legacy, bool):
             value = legacy
     return value if isinstance(value, bool) else None
 
 
 def grpc_address(facts: ConfigFacts) -> str | None:
-    value = dig(facts.data or {}, ("grpc", "address"))
+    value = dig(facts.data, "grpc", "address")
     # a template's unexpanded placeholder (microk8s' ${SNAP_COMMON}) is no socket path
     return value if isinstance(value, str) and value and "${" not in value else None
