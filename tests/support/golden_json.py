@@ -2,7 +2,8 @@
 `install --dry-run` (with and without --skip-eligibility) per tree under tests/fixtures/hosts.
 
 The goldens were captured from main at 893877f, before facts became typed, so a test can show
-the redesign left the JSON byte-for-byte unchanged. Re-capture on purpose only (a contract
+the redesign left the JSON byte-for-byte unchanged (doctor's were added later, after checking that
+893877f and the typed-facts branch print the same bytes on every tree). Re-capture on purpose only (a contract
 change), with `python3 -m tests.support.golden_json` from the checkout's root.
 """
 
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "plan-all": ("plan", "--skip-eligibility"),
     "install-dry-run": ("install", "--dry-run"),
     "install-dry-run-all": ("install", "--dry-run", "--skip-eligibility"),
+    # not in issue 12's list, but doctor reads the same facts through the observer
+    "doctor": ("doctor",),
 }
 
 
