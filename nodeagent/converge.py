@@ -29,10 +29,13 @@ import structlog
 
 from nodeagent import state as state_mod
 from nodeagent.containerd import apply
-from nodeagent.containerd.cri import socket_for
+from nodeagent.containerd.cri import CriStatus, socket_for
+from nodeagent.containerd.observer import ask_cri
 from nodeagent.containerd.plan import FileChange, plan_uninstall
+from nodeagent.dicts import dig
 from nodeagent.error_handler import ErrorHandler
 from nodeagent.errors import ConfigError, NodeagentError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostReadError, HostRoot
 from nodeagent.journal import Journal
 from nodeagent.runtimes import selected
@@ -111,16 +114,12 @@ class Report:
         return "\n".join(line for line in out if line)
 
 
-def _flavor(facts: dict[str, Any]) -> str:
-    return (facts.get("containerd") or {}).get("flavor") or "containerd"
+def _flavor(facts: HostFacts) -> str:
+    return facts.containerd.flavor or "containerd"
 
 
-def _cri_status(sock: str):
-    """CRI status, or None when nothing answers (containerd stopped, or a node image being baked)."""
-    from nodeagent.containerd.cri import cri_status
-
-    status = cri_status(sock, timeout=5)
-    return status if status.answers else None
+def _socket(host: HostRoot, settings: Settings, facts: HostFacts) -> str:
+    return socket_for(host, settings.containerd_socket, facts.containerd.socket)
 
 
 @dataclass
@@ -167,8 +166,8 @@ class Containerd:
         )
 
 
-def _containerd(host: HostRoot, settings: Settings, facts: dict[str, Any]) -> Containerd:
-    return Containerd(host, _flavor(facts), socket_for(host, settings, facts), settings.restart,
+def _containerd(host: HostRoot, settings: Settings, facts: HostFacts) -> Containerd:
+    return Containerd(host, _flavor(facts), _socket(host, settings, facts), settings.restart,
                       settings.health_timeout)
 
 
@@ -191,7 +190,7 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
             log.info("removed temp files of an interrupted run", directory=directory, names=removed)
 
 
-def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+def _detect(host: HostRoot, settings: Settings) -> HostFacts:
     """Observe: the host facts (imported on use, like the other steps, to keep startup light)."""
     from nodeagent.detect import usable_facts
 
@@ -221,18 +220,18 @@ def plan(settings: Settings) -> Report:
     report.files = config_plan.files
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
-        report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    _decide_restart(report, _cri_status(socket_for(host, settings, facts)), config_plan, handlers)
+        report.artifacts.append(plan_artifact(host, settings, runtime, facts.arch).as_dict())
+    _decide_restart(report, ask_cri(_socket(host, settings, facts)), config_plan, handlers)
     report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
 
-def _decide_restart(report: Report, status, config_plan, handlers: list[str]) -> bool:
+def _decide_restart(report: Report, status: CriStatus, config_plan, handlers: list[str]) -> bool:
     """Restart a running containerd when what it loads changed, or when it does not serve
     handlers its config already names (a restart still pending); a stopped one (or a node
-    image being baked) picks the change up when it starts. `status`: one CRI probe, or None."""
-    if status is None:
+    image being baked) picks the change up when it starts. `status`: one CRI probe."""
+    if not status.answers:
         report.restart = False
         if config_plan.restart:
             report.notes.append(NOT_RUNNING_NOTE)
@@ -242,18 +241,18 @@ def _decide_restart(report: Report, status, config_plan, handlers: list[str]) ->
     return report.restart
 
 
-def _restart_impact(host: HostRoot, settings: Settings, facts: dict[str, Any], config_plan, handlers: list[str],
+def _restart_impact(host: HostRoot, settings: Settings, facts: HostFacts, config_plan, handlers: list[str],
                     *, enforce: bool = False):
     """What a containerd restart would touch now; with `enforce`, refuse `--restart auto` on a
     control-plane node whose static pods run (called before anything is written)."""
     from nodeagent.containerd import impact
 
-    sock = socket_for(host, settings, facts)
-    status = _cri_status(sock)
+    sock = _socket(host, settings, facts)
+    status = ask_cri(sock)
     restart = _decide_restart(Report(), status, config_plan, handlers)
-    default = ((status.config.get("containerd") or {}).get("defaultRuntimeName") or "") if status else ""
-    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status is not None,
-                          unit=(facts.get("containerd") or {}).get("unit"))
+    default = (dig(status.config, "containerd", "defaultRuntimeName") or "") if status.answers else ""
+    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status.answers,
+                          unit=facts.containerd.unit)
     if enforce:
         impact.enforce(found, settings.restart, settings.allow_control_plane_restart)
     return found
@@ -266,7 +265,7 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
     host = HostRoot(settings.root)
     # refuse bad input before the lock file is even created
     facts, early_plan, _, runtimes, early_handlers = _build(settings, host)
-    check_settings(settings, runtimes, facts.get("arch"))
+    check_settings(settings, runtimes, facts.arch)
     if early_plan is not None:
         _restart_impact(host, settings, facts, early_plan, early_handlers, enforce=True)
     with apply.lock(host):
@@ -279,11 +278,11 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
         apply.config_test(host, config_plan)  # config test: containerd validates it before any write
         journal = Journal()
         with ErrorHandler(journal.rollback) as guard:  # any failure below undoes all of the journal
-            _save_artifacts(host, settings, runtimes, facts.get("arch"), journal, report)
+            _save_artifacts(host, settings, runtimes, facts.arch, journal, report)
             containerd = _containerd(host, settings, facts)
             report.files = config_plan.files
             report.notes = list(config_plan.notes)
-            needs_restart = _decide_restart(report, _cri_status(containerd.socket), config_plan, handlers)
+            needs_restart = _decide_restart(report, ask_cri(containerd.socket), config_plan, handlers)
             slot = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
             with slot, guard.deferred():
                 outcome = apply.save(host, config_plan, journal)
@@ -346,7 +345,7 @@ def uninstall(settings: Settings) -> Report:
         except HostReadError:
             raise  # out of fds/memory: removing on a host we cannot read is acting blind
         except NodeagentError:
-            facts = {}
+            facts = HostFacts()
         _refuse_in_use(host, runtimes, settings.force)
         outcome, new_state = plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
         _sweep_temps(host, outcome.files)
@@ -356,7 +355,7 @@ def uninstall(settings: Settings) -> Report:
         journal = Journal()
         with ErrorHandler(journal.rollback) as guard, guard.deferred():
             apply.apply_uninstall(host, outcome, new_state, journal)
-            report.restart = outcome.restart and _cri_status(containerd.socket) is not None
+            report.restart = outcome.restart and ask_cri(containerd.socket).answers
             if report.restart:
                 try:
                     containerd.restart(sorted(new_state.handlers), report)

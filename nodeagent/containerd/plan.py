@@ -12,13 +12,14 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nodeagent.containerd import edit, layout, model
+from nodeagent.containerd import edit, layout, model, tomlparse
 from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         effective_runtimes)
+from nodeagent.containerd.inspect import containerd_major, decoded_option, default_runtime_name, effective_runtimes
 from nodeagent import state as state_mod
+from nodeagent.dicts import dig
 from nodeagent.errors import ConfigError, ConflictError, HostError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes.base import ConfigContext
@@ -142,7 +143,7 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
             )
         if item.version >= 3:
             for old in (model.cri_runtime_plugin(1), model.cri_runtime_plugin(2)):
-                if isinstance(dig(item.data, ("plugins", old, "containerd")), dict):
+                if isinstance(dig(item.data, "plugins", old, "containerd"), dict):
                     raise ConfigError(
                         f"{item.path} is a version {item.version} config but holds `plugins.\"{old}\".containerd` "
                         "tables, which containerd 2.x ignores",
@@ -150,11 +151,10 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
                     )
 
 
-def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
+def systemd_cgroup_of(fact: bool | None, runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
     """The node's cgroup driver: the detection fact when known, else the default runtime's
     effective SystemdCgroup (kubelet's driver matches the runtime most pods use: EKS' GPU nodes
     set it on `nvidia`, their default, and leave runc's unset)."""
-    fact = (facts.get("containerd") or {}).get("systemd_cgroup")
     if fact is not None:
         return bool(fact)
     table = runtimes.get(default) or runtimes.get("runc") or {}
@@ -195,18 +195,18 @@ def _edit_text(files: _Files, path: str, role: str, func) -> None:
 def plan_install(
     host: HostRoot,
     handlers: list[model.HandlerSpec],
-    facts: dict[str, Any],
+    facts: HostFacts,
     *,
     config_path: str | None = None,
     force: bool = False,
     runtime_options: Mapping[str, Any] | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
-    cfacts = facts.get("containerd") or {}
-    flavor = cfacts.get("flavor") or "containerd"
-    config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
+    cfacts = facts.containerd
+    flavor = cfacts.flavor or "containerd"
+    config_path = config_path or cfacts.config_path or layout.default_config(flavor)
     config_path = layout.source_of(host, flavor, config_path)
-    missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
+    missing_ok = containerd_major(cfacts.version, 1) >= 2  # 2.x skips a missing plain import
     files = _Files(host)
     created_main = flavor == "containerd" and read_host_file(host, config_path) is None
     if created_main:
@@ -216,7 +216,7 @@ def plan_install(
             "# containerd config created by nodeagent: none existed, so containerd ran on its defaults\n"
             f"version = {3 if missing_ok else 2}\n").encode(), "config")
     chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
-    major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
+    major = containerd_major(cfacts.version, max(item.version for item in chain))
     check_schema(chain, major)
     retired = retire_2x_dropins(host, chain, files) if major < 2 else []
     if retired:
@@ -225,7 +225,7 @@ def plan_install(
     chosen = layout.choose(host, flavor, config_path, chain, major)
     if created_main:
         chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
-    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers),
+    plan = Plan(flavor, cfacts.version, config_path, chosen, handlers=list(handlers),
                 imports_removed=retired, baseline_overrides=baseline)
     if retired:
         plan.notes.append("containerd 1.x would let nodeagent's 2.x drop-in replace the whole CRI section "
@@ -252,7 +252,7 @@ def plan_install(
                 plan.defaults_added.append(spec.name)
 
     _plan_option_files(files, handlers, runtime_options or {},
-                       ConfigContext(facts, systemd_cgroup_of(facts, effective, default_runtime_name(chain, major))))
+                       ConfigContext(facts, systemd_cgroup_of(cfacts.systemd_cgroup, effective, default_runtime_name(chain, major))))
 
     plan.files = files.changes()
     plan.validation_overrides = chosen.validation_overrides(files, plan)
@@ -383,7 +383,7 @@ def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord,
         for name in sorted(names):
             text = edit.remove_our_blocks(text, name, style)
         return text
-    version = model.config_version(edit.parse(text, record.path).get("version"))
+    version = model.config_version(tomlparse.parse(text, record.path).get("version"))
     for name in sorted(names):
         text = edit.remove_runtime(text, version, name, style, record.path)
     return text

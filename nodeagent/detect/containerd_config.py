@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.containerd import model
-from nodeagent.containerd.imports import LoadedFile, load_chain, parse_toml, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
+from nodeagent.containerd.tomlparse import parse
+from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
+from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name,
                                          effective_containerd_table, registered_handlers)
+from nodeagent.dicts import dig
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -42,7 +44,7 @@ def read(host: HostRoot, path: str, containerd_version: str | None = None) -> Co
         return ConfigFacts(path, exists, error="unreadable" if exists else None)
     facts = ConfigFacts(path, True)
     try:
-        facts.data = parse_toml(raw, path)
+        facts.data = parse(raw, path)
         facts.version = model.config_version(facts.data.get("version"))
     except ConfigError as exc:
         facts.error = exc.message
@@ -66,14 +68,14 @@ def runc_systemd_cgroup(facts: ConfigFacts) -> bool | None:
         return value
     # schema 1's legacy switch for the whole CRI plugin
     for item in facts.chain:
-        legacy = dig(item.data, ("plugins", "cri", "systemd_cgroup")) if item.version == 1 else None
+        legacy = dig(item.data, "plugins", "cri", "systemd_cgroup") if item.version == 1 else None
         if isinstance(legacy, bool):
             value = legacy
     return value if isinstance(value, bool) else None
 
 
 def grpc_address(facts: ConfigFacts) -> str | None:
-    value = dig(facts.data or {}, ("grpc", "address"))
+    value = dig(facts.data, "grpc", "address")
     # a template's unexpanded placeholder (microk8s' ${SNAP_COMMON}) is no socket path
     return value if isinstance(value, str) and value and "${" not in value else None
 
@@ -93,7 +95,7 @@ def snapshotters(facts: ConfigFacts, containerd_version: str | None = None) -> d
     major = containerd_major(containerd_version, max(item.version for item in facts.chain))
     pool = None
     for item in facts.chain:
-        table = dig(item.data, _DEVMAPPER.get(item.version, _DEVMAPPER_ID))
+        table = dig(item.data, *_DEVMAPPER.get(item.version, _DEVMAPPER_ID))
         if isinstance(table, dict):
             value = table.get("pool_name")
             pool = value if isinstance(value, str) and value else (None if major < 2 else pool)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # only for annotations: the plug-ins import these layers, not
     from nodeagent.artifacts.release import Release
     from nodeagent.containerd.model import HandlerSpec
     from nodeagent.artifacts.digest import Digest
+    from nodeagent.facts import HostFacts, RuntimeVerdict
     from nodeagent.host import HostRoot
     from nodeagent.verify import RuntimeCheck
 
@@ -42,7 +43,7 @@ class RuntimeClassSpec:
 class ConfigContext:
     """What a runtime's own option files (e.g. runsc.toml) depend on, from the planner."""
 
-    facts: dict[str, Any]
+    facts: "HostFacts"
     systemd_cgroup: bool  # the node's cgroup driver, as runc uses it
 
 
@@ -112,12 +113,12 @@ class Runtime(abc.ABC):
 
     # -- detection ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
-        """The contract's verdict for this host: {"eligible", "reasons", ...}; a pure function."""
+    def eligibility(self, facts: "HostFacts") -> "RuntimeVerdict":
+        """The contract's verdict for this host (eligible, reasons, ...); a pure function."""
 
-    def variant_verdicts(self, facts: dict[str, Any], opts: Any) -> dict[str, dict[str, Any]]:
+    def variant_verdicts(self, facts: "HostFacts", opts: Any) -> dict[str, "RuntimeVerdict"]:
         """Eligibility of each further handler the options choose (e.g. a Kata shim), by handler
-        name: {"eligible", "reasons"}; none for a runtime with one handler."""
+        name; none for a runtime with one handler."""
         return {}
 
     # -- catalog and release -----------------------------------------------------------------

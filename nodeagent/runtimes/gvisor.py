@@ -26,6 +26,7 @@ from nodeagent.artifacts.release import ArtifactFile, Release
 from nodeagent.containerd import model
 from nodeagent.detect.eligibility import kernel_tuple
 from nodeagent.errors import ArtifactError, CommandFailed
+from nodeagent.facts import HostFacts, RuntimeVerdict
 from nodeagent.fsutil import TEMP_PREFIX
 from nodeagent.runtimes import runsc_toml
 from nodeagent.runtimes.base import ConfigContext, ConfigFile, Runtime, RuntimeClassSpec, VerifyContext
@@ -75,33 +76,34 @@ def handler(name: str = "runsc") -> model.HandlerSpec:
     )
 
 
-def platform_of(facts: dict[str, Any], override: str | None) -> str:
+def platform_of(facts: HostFacts, override: str | None) -> str:
     """The runsc platform: the operator's, else detection's choice, else systrap."""
     if override:
         return override
-    return ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform") or "systrap"
+    verdict = facts.verdict("gvisor")
+    return (verdict.platform if verdict else None) or "systrap"
 
 
-def eligibility(facts: dict[str, Any]) -> dict[str, Any]:
+def eligibility(facts: HostFacts) -> RuntimeVerdict:
     reasons = []
-    arch = facts.get("arch")
+    arch = facts.arch
     if arch not in ARCHES:
         reasons.append(f"architecture {arch or 'unknown'} is not supported by gVisor (amd64, arm64 only)")
-    kernel = kernel_tuple(facts.get("kernel"))
+    kernel = kernel_tuple(facts.kernel)
     minimum = ".".join(map(str, MIN_KERNEL))
     if kernel is None:
         reasons.append(f"kernel release unknown; gVisor needs Linux {minimum} or newer")
     elif kernel < MIN_KERNEL:
-        reasons.append(f"kernel {facts.get('kernel')} is older than gVisor's minimum {minimum}")
-    virt = facts.get("virtualization", {})
+        reasons.append(f"kernel {facts.kernel} is older than gVisor's minimum {minimum}")
+    virt = facts.virtualization
     # KVM platform only on bare metal: in a VM it runs nested and gVisor recommends systrap there.
-    if virt.get("kvm_usable") and not virt.get("in_vm"):
+    if virt.kvm_usable and not virt.in_vm:
         platform, why = "kvm", "bare metal with usable KVM"
-    elif virt.get("kvm_usable"):
+    elif virt.kvm_usable:
         platform, why = "systrap", "KVM works but this host is a VM (nested): systrap is faster and supported"
     else:
         platform, why = "systrap", "KVM is not usable"
-    return {"eligible": not reasons, "platform": platform, "platform_reason": why, "reasons": reasons}
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons, platform=platform, platform_reason=why)
 
 
 def upstream_arch(arch: str) -> str:
@@ -272,7 +274,7 @@ class GVisor(Runtime):
         new = runsc_toml.render(raw, platform_of(ctx.facts, opts.platform), ctx.systemd_cgroup, RUNSC_CONFIG_PATH)
         return [ConfigFile(RUNSC_CONFIG_PATH, "runsc", new)]
 
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def eligibility(self, facts: HostFacts) -> RuntimeVerdict:
         return eligibility(facts)
 
     def check_version(self, version: str) -> str:

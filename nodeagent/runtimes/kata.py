@@ -23,6 +23,7 @@ from nodeagent.artifacts.digest import Digest, parse_sidecar
 from nodeagent.artifacts.release import ArtifactFile, Release
 from nodeagent.containerd import model
 from nodeagent.errors import ArtifactError, UsageError
+from nodeagent.facts import HostFacts, RuntimeVerdict
 from nodeagent.runtimes import kata_shims
 from nodeagent.runtimes.base import Runtime, RuntimeClassSpec, VerifyContext
 from nodeagent.runtimes.kata_shims import KataShim
@@ -108,29 +109,29 @@ def hypervisor_handler(name: str) -> model.HandlerSpec:
     return shim_handler(kata_shims.parse_shims([name])[0])
 
 
-def eligibility(facts: dict[str, Any]) -> dict[str, Any]:
+def eligibility(facts: HostFacts) -> RuntimeVerdict:
     verdict = _base_eligibility(facts)
-    verdict["shims"] = {name: shim_eligibility(shim, facts, verdict["reasons"]) for name, shim in kata_shims.SHIMS.items()}
+    verdict.shims = {name: shim_eligibility(shim, facts, verdict.reasons) for name, shim in kata_shims.SHIMS.items()}
     return verdict
 
 
-def shim_eligibility(shim: KataShim, facts: dict[str, Any], base_reasons: list[str]) -> dict[str, Any]:
+def shim_eligibility(shim: KataShim, facts: HostFacts, base_reasons: list[str]) -> RuntimeVerdict:
     """Kata's own rules (KVM, vhost-vsock, arch) plus what this shim needs beyond them."""
     reasons = list(base_reasons)
-    ctd = facts.get("containerd") or {}
-    confidential = (facts.get("virtualization") or {}).get("confidential") or {}
+    ctd = facts.containerd
+    confidential = facts.virtualization.confidential
     if kata_shims.NEEDS_DEVMAPPER in shim.needs:
-        if not ctd.get("devmapper_pool"):
+        if not ctd.devmapper_pool:
             reasons.append("Firecracker needs containerd's devmapper snapshotter: configure "
                            'plugins."io.containerd.snapshotter.v1.devmapper" with a pool_name (a thin pool)')
-        elif _older_than_17(ctd.get("version")) and ctd.get("cri_snapshotter") != "devmapper":
+        elif _older_than_17(ctd.version) and ctd.cri_snapshotter != "devmapper":
             reasons.append("containerd before 1.7 ignores a handler's own snapshotter: set the CRI plugin's "
                            'containerd.snapshotter = "devmapper" for Firecracker')
     if kata_shims.NEEDS_TDX in shim.needs and not confidential.get("tdx"):
         reasons.append("Intel TDX is off: kvm_intel's tdx parameter is not Y (/sys/module/kvm_intel/parameters/tdx)")
     if kata_shims.NEEDS_SNP in shim.needs and not confidential.get("sev_snp"):
         reasons.append("AMD SEV-SNP is off: kvm_amd's sev_snp parameter is not Y (/sys/module/kvm_amd/parameters/sev_snp)")
-    return {"eligible": not reasons, "reasons": reasons}
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons)
 
 
 def _older_than_17(version: str | None) -> bool:
@@ -138,20 +139,20 @@ def _older_than_17(version: str | None) -> bool:
     return bool(match) and (int(match.group(1)), int(match.group(2))) < (1, 7)
 
 
-def _base_eligibility(facts: dict[str, Any]) -> dict[str, Any]:
+def _base_eligibility(facts: HostFacts) -> RuntimeVerdict:
     reasons = []
-    virt = facts.get("virtualization", {})
-    if not virt.get("kvm_usable"):
-        detail = "; ".join(r for r in virt.get("reasons", []) if "vsock" not in r) or "KVM is not usable"
+    virt = facts.virtualization
+    if not virt.kvm_usable:
+        detail = "; ".join(r for r in virt.reasons if "vsock" not in r) or "KVM is not usable"
         reasons.append(f"KVM is not usable ({detail})")
-    if not virt.get("vhost_vsock"):
+    if not virt.vhost_vsock:
         # the probe's own words: "missing", or present but "unusable" (a node with no driver behind it)
-        said = [r for r in virt.get("reasons", []) if "/dev/vhost-vsock" in r]
+        said = [r for r in virt.reasons if "/dev/vhost-vsock" in r]
         reasons += said or ["host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module"]
-    arch = facts.get("arch")
+    arch = facts.arch
     if arch not in ARCHES:
         reasons.append(f"architecture {arch or 'unknown'} is not supported by Kata ({', '.join(ARCHES)})")
-    return {"eligible": not reasons, "reasons": reasons}
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons)
 
 
 def upstream_arch(arch: str) -> str:
@@ -297,11 +298,11 @@ class Kata(Runtime):
             specs.append(shim_handler(shim, snapshotter=False))  # as nodeagent wrote it before it set one
         return specs
 
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def eligibility(self, facts: HostFacts) -> RuntimeVerdict:
         return eligibility(facts)
 
-    def variant_verdicts(self, facts: dict[str, Any], opts: KataOptions) -> dict[str, dict[str, Any]]:
-        base = _base_eligibility(facts)["reasons"]
+    def variant_verdicts(self, facts: HostFacts, opts: KataOptions) -> dict[str, RuntimeVerdict]:
+        base = _base_eligibility(facts).reasons
         return {s.handler: shim_eligibility(s, facts, base) for s in opts.shims}
 
     def check_version(self, version: str) -> str:

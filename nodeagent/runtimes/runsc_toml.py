@@ -15,7 +15,7 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from nodeagent.containerd import edit
+from nodeagent.containerd import edit, tomlparse
 from nodeagent.errors import ConfigError
 
 PATH = "/etc/containerd/runsc.toml"
@@ -42,7 +42,7 @@ def render(existing: bytes | None, platform: str, systemd_cgroup: bool, path: st
         doc["runsc_config"] = table
         return doc.as_string().encode()
     text, style = edit.decode(existing, path)
-    edit.parse(text, path)  # a clear error for broken TOML
+    tomlparse.parse(text, path)  # a clear error for broken TOML
     try:
         doc = tomlkit.parse(text)
     except tomlkit.exceptions.TOMLKitError as exc:

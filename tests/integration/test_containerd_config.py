@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.containerd import apply, validate
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.cri import cri_status
 from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.errors import ConfigError
@@ -115,9 +116,9 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
         original = minimal_config(series, work).encode()
         (root / "etc/containerd/config.toml").write_bytes(original)
         host = HostRoot(root)
-        facts = {"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
-                 "runtimes": {"gvisor": {"platform": "systrap"}}}
+        facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                                    "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
+                                     "runtimes": {"gvisor": {"platform": "systrap"}}})
         plan = plan_install(host, SPECS, facts)
         apply.apply_install(host, plan, containerd_bin=str(BINARIES[series]))
         state.update(host=host, original=original, plan=plan, work=work)
@@ -185,8 +186,8 @@ def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
     needs(series)
     host = HostRoot(tmp_path)
     install_containerd(tmp_path, series)
-    facts = {"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
-                            "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}}
+    facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
+                                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}})
     plan = plan_install(host, SPECS, facts)
     assert {f.path: f.action for f in plan.files}["/etc/containerd/config.toml"] == "create"
     apply.apply_install(host, plan)

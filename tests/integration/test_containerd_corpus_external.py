@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.effective import unexpected_changes
 from nodeagent.containerd.inspect import decoded_option
@@ -65,11 +66,11 @@ class Case:
     def specs(self) -> list[model.HandlerSpec]:
         return [gvisor.handler()] + ([kata.handler()] if self.runtime == "all" else [])
 
-    def facts(self) -> dict:
-        return {"containerd": {"found": True, "version": self.containerd_version, "config_path": self.config,
+    def facts(self) -> HostFacts:
+        return HostFacts.from_json({"containerd": {"found": True, "version": self.containerd_version, "config_path": self.config,
                                "flavor": self.flavor, "systemd_cgroup": None},
                 "runtimes": {"gvisor": {"eligible": True, "platform": "systrap", "reasons": []},
-                             "kata": {"eligible": True, "reasons": []}}}
+                             "kata": {"eligible": True, "reasons": []}}})
 
     def build(self, root: Path) -> HostRoot:
         shutil.copytree(CORPUS / self.name, root, ignore=shutil.ignore_patterns("case.json"), dirs_exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent.containerd import apply, cri, validate
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.clashes import duplicate_handlers
 from nodeagent.containerd.imports import load_chain
 from nodeagent.containerd.plan import plan_install, plan_uninstall
@@ -32,9 +33,9 @@ CONFIG = "/etc/containerd/config.toml"
 VERSIONS = {"1.7": "1.7.24", "2.1": "2.1.9"}
 
 
-def facts(series: str) -> dict:
-    return {"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
-            "runtimes": {"gvisor": {"platform": "systrap"}}}
+def facts(series: str) -> HostFacts:
+    return HostFacts.from_json({"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
+                                "runtimes": {"gvisor": {"platform": "systrap"}}})
 
 
 def converge(host: HostRoot, series: str):

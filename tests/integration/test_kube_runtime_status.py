@@ -6,11 +6,12 @@ import shutil
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.detect.containerd import daemon_path
 from nodeagent.detect.procs import HostProcess
 from nodeagent.host import HostRoot
 from nodeagent.kube.labels import desired_labels, infer_state
-from nodeagent.kube.runtime_status import runtime_status
+from nodeagent.kube.runtime_status import handler_names, runtime_status
 from nodeagent.settings import Settings
 from tests.support.containerd_daemon import minimal_config
 
@@ -23,18 +24,18 @@ KATA = '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]\n  runt
 
 def facts_for(daemon, version="1.7.24"):
     process = HostProcess(daemon.pid, "containerd", str(daemon.binary), proc_dir=f"/proc/{daemon.pid}")
-    return {
+    return HostFacts.from_json({
         "virtualization": {"kvm_usable": True, "nested": None, "in_vm": True},
         "runtimes": {"gvisor": {"platform": "systrap"}},
         "containerd": {"config_exists": True, "config_path": str(daemon.config_path), "version": version,
                        "socket": str(daemon.socket), "pid": daemon.pid, "binary_dir": str(daemon.bindir),
                        "daemon_path": daemon_path(process, str(daemon.bindir))},
-    }
+    })
 
 
 def labels_for(daemon):
     facts = facts_for(daemon)
-    status = runtime_status(HostRoot("/"), Settings(), facts)
+    status = runtime_status(HostRoot("/"), facts, handler_names(Settings()))
     return status, desired_labels(facts, status, infer_state(status))
 
 
@@ -76,7 +77,7 @@ def test_containerd_down_means_nothing_served(containerd_factory, tmp_path):
     daemon = containerd_factory("1.7", lambda work: minimal_config("1.7", work, extra=RUNSC))
     facts = facts_for(daemon)
     daemon.stop()
-    status = runtime_status(HostRoot("/"), Settings(), facts, cri_timeout=2)
+    status = runtime_status(HostRoot("/"), facts, handler_names(Settings()), cri_timeout=2)
     assert status["gvisor"]["registered"] is True and status["gvisor"]["served"] is False
 
 

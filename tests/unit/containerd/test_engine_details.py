@@ -50,7 +50,7 @@ def test_runsc_systemd_cgroup_follows_runc(tmp_path):
     runsc = next(f for f in plan.files if f.path == RUNSC)
     assert b'systemd-cgroup = "true"' in runsc.new
     facts = scenario.facts()
-    facts["containerd"]["systemd_cgroup"] = False  # detection's fact wins over the file
+    facts.containerd.systemd_cgroup = False  # detection's fact wins over the file
     plan = plan_install(host, SPECS, facts)
     assert b"systemd-cgroup =" not in next(f for f in plan.files if f.path == RUNSC).new
 
@@ -120,7 +120,7 @@ def test_unknown_containerd_version_edits_in_place(tmp_path):
     scenario = SCENARIOS["kind-v2@2.1"]
     host = scenario.build(tmp_path)
     facts = scenario.facts()
-    facts["containerd"]["version"] = None
+    facts.containerd.version = None
     plan = plan_install(host, SPECS, facts)
     assert plan.layout.kind == "inplace" and plan.layout.path == scenario.config_path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.plan import differing_keys, plan_install
 from nodeagent.errors import ConflictError
 from nodeagent.host import HostRoot
@@ -24,7 +25,7 @@ def test_conflict_names_the_file_and_says_why_nodeagent_does_not_adopt(tmp_path)
     config.parent.mkdir(parents=True)
     config.write_text('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runsc]\n'
                       '  runtime_type = "io.containerd.runsc.v1"\n')
-    facts = {"containerd": {"version": "1.7.24", "config_path": "/etc/containerd/config.toml"}}
+    facts = HostFacts.from_json({"containerd": {"version": "1.7.24", "config_path": "/etc/containerd/config.toml"}})
     with pytest.raises(ConflictError) as err:
         plan_install(HostRoot(tmp_path), [gvisor.handler()], facts)
     assert err.value.message.endswith(

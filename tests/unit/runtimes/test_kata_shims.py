@@ -7,6 +7,7 @@ import pytest
 
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.planning import select_runtimes
+from nodeagent.facts import HostFacts
 from nodeagent.runtimes import kata, kata_shims
 from nodeagent.settings import Settings, load
 
@@ -87,27 +88,27 @@ def facts(kvm=True, vsock=True, pool="pool0", version="2.1.9", cri_snapshotter=N
 
 
 def test_every_shim_needs_kata_s_own_rules_and_the_contract_keys_stay():
-    verdict = kata.eligibility(facts(vsock=False))
+    verdict = kata.eligibility(HostFacts.from_json(facts(vsock=False))).to_json()
     assert set(verdict) == {"eligible", "reasons", "shims"} and not verdict["eligible"]
     assert set(verdict["shims"]) == set(kata_shims.SHIMS)
     assert all(not v["eligible"] and any("vhost-vsock" in r for r in v["reasons"]) for v in verdict["shims"].values())
 
 
 def test_fc_needs_devmapper_and_confidential_shims_their_kvm_parameter():
-    shims = kata.eligibility(facts(pool=None))["shims"]
+    shims = kata.eligibility(HostFacts.from_json(facts(pool=None))).to_json()["shims"]
     assert shims["qemu"]["eligible"] and shims["dragonball"]["eligible"]
     assert not shims["fc"]["eligible"] and "devmapper snapshotter" in shims["fc"]["reasons"][0]
     assert "kvm_intel's tdx parameter" in shims["qemu-tdx"]["reasons"][0]
     assert "kvm_amd's sev_snp parameter" in shims["qemu-snp"]["reasons"][0]
-    ok = kata.eligibility(facts(tdx=True, snp=True))["shims"]
+    ok = kata.eligibility(HostFacts.from_json(facts(tdx=True, snp=True))).to_json()["shims"]
     assert ok["fc"]["eligible"] and ok["qemu-tdx"]["eligible"] and ok["qemu-snp"]["eligible"]
     # containerd 1.6 has no per-handler snapshotter: the CRI plugin's own must be devmapper
-    assert "before 1.7" in kata.eligibility(facts(version="1.6.20"))["shims"]["fc"]["reasons"][0]
-    assert kata.eligibility(facts(version="1.6.20", cri_snapshotter="devmapper"))["shims"]["fc"]["eligible"]
+    assert "before 1.7" in kata.eligibility(HostFacts.from_json(facts(version="1.6.20"))).to_json()["shims"]["fc"]["reasons"][0]
+    assert kata.eligibility(HostFacts.from_json(facts(version="1.6.20", cri_snapshotter="devmapper"))).to_json()["shims"]["fc"]["eligible"]
 
 
 def test_install_refuses_an_ineligible_chosen_shim_unless_skip_eligibility():
-    f = {**facts(pool=None), "runtimes": {"kata": {"eligible": True, "reasons": []}}}
+    f = HostFacts.from_json({**facts(pool=None), "runtimes": {"kata": {"eligible": True, "reasons": []}}})
     with pytest.raises(ConfigError) as err:
         select_runtimes(Settings(runtime="kata", kata_shims=["qemu", "fc"]), f)
     assert "kata-fc: Firecracker needs containerd's devmapper snapshotter" in err.value.message
