@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as builders
+from tests.support import mirror_builder as builders
 from tests.support.containerd_daemon import minimal_config
 from tests.support.http_server import LoopbackServer, shared_tls
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import install_containerd
+from tests.support.scenarios import install_containerd
 
 pytestmark = pytest.mark.integration
 

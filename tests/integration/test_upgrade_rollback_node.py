@@ -26,7 +26,7 @@ import pytest
 
 from nodeagent.containerd.cri import cri_status
 from nodeagent.settings import Settings
-from tests.fixtures.artifacts import mirror as builders
+from tests.support import mirror_builder as builders
 from tests.support.tree import diff_snapshots, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
