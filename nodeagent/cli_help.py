@@ -43,6 +43,8 @@ HELP: dict[str, str] = {
     "download_backoff": "pause before the first download retry in seconds; doubles per retry",
     "max_download_size": "largest artifact a download may be, in bytes (default 2 GiB; 0: no cap)",
     "pins": "file of `<hex>  <mirror path>` digests that win over a mirror's checksum files",
+    "gvisor_debug_log": "turn on runsc debug logs, written here (absolute; end with / for one file per command)",
+    "gvisor_net_raw": "let gVisor sandboxes open raw sockets (runsc.toml net-raw; default off)",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",

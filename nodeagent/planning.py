@@ -15,7 +15,7 @@ from nodeagent.containerd.plan import Plan, plan_install
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from nodeagent import runtimes as runtime_plugins
+from nodeagent import runtimes as runtime_plugins, state as state_mod
 from nodeagent.runtimes import NAMES, selected
 
 RUNTIMES = NAMES
@@ -68,5 +68,6 @@ def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, 
         raise ConfigError("no containerd configuration found on this host",
                           "install containerd first, or pass --containerd-config PATH")
     options = {rt.name: rt.options(settings) for rt in runtime_plugins.ALL if rt.name in runtimes}
-    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options)
+    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options,
+                        owned=state_mod.load(host).handlers)
     return plan, warnings

@@ -52,6 +52,8 @@ class Settings:
     download_backoff: float = 1.0  # first retry pause in seconds; doubles per retry
     max_download_size: int = 2 << 30  # bytes per artifact (Kata's tarball is ~400 MB); 0: no cap
     pins: str | None = None  # file of `<hex>  <mirror path>` digests that win over a mirror's own
+    gvisor_debug_log: str | None = None  # runsc.toml debug-log (with debug = "true"); None: no debug logging
+    gvisor_net_raw: bool = False  # runsc.toml net-raw: raw sockets in sandboxes (off, as runsc's default)
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False

@@ -198,6 +198,7 @@ def plan_install(
     config_path: str | None = None,
     force: bool = False,
     runtime_options: Mapping[str, Any] | None = None,
+    owned: Mapping[str, str] | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
     cfacts = facts.get("containerd") or {}
@@ -233,7 +234,7 @@ def plan_install(
         effective.update(_dropin_dir_runtimes(host, chosen.path))
     effective.update(chosen.template_runtimes(files))
 
-    to_add = _handlers_to_add(plan, files, chain, effective, force)
+    to_add = _handlers_to_add(plan, files, chain, effective, force, owned or {})
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
@@ -272,8 +273,11 @@ def _plan_option_files(files: _Files, handlers: list[model.HandlerSpec], options
 
 
 def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],
-                     force: bool) -> list[model.HandlerSpec]:
-    """The handlers missing from `effective`; a differing one is refused, or replaced with --force."""
+                     force: bool, owned: Mapping[str, str]) -> list[model.HandlerSpec]:
+    """The handlers missing from `effective`; a differing one is refused, or replaced with --force.
+
+    A handler nodeagent registered itself (`owned`: the state's handler -> runtime) is rewritten
+    when its table changed between nodeagent versions (e.g. gVisor's pod_annotations)."""
     to_add: list[model.HandlerSpec] = []
     for spec in plan.handlers:
         existing = effective.get(spec.name)
@@ -281,6 +285,11 @@ def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effecti
             to_add.append(spec)
         elif compatible(existing, spec.table()):
             continue
+        elif owned.get(spec.name) == spec.runtime and plan.layout.kind != "template":
+            plan.notes.append(f"nodeagent's own handler {spec.name!r} is updated: "
+                              f"{', '.join(differing_keys(existing, spec.table()))}")
+            _remove_ours(files, chain, spec.name, plan.config_path)
+            to_add.append(spec)
         elif not force:
             raise ConflictError(
                 f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
@@ -334,9 +343,14 @@ def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name:
             f"configure nodeagent with another handler name (gvisor_handler / kata_handler) for {plan.flavor}",
         )
     plan.replaced[name] = old
+    _remove_ours(files, chain, name, plan.config_path)
+
+
+def _remove_ours(files: _Files, chain: list[LoadedFile], name: str, config_path: str) -> None:
+    """Drop every definition of handler `name` from the files of the chain."""
     for item in chain:
         if name in edit.runtimes_of(item.data, item.version):
-            role = "config" if item.path == plan.config_path else "dropin"
+            role = "config" if item.path == config_path else "dropin"
             _edit_text(files, item.path, role,
                        lambda text, style, it=item: edit.remove_runtime(text, it.version, name, style, it.path))
 

@@ -8,6 +8,7 @@ first and the two files on 404.
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
@@ -25,7 +26,7 @@ from nodeagent.artifacts.digest import Digest, parse_sidecar
 from nodeagent.artifacts.release import ArtifactFile, Release
 from nodeagent.containerd import model
 from nodeagent.detect.eligibility import kernel_tuple
-from nodeagent.errors import ArtifactError, CommandFailed
+from nodeagent.errors import ArtifactError, CommandFailed, UsageError
 from nodeagent.fsutil import TEMP_PREFIX
 from nodeagent.runtimes import runsc_toml
 from nodeagent.runtimes.base import ConfigContext, ConfigFile, Runtime, RuntimeClassSpec, VerifyContext
@@ -34,6 +35,10 @@ log = structlog.get_logger(__name__)
 
 RUNTIME_TYPE = "io.containerd.runsc.v1"
 OPTIONS_TYPE_URL = "io.containerd.runsc.v1.options"
+# gVisor's mount hints (`dev.gvisor.spec.mount.*` pod annotations) reach the shim only through the
+# handler's pod_annotations; without them, inotify across containers on a shared volume does not
+# work (https://gvisor.dev/docs/user_guide/containerd/configuration/). gVisor's installers set it.
+HANDLER_KEYS = {"pod_annotations": ["dev.gvisor.*"]}
 RUNSC_CONFIG_PATH = runsc_toml.PATH
 UPSTREAM = "https://storage.googleapis.com/gvisor/releases/release"
 TARBALL = "gvisor.tar.bz2"
@@ -62,6 +67,21 @@ class GvisorOptions:
     overhead_memory: str | None = "64Mi"
     overhead_cpu: str | None = "100m"
     tolerations: list[dict[str, Any]] | None = None
+    debug_log: str | None = None  # runsc's debug-log; None: no debug logging
+    net_raw: bool = False
+
+
+def check_options(opts: GvisorOptions) -> None:
+    """Refuse runsc.toml options runsc would misread (UsageError; planning reports it as bad input)."""
+    if opts.platform is not None and opts.platform not in runsc_toml.PLATFORMS:
+        raise UsageError(f"unknown gVisor platform {opts.platform!r}",
+                         "set gvisor_platform to one of: " + ", ".join(runsc_toml.PLATFORMS) + " (or leave it unset)")
+    path = opts.debug_log
+    if path is None:
+        return
+    if not path.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in path) or "/../" in f"{path}/":
+        raise UsageError(f"gvisor_debug_log {path!r} is not an absolute path",
+                         "pass an absolute directory such as /var/log/runsc/ (the trailing / gives one file per command)")
 
 
 def handler(name: str = "runsc") -> model.HandlerSpec:
@@ -71,6 +91,7 @@ def handler(name: str = "runsc") -> model.HandlerSpec:
         name=name,
         runtime="gvisor",
         runtime_type=RUNTIME_TYPE,
+        keys=copy.deepcopy(HANDLER_KEYS),
         options={"TypeUrl": OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
     )
 
@@ -252,6 +273,8 @@ class GVisor(Runtime):
             overhead_memory=getattr(settings, "gvisor_overhead_memory", None),
             overhead_cpu=getattr(settings, "gvisor_overhead_cpu", None),
             tolerations=getattr(settings, "gvisor_tolerations", None),
+            debug_log=settings.gvisor_debug_log or None,
+            net_raw=settings.gvisor_net_raw,
         )
 
     def default_options(self) -> GvisorOptions:
@@ -261,6 +284,7 @@ class GVisor(Runtime):
         return opts.version
 
     def handler_specs(self, opts: GvisorOptions) -> list[model.HandlerSpec]:
+        check_options(opts)
         return [handler(opts.handler)]
 
     def handlers_named(self, name: str) -> list[model.HandlerSpec]:
@@ -269,7 +293,8 @@ class GVisor(Runtime):
     def config_files(self, current: Callable[[str], bytes | None], ctx: ConfigContext,
                      opts: GvisorOptions) -> list[ConfigFile]:
         raw = current(RUNSC_CONFIG_PATH)
-        new = runsc_toml.render(raw, platform_of(ctx.facts, opts.platform), ctx.systemd_cgroup, RUNSC_CONFIG_PATH)
+        new = runsc_toml.render(raw, platform_of(ctx.facts, opts.platform), ctx.systemd_cgroup, RUNSC_CONFIG_PATH,
+                                net_raw=opts.net_raw, debug_log=opts.debug_log)
         return [ConfigFile(RUNSC_CONFIG_PATH, "runsc", new)]
 
     def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""gVisor's options (issue 15, item 3): the runsc handler's pod_annotations, runsc.toml keys from
+settings (platform, net-raw, opt-in debug logging), and bad values refused before anything changes.
+
+Config edits run through the real planner on fake roots; the bad-input cases through the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+
+from nodeagent.containerd import apply
+from nodeagent.containerd.inspect import registered_handlers
+from nodeagent.containerd.model import HandlerSpec
+from nodeagent.containerd.plan import plan_install
+from nodeagent.errors import ConflictError
+from nodeagent.runtimes import gvisor, kata, runsc_toml
+from nodeagent.state import load as load_state
+from tests.support.cli import assert_known_error, run_cli
+from tests.support.tree import diff_snapshots, snapshot
+from tests.unit.containerd.scenarios import SCENARIOS
+
+RUNSC = gvisor.RUNSC_CONFIG_PATH
+# the runsc table nodeagent wrote before it set pod_annotations (what upgraded nodes carry)
+OLD_RUNSC = HandlerSpec(name="runsc", runtime="gvisor", runtime_type=gvisor.RUNTIME_TYPE,
+                        options={"TypeUrl": gvisor.OPTIONS_TYPE_URL, "ConfigPath": RUNSC})
+
+
+def test_runsc_handler_carries_gvisors_pod_annotations():
+    assert gvisor.handler().table()["pod_annotations"] == ["dev.gvisor.*"]
+    assert gvisor.handler().table() is not gvisor.handler().table()  # no shared mutable list
+
+
+@pytest.mark.parametrize("name", ["default-1.7", "eks-nvidia-v3@2.1"])
+def test_own_handler_from_an_older_nodeagent_is_updated_not_refused(tmp_path, name):
+    scenario = SCENARIOS[name]
+    host = scenario.build(tmp_path)
+    original = host.read_bytes(scenario.config_path)
+    apply.apply_install(host, plan_install(host, [OLD_RUNSC, kata.handler()], scenario.facts()))
+    specs = [gvisor.handler(), kata.handler()]
+    with pytest.raises(ConflictError):  # not recorded as ours: still someone else's table
+        plan_install(host, specs, scenario.facts())
+    owned = load_state(host).handlers
+    plan = plan_install(host, specs, scenario.facts(), owned=owned)
+    assert any("own handler 'runsc' is updated: pod_annotations missing" in n for n in plan.notes)
+    assert not plan.replaced  # nothing to put back on uninstall: it was ours
+    apply.apply_install(host, plan)
+    handlers = registered_handlers(host, scenario.config_path, scenario.version)
+    assert handlers["runsc"] == gvisor.handler().table()
+    assert not plan_install(host, specs, scenario.facts(), owned=owned).changed  # converged
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    assert host.read_bytes(scenario.config_path) == original
+
+
+def test_debug_log_is_opt_in_and_taken_back_without_touching_the_operators_keys():
+    operator = b'[runsc_config]\n  debug = "true"  # mine\n  strace = "true"\n  platform = "kvm"\n'
+    on = runsc_toml.render(operator, "kvm", False, RUNSC, debug_log="/var/log/runsc/")
+    keys = tomllib.loads(on.decode())["runsc_config"]
+    assert keys == {"debug": "true", "strace": "true", "platform": "kvm", "net-raw": "false",
+                    "debug-log": "/var/log/runsc/"}
+    assert b'debug = "true"  # mine' in on  # the operator's equal key stays theirs
+    assert runsc_toml.render(on, "kvm", False, RUNSC, debug_log="/var/log/runsc/") == on
+    moved = runsc_toml.render(on, "kvm", False, RUNSC, debug_log="/srv/runsc/%ID%/")
+    assert tomllib.loads(moved.decode())["runsc_config"]["debug-log"] == "/srv/runsc/%ID%/"
+    off = runsc_toml.render(moved, "kvm", False, RUNSC)
+    assert tomllib.loads(off.decode())["runsc_config"] == {"debug": "true", "strace": "true", "platform": "kvm",
+                                                          "net-raw": "false"}
+    fresh = runsc_toml.render(None, "systrap", False, RUNSC, debug_log="/var/log/runsc/")
+    assert tomllib.loads(runsc_toml.render(fresh, "systrap", False, RUNSC).decode())["runsc_config"] == {
+        "platform": "systrap", "net-raw": "false"}
+
+
+def test_net_raw_is_owned_and_off_by_default():
+    operator = b'[runsc_config]\nnet-raw = "true"\n'
+    assert tomllib.loads(runsc_toml.render(operator, "systrap", False, RUNSC).decode())["runsc_config"]["net-raw"] == "false"
+    on = runsc_toml.render(None, "systrap", False, RUNSC, net_raw=True)
+    assert tomllib.loads(on.decode())["runsc_config"]["net-raw"] == "true"
+
+
+def test_settings_reach_runsc_toml_through_the_cli(tmp_path):
+    scenario = SCENARIOS["default-1.7"]
+    scenario.build(tmp_path)
+    proc = run_cli("--root", str(tmp_path), "-o", "json", "plan", "--runtime", "gvisor", "--skip-eligibility",
+                   "--gvisor-platform", "ptrace", "--gvisor-debug-log", "/var/log/runsc/", "--gvisor-net-raw")
+    assert proc.returncode == 0, proc.stderr
+    runsc = next(f for f in json.loads(proc.stdout)["files"] if f["path"] == RUNSC)
+    for line in ('+platform = "ptrace"', '+net-raw = "true"', '+debug = "true" # nodeagent: gvisor_debug_log',
+                 '+debug-log = "/var/log/runsc/" # nodeagent: gvisor_debug_log'):
+        assert line in runsc["diff"].splitlines(), runsc["diff"]
+    config = next(f for f in json.loads(proc.stdout)["files"] if f["path"] != RUNSC)
+    assert '+          pod_annotations = ["dev.gvisor.*"]' in config["diff"].splitlines(), config["diff"]
+
+
+@pytest.mark.parametrize("args, code, said", [
+    (("--gvisor-debug-log", "var/log/runsc/"), 2, "is not an absolute path"),
+    (("--gvisor-debug-log", "/var/log/../../etc/"), 2, "is not an absolute path"),
+    (("--gvisor-debug-log", "/var/log/runsc/\nplatform = kvm"), 2, "is not an absolute path"),
+    (("--gvisor-platform", "hvf"), 64, "invalid choice"),
+])
+def test_bad_gvisor_options_change_nothing(tmp_path, args, code, said):
+    SCENARIOS["default-1.7"].build(tmp_path)
+    before = snapshot(tmp_path)
+    proc = run_cli("--root", str(tmp_path), "install", "--runtime", "gvisor", "--skip-eligibility", *args)
+    assert said in assert_known_error(proc, code)
+    assert diff_snapshots(before, snapshot(tmp_path)) == []
+
+
+def test_bad_platform_in_the_settings_file_changes_nothing(tmp_path):
+    SCENARIOS["default-1.7"].build(tmp_path)
+    config = tmp_path / "nodeagent.toml"
+    config.write_text('gvisor_platform = "hvf"\n')
+    before = snapshot(tmp_path)
+    proc = run_cli("--root", str(tmp_path), "--config", str(config), "install", "--skip-eligibility")
+    assert "invalid gvisor-platform 'hvf'" in assert_known_error(proc, 64)
+    assert diff_snapshots(before, snapshot(tmp_path)) == []
