@@ -281,11 +281,12 @@ def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effecti
     to_add: list[model.HandlerSpec] = []
     for spec in plan.handlers:
         existing = effective.get(spec.name)
+        ours = owned.get(spec.name) == spec.runtime
         if existing is None:
             to_add.append(spec)
-        elif compatible(existing, spec.table()):
+        elif compatible(existing, spec.table() if ours else spec.required_table()):
             continue
-        elif owned.get(spec.name) == spec.runtime and plan.layout.kind != "template":
+        elif ours and plan.layout.kind != "template":
             plan.notes.append(f"nodeagent's own handler {spec.name!r} is updated: "
                               f"{', '.join(differing_keys(existing, spec.table()))}")
             _remove_ours(files, chain, spec.name, plan.config_path)
@@ -293,7 +294,7 @@ def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effecti
         elif not force:
             raise ConflictError(
                 f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
-                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                f"{', '.join(differing_keys(existing, spec.required_table()))}{_defined_in(chain, spec.name)}",
                 "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
                 "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
             )
@@ -362,7 +363,7 @@ def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
     check_schema(chain, major)
     result = effective_runtimes(chain, major)
     for spec in plan.handlers:
-        if spec.name not in result or not compatible(result[spec.name], spec.table()):
+        if spec.name not in result or not compatible(result[spec.name], spec.required_table()):
             raise ConfigError(
                 f"after the planned edit containerd would still not serve handler {spec.name!r}",
                 "this layout is not supported yet; register the handler by hand and report it",

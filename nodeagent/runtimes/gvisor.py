@@ -14,6 +14,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -84,6 +85,44 @@ def check_options(opts: GvisorOptions) -> None:
                          "pass an absolute directory such as /var/log/runsc/ (the trailing / gives one file per command)")
 
 
+def check_runsc_toml(raw: bytes | None, path: str, facts: dict[str, Any],
+                     handler_table: dict[str, Any] | None = None) -> tuple[str, str, str | None]:
+    """doctor's verdict on runsc.toml: (ok|warn|fail, summary, hint). It must parse, and the
+    platform it names must be able to run on this node (kvm needs a /dev/kvm that answers).
+    A runsc handler (`handler_table`, as containerd loads it) without gVisor's pod_annotations
+    is a warning: pods' mount hints never reach the shim."""
+    if raw is None:
+        return "ok", f"gVisor not configured yet ({path} absent)", None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return "fail", f"{path} is not valid TOML: {exc}", f"fix the syntax of {path}: gVisor's shim cannot read it"
+    table = data.get("runsc_config", {})
+    if not isinstance(table, dict):
+        return "fail", f"{path}: runsc_config is not a table", f"make it a [runsc_config] table in {path}"
+    platform = table.get("platform", "systrap")  # runsc's default platform since 2023
+    fix = "set gvisor_platform to systrap (or unset it to let detection choose), then run `nodeagent install`"
+    if platform not in runsc_toml.PLATFORMS:
+        return "fail", f"{path} names platform {platform!r}, which runsc does not have", fix
+    virt = facts.get("virtualization") or {}
+    if platform == "kvm" and not virt.get("kvm_usable"):
+        why = "; ".join(r for r in virt.get("reasons") or [] if "vsock" not in r) or "KVM is not usable"
+        return "fail", f"{path} forces platform kvm, but /dev/kvm does not answer here ({why}): gVisor pods cannot start", \
+            fix + "; or make /dev/kvm usable"
+    summary = f"{path} parses; platform {platform} can run here"
+    if table.get("debug-log"):
+        summary += f", debug logs to {table['debug-log']}"
+    if str(table.get("net-raw", "false")).lower() == "true":
+        summary += ", raw sockets allowed"
+    if platform == "kvm" and virt.get("in_vm"):
+        return "warn", summary + " (nested: KVM inside a VM)", "systrap is faster and supported in a VM: " + fix
+    wanted = HANDLER_KEYS["pod_annotations"]
+    if handler_table is not None and not set(wanted) <= set(handler_table.get("pod_annotations") or []):
+        return "warn", summary + f"; but the runsc handler lacks pod_annotations = {wanted}, so gVisor's mount hints are dropped", \
+            "add the key to the runsc handler in containerd's config, or let nodeagent own it: `nodeagent install --force`"
+    return "ok", summary, None
+
+
 def handler(name: str = "runsc") -> model.HandlerSpec:
     """The runsc handler table of the contract: options point the shim at runsc.toml."""
     model.validate_handler_name(name)
@@ -92,6 +131,7 @@ def handler(name: str = "runsc") -> model.HandlerSpec:
         runtime="gvisor",
         runtime_type=RUNTIME_TYPE,
         keys=copy.deepcopy(HANDLER_KEYS),
+        adoptable_without=tuple(HANDLER_KEYS),  # gVisor's docs' runsc table predates the key
         options={"TypeUrl": OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
     )
 

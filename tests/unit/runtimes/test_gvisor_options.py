@@ -21,6 +21,7 @@ from nodeagent.state import load as load_state
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.tree import diff_snapshots, snapshot
 from tests.unit.containerd.scenarios import SCENARIOS
+from tests.unit.detect.hosttrees import copy_host
 
 RUNSC = gvisor.RUNSC_CONFIG_PATH
 # the runsc table nodeagent wrote before it set pod_annotations (what upgraded nodes carry)
@@ -35,13 +36,15 @@ def test_runsc_handler_carries_gvisors_pod_annotations():
 
 @pytest.mark.parametrize("name", ["default-1.7", "eks-nvidia-v3@2.1"])
 def test_own_handler_from_an_older_nodeagent_is_updated_not_refused(tmp_path, name):
+    """Upgraded nodes carry nodeagent's old runsc table: it is rewritten with the new key. The same
+    table written by someone else (gVisor's docs) is adopted as it is, as before the key existed."""
     scenario = SCENARIOS[name]
     host = scenario.build(tmp_path)
     original = host.read_bytes(scenario.config_path)
     apply.apply_install(host, plan_install(host, [OLD_RUNSC, kata.handler()], scenario.facts()))
     specs = [gvisor.handler(), kata.handler()]
-    with pytest.raises(ConflictError):  # not recorded as ours: still someone else's table
-        plan_install(host, specs, scenario.facts())
+    adopted = plan_install(host, specs, scenario.facts())  # not known as ours: adopted, not edited
+    assert not adopted.added and not adopted.changed
     owned = load_state(host).handlers
     plan = plan_install(host, specs, scenario.facts(), owned=owned)
     assert any("own handler 'runsc' is updated: pod_annotations missing" in n for n in plan.notes)
@@ -53,6 +56,15 @@ def test_own_handler_from_an_older_nodeagent_is_updated_not_refused(tmp_path, na
     undo, state = apply.plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.read_bytes(scenario.config_path) == original
+
+
+def test_someone_elses_runsc_table_must_still_have_the_contracts_options(tmp_path):
+    scenario = SCENARIOS["default-1.7"]
+    host = scenario.build(tmp_path)
+    bare = HandlerSpec(name="runsc", runtime="gvisor", runtime_type=gvisor.RUNTIME_TYPE)
+    apply.apply_install(host, plan_install(host, [bare], scenario.facts()))
+    with pytest.raises(ConflictError, match="differs from nodeagent's: options.TypeUrl missing, options.ConfigPath missing"):
+        plan_install(host, [gvisor.handler()], scenario.facts())
 
 
 def test_debug_log_is_opt_in_and_taken_back_without_touching_the_operators_keys():
@@ -116,3 +128,54 @@ def test_bad_platform_in_the_settings_file_changes_nothing(tmp_path):
     proc = run_cli("--root", str(tmp_path), "--config", str(config), "install", "--skip-eligibility")
     assert "invalid gvisor-platform 'hvf'" in assert_known_error(proc, 64)
     assert diff_snapshots(before, snapshot(tmp_path)) == []
+
+
+# -- doctor: runsc.toml parses, and its platform can run here --------------------------------------
+
+def _doctor_check(root, text: bytes | None) -> dict:
+    if text is not None:
+        path = root / RUNSC.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text)
+    before = snapshot(root)
+    proc = run_cli("doctor", "--root", str(root), "-o", "json")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert diff_snapshots(before, snapshot(root)) == [], "doctor must not write"
+    return next(c for c in json.loads(proc.stdout)["checks"] if c["id"] == "gvisor-options")
+
+
+def test_doctor_fails_kvm_forced_where_dev_kvm_does_not_answer(tmp_path):
+    root = copy_host("vm-no-kvm", tmp_path)  # a Xen guest: no /dev/kvm at all
+    check = _doctor_check(root, b'[runsc_config]\n  platform = "kvm"\n')
+    assert check["status"] == "fail"
+    assert "forces platform kvm, but /dev/kvm does not answer here" in check["summary"]
+    assert "gvisor_platform" in check["hint"] and "systrap" in check["hint"]
+    assert _doctor_check(root, b'[runsc_config]\n  platform = "systrap"\n')["status"] == "ok"
+
+
+def test_doctor_names_broken_and_unknown_runsc_toml(tmp_path):
+    root = copy_host("containerd-v2", tmp_path)
+    broken = _doctor_check(root, b'[runsc_config\nplatform = "kvm"\n')
+    assert broken["status"] == "fail" and "is not valid TOML" in broken["summary"] and broken["hint"]
+    unknown = _doctor_check(root, b'[runsc_config]\nplatform = "hvf"\n')
+    assert unknown["status"] == "fail" and "'hvf', which runsc does not have" in unknown["summary"]
+    debug = _doctor_check(root, b'[runsc_config]\nplatform = "ptrace"\ndebug-log = "/var/log/runsc/"\nnet-raw = "true"\n')
+    # this tree's runsc handler (gVisor's docs' table) has no pod_annotations: named, with a hint
+    assert debug["status"] == "warn", debug
+    assert "platform ptrace can run here, debug logs to /var/log/runsc/, raw sockets allowed; but the runsc " \
+        "handler lacks pod_annotations" in debug["summary"]
+
+
+def test_doctor_verdicts_from_facts():
+    usable = {"virtualization": {"kvm_usable": True, "in_vm": False}}
+    nested = {"virtualization": {"kvm_usable": True, "in_vm": True}}
+    assert gvisor.check_runsc_toml(None, RUNSC, usable)[0] == "ok"
+    assert gvisor.check_runsc_toml(b"[runsc_config]\nplatform = 'kvm'\n", RUNSC, usable)[0] == "ok"
+    status, _, hint = gvisor.check_runsc_toml(b"[runsc_config]\nplatform = 'kvm'\n", RUNSC, nested)
+    assert status == "warn" and "systrap is faster" in hint
+    assert gvisor.check_runsc_toml(b"runsc_config = 1\n", RUNSC, usable)[0] == "fail"
+    assert gvisor.check_runsc_toml(b"\xff", RUNSC, usable)[0] == "fail"  # not UTF-8
+    toml = b"[runsc_config]\nplatform = 'systrap'\n"
+    assert gvisor.check_runsc_toml(toml, RUNSC, usable, gvisor.handler().table())[0] == "ok"
+    status, summary, hint = gvisor.check_runsc_toml(toml, RUNSC, usable, {"runtime_type": gvisor.RUNTIME_TYPE})
+    assert status == "warn" and "lacks pod_annotations" in summary and "--force" in hint
