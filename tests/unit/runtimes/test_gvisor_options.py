@@ -20,7 +20,7 @@ from nodeagent.runtimes import gvisor, kata, runsc_toml
 from nodeagent.state import load as load_state
 from tests.support.cli import assert_known_error, run_cli
 from tests.support.tree import diff_snapshots, snapshot
-from tests.unit.containerd.scenarios import SCENARIOS
+from tests.unit.containerd.scenarios import SCENARIOS, converge_command, install_containerd
 from tests.unit.detect.hosttrees import copy_host
 
 RUNSC = gvisor.RUNSC_CONFIG_PATH
@@ -179,3 +179,37 @@ def test_doctor_verdicts_from_facts():
     assert gvisor.check_runsc_toml(toml, RUNSC, usable, gvisor.handler().table())[0] == "ok"
     status, summary, hint = gvisor.check_runsc_toml(toml, RUNSC, usable, {"runtime_type": gvisor.RUNTIME_TYPE})
     assert status == "warn" and "lacks pod_annotations" in summary and "--force" in hint
+
+
+def test_upgraded_node_converges_through_the_real_pipeline(tmp_path):
+    """planning hands state.json's handlers to the planner: `install` on a node nodeagent set up
+    before pod_annotations existed updates its runsc table instead of refusing it."""
+    scenario = SCENARIOS["default-1.7"]
+    host = scenario.build(tmp_path)
+    install_containerd(tmp_path, "1.7")
+    original = host.read_bytes(scenario.config_path)
+    apply.apply_install(host, plan_install(host, [OLD_RUNSC], scenario.facts()))
+    report = converge_command("install", tmp_path, runtime="gvisor", skip_eligibility=True)
+    assert any("own handler 'runsc' is updated" in n for n in report.notes), report.notes
+    assert registered_handlers(host, scenario.config_path, scenario.version)["runsc"] == gvisor.handler().table()
+    assert not converge_command("plan", tmp_path, runtime="gvisor", skip_eligibility=True).changed
+    converge_command("uninstall", tmp_path)
+    assert host.read_bytes(scenario.config_path) == original
+
+
+def test_debug_log_on_then_off_then_uninstall_restores_runsc_toml(tmp_path):
+    scenario = SCENARIOS["kind-v2@1.6"]
+    host = scenario.build(tmp_path)
+    original = b'# operator notes\n[runsc_config]\n  platform = "ptrace"\n  strace = "true"\n'
+    host.path(RUNSC).parent.mkdir(parents=True, exist_ok=True)
+    host.path(RUNSC).write_bytes(original)
+    on = {"gvisor": gvisor.GvisorOptions(debug_log="/var/log/runsc/", net_raw=True)}
+    apply.apply_install(host, plan_install(host, [gvisor.handler()], scenario.facts(), runtime_options=on))
+    keys = tomllib.loads(host.path(RUNSC).read_text())["runsc_config"]
+    assert keys["debug-log"] == "/var/log/runsc/" and keys["net-raw"] == "true" and keys["strace"] == "true"
+    apply.apply_install(host, plan_install(host, [gvisor.handler()], scenario.facts()))
+    keys = tomllib.loads(host.path(RUNSC).read_text())["runsc_config"]
+    assert keys == {"platform": "systrap", "strace": "true", "net-raw": "false"}
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    assert host.read_bytes(RUNSC) == original
