@@ -78,6 +78,7 @@ class Plan:
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
     imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
     baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
+    updated: list[str] = field(default_factory=list)  # nodeagent's own handlers rewritten with a newer table
 
     @property
     def changed(self) -> bool:
@@ -286,10 +287,11 @@ def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effecti
             to_add.append(spec)
         elif compatible(existing, spec.table() if ours else spec.required_table()):
             continue
-        elif ours and plan.layout.kind != "template":
+        elif ours:
             plan.notes.append(f"nodeagent's own handler {spec.name!r} is updated: "
                               f"{', '.join(differing_keys(existing, spec.table()))}")
-            _remove_ours(files, chain, spec.name, plan.config_path)
+            _remove_older_own(plan, files, chain, spec.name)
+            plan.updated.append(spec.name)
             to_add.append(spec)
         elif not force:
             raise ConflictError(
@@ -345,6 +347,22 @@ def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name:
         )
     plan.replaced[name] = old
     _remove_ours(files, chain, name, plan.config_path)
+
+
+def _remove_older_own(plan: Plan, files: _Files, chain: list[LoadedFile], name: str) -> None:
+    """Take the table an older nodeagent wrote for `name` out of where it lives, before the new one
+    goes in: our block in a k3s/rke2 template (recognised byte for byte), else every config file
+    of the chain and our own target file (a k0s drop-in is merged by k0s, not imported)."""
+    target = plan.layout
+    if target.kind == "template":
+        _edit_text(files, target.path, target.role, lambda text, style: edit.remove_our_blocks(text, name, style))
+        return
+    _remove_ours(files, chain, name, plan.config_path)
+    raw = files.current(target.path)
+    if raw is not None and name in edit.runtimes_of(edit.parse(edit.decode(raw, target.path)[0], target.path),
+                                                    target.version):
+        _edit_text(files, target.path, target.role,
+                   lambda text, style: edit.remove_runtime(text, target.version, name, style, target.path))
 
 
 def _remove_ours(files: _Files, chain: list[LoadedFile], name: str, config_path: str) -> None:

@@ -136,6 +136,12 @@ def handler(name: str = "runsc") -> model.HandlerSpec:
     )
 
 
+def _handler_before_pod_annotations(name: str) -> model.HandlerSpec:
+    """The runsc table nodeagent wrote until 2026-12 (no pod_annotations): recognised as ours."""
+    spec = handler(name)
+    return model.HandlerSpec(name=spec.name, runtime=spec.runtime, runtime_type=spec.runtime_type, options=spec.options)
+
+
 def platform_of(facts: dict[str, Any], override: str | None) -> str:
     """The runsc platform: the operator's, else detection's choice, else systrap."""
     if override:
@@ -328,7 +334,8 @@ class GVisor(Runtime):
         return [handler(opts.handler)]
 
     def handlers_named(self, name: str) -> list[model.HandlerSpec]:
-        return _valid_specs(handler, name)
+        # nodeagent before pod_annotations wrote the same table without it: still ours to remove
+        return _valid_specs(handler, name) + _valid_specs(_handler_before_pod_annotations, name)
 
     def config_files(self, current: Callable[[str], bytes | None], ctx: ConfigContext,
                      opts: GvisorOptions) -> list[ConfigFile]:

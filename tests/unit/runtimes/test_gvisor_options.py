@@ -34,7 +34,7 @@ def test_runsc_handler_carries_gvisors_pod_annotations():
     assert gvisor.handler().table() is not gvisor.handler().table()  # no shared mutable list
 
 
-@pytest.mark.parametrize("name", ["default-1.7", "eks-nvidia-v3@2.1"])
+@pytest.mark.parametrize("name", ["default-1.7", "eks-nvidia-v3@2.1", "k3s-v2", "rke2-v2", "k0s", "microk8s"])
 def test_own_handler_from_an_older_nodeagent_is_updated_not_refused(tmp_path, name):
     """Upgraded nodes carry nodeagent's old runsc table: it is rewritten with the new key. The same
     table written by someone else (gVisor's docs) is adopted as it is, as before the key existed."""
@@ -50,12 +50,35 @@ def test_own_handler_from_an_older_nodeagent_is_updated_not_refused(tmp_path, na
     assert any("own handler 'runsc' is updated: pod_annotations missing" in n for n in plan.notes)
     assert not plan.replaced  # nothing to put back on uninstall: it was ours
     apply.apply_install(host, plan)
-    handlers = registered_handlers(host, scenario.config_path, scenario.version)
-    assert handlers["runsc"] == gvisor.handler().table()
+    if plan.layout.kind == "template":  # k3s renders the config from it at its next start
+        assert plan.updated == ["runsc"]
+        assert 'pod_annotations = ["dev.gvisor.*"]' in host.path(plan.layout.path).read_text()
+    else:
+        # k0s merges its drop-ins itself, microk8s renders containerd.toml from its template
+        handlers = registered_handlers(host, plan.layout.path if scenario.flavor in ("k0s", "microk8s")
+                                       else scenario.config_path, scenario.version)
+        assert handlers["runsc"] == gvisor.handler().table()
     assert not plan_install(host, specs, scenario.facts(), owned=owned).changed  # converged
     undo, state = apply.plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.read_bytes(scenario.config_path) == original
+    assert {p: host.read_bytes(p) for p in scenario.files} == scenario.files
+
+
+def test_older_own_block_in_a_changed_template_is_still_removed_on_uninstall(tmp_path):
+    """k3s template edited by the operator after an older nodeagent wrote runsc into it: no byte
+    restore is possible, so our block must be recognised as ours although today's table differs."""
+    scenario = SCENARIOS["k3s-v2"]
+    host = scenario.build(tmp_path)
+    plan = plan_install(host, [OLD_RUNSC], scenario.facts())
+    apply.apply_install(host, plan)
+    template = host.path(plan.layout.path)
+    mine = '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mine]\n  runtime_type = "io.containerd.runc.v2"\n'
+    template.write_text(template.read_text() + mine)
+    undo, state = apply.plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, state)
+    text = template.read_text()
+    assert "runsc" not in text and mine in text
 
 
 def test_someone_elses_runsc_table_must_still_have_the_contracts_options(tmp_path):
