@@ -74,6 +74,10 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
     p.add_argument("--allow-control-plane-restart", dest="allow_control_plane_restart", action="store_true",
                    default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-platform", dest="gvisor_platform", choices=settings_mod.CHOICES["gvisor_platform"][1:],
+                   default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-debug-log", dest="gvisor_debug_log", metavar="PATH", default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-net-raw", dest="gvisor_net_raw", action="store_true", default=argparse.SUPPRESS)
     if dry_run:
         p.add_argument("--dry-run", dest="dry_run", action="store_true", default=argparse.SUPPRESS)
 

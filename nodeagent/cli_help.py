@@ -46,6 +46,8 @@ HELP: dict[str, str] = {
     "kata_release_listing": "https URL of Kata's release listing ({version} = tag) whose asset digests vouch for the tarball; empty: off",
     "allow_control_plane_restart": "let --restart auto restart containerd while a control plane's static pods run",
     "kata_shims": "Kata shims to register as kata-<shim> handlers, comma-separated (e.g. qemu,clh,fc,dragonball,qemu-runtime-rs)",
+    "gvisor_debug_log": "turn on runsc debug logs, written here (absolute; end with / for one file per command)",
+    "gvisor_net_raw": "let gVisor sandboxes open raw sockets (runsc.toml net-raw; default off)",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",

@@ -100,13 +100,16 @@ def check_gvisor_kernel(ctx: Context) -> Check:
 # ---- cgroup driver ----------------------------------------------------------------------------
 
 
-def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
-    """(path, runsc's systemd-cgroup or None when unset/absent, parse error)."""
-    path = runsc_toml.PATH
+def _runsc_path(ctx: Context) -> str:
+    """runsc.toml as the runsc handler names it (ConfigPath), else where nodeagent writes it."""
     handler = ctx.view.registered.get(ctx.settings.gvisor_handler, {})
     options = handler.get("options") if isinstance(handler.get("options"), dict) else {}
-    if isinstance(options.get("ConfigPath"), str):
-        path = options["ConfigPath"]
+    return options["ConfigPath"] if isinstance(options.get("ConfigPath"), str) else runsc_toml.PATH
+
+
+def _runsc_systemd_cgroup(ctx: Context) -> tuple[str, bool | None, str | None]:
+    """(path, runsc's systemd-cgroup or None when unset/absent, parse error)."""
+    path = _runsc_path(ctx)
     raw = ctx.host.read_bytes(path)
     if raw is None:
         return path, None, None
@@ -142,6 +145,14 @@ def check_cgroup_driver(ctx: Context) -> Check:
             "(mismatched drivers break gVisor pods: https://github.com/google/gvisor/issues/7671)",
         )
     return Check("cgroup-driver", OK, f"runc and gVisor both use {runc_driver}")
+
+
+def check_gvisor_options(ctx: Context) -> Check:
+    path = _runsc_path(ctx)
+    handler = ctx.view.registered.get(ctx.settings.gvisor_handler)
+    status, summary, hint = gvisor.check_runsc_toml(ctx.host.read_bytes(path), path, ctx.facts,
+                                                    handler if isinstance(handler, dict) else None)
+    return Check("gvisor-options", status, summary, hint)
 
 
 # ---- containerd -------------------------------------------------------------------------------
@@ -347,7 +358,7 @@ def _in_cluster() -> bool:
 
 
 CHECKS: list[Callable[[Context], Check]] = [
-    check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver,
+    check_kvm, check_nested, check_vsock, check_gvisor_kernel, check_cgroup_driver, check_gvisor_options,
     check_containerd_found, check_containerd_trust, check_containerd_running, check_containerd_config,
     check_handlers, check_cri, check_runtimeclasses, check_config_clashes, check_shim_eligibility,
 ]

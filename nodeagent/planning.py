@@ -14,9 +14,9 @@ from nodeagent.containerd.plan import Plan, plan_install
 from nodeagent.errors import ConfigError, UsageError
 from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
-from nodeagent import runtimes as runtime_plugins
-from nodeagent.runtimes import NAMES, selected
 from nodeagent.settings import Settings
+from nodeagent import runtimes as runtime_plugins, state as state_mod
+from nodeagent.runtimes import NAMES, selected
 
 RUNTIMES = NAMES
 
@@ -82,5 +82,6 @@ def build_plan(settings: Settings, facts: HostFacts) -> tuple[Plan | None, list[
         raise ConfigError("no containerd configuration found on this host",
                           "install containerd first, or pass --containerd-config PATH")
     options = {rt.name: rt.options(settings) for rt in runtime_plugins.ALL if rt.name in runtimes}
-    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options)
+    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options,
+                        owned=state_mod.load(host).handlers)
     return plan, warnings

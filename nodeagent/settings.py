@@ -59,6 +59,8 @@ class Settings:
     # Kata shims to register besides `kata` (qemu, clh, fc, dragonball, qemu-runtime-rs, ...): a handler,
     # shim link, RuntimeClass and label each. Supersedes kata_extra_handlers (kata-qemu, ...), still read.
     kata_shims: list[str] = field(default_factory=list)
+    gvisor_debug_log: str | None = None  # runsc.toml debug-log (with debug = "true"); None: no debug logging
+    gvisor_net_raw: bool = False  # runsc.toml net-raw: raw sockets in sandboxes (off, as runsc's default)
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False

@@ -114,6 +114,9 @@ class Layout:
             text, style = edit.decode(rendered, self.rendered_path)
             present = edit.runtimes_of(tomlparse.parse(text, self.rendered_path), self.version)
             for spec in plan.handlers:
+                if spec.name in plan.updated and spec.name in present:  # the template's new block renders here
+                    text = edit.remove_runtime(text, self.version, spec.name, style, self.rendered_path)
+                    present = {k: v for k, v in present.items() if k != spec.name}
                 if spec.name not in present:
                     text = edit.add_runtime(text, self.version, spec, style, self.rendered_path)
             overrides = {self.rendered_path: edit.encode(text, style)}

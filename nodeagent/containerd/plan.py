@@ -81,6 +81,7 @@ class Plan:
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
     imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
     baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
+    updated: list[str] = field(default_factory=list)  # nodeagent's own handlers rewritten with a newer table
 
     @property
     def changed(self) -> bool:
@@ -200,6 +201,7 @@ def plan_install(
     config_path: str | None = None,
     force: bool = False,
     runtime_options: Mapping[str, Any] | None = None,
+    owned: Mapping[str, str] | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
     cfacts = facts.containerd
@@ -235,7 +237,7 @@ def plan_install(
         effective.update(_dropin_dir_runtimes(host, chosen.path))
     effective.update(chosen.template_runtimes(files))
 
-    to_add = _handlers_to_add(plan, files, chain, effective, force)
+    to_add = _handlers_to_add(plan, files, chain, effective, force, owned or {})
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
@@ -274,19 +276,29 @@ def _plan_option_files(files: _Files, handlers: list[model.HandlerSpec], options
 
 
 def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],
-                     force: bool) -> list[model.HandlerSpec]:
-    """The handlers missing from `effective`; a differing one is refused, or replaced with --force."""
+                     force: bool, owned: Mapping[str, str]) -> list[model.HandlerSpec]:
+    """The handlers missing from `effective`; a differing one is refused, or replaced with --force.
+
+    A handler nodeagent registered itself (`owned`: the state's handler -> runtime) is rewritten
+    when its table changed between nodeagent versions (e.g. gVisor's pod_annotations)."""
     to_add: list[model.HandlerSpec] = []
     for spec in plan.handlers:
         existing = effective.get(spec.name)
+        ours = owned.get(spec.name) == spec.runtime
         if existing is None:
             to_add.append(spec)
-        elif compatible(existing, spec.table()):
+        elif compatible(existing, spec.table() if ours else spec.required_table()):
             continue
+        elif ours:
+            plan.notes.append(f"nodeagent's own handler {spec.name!r} is updated: "
+                              f"{', '.join(differing_keys(existing, spec.table()))}")
+            _remove_older_own(plan, files, chain, spec.name)
+            plan.updated.append(spec.name)
+            to_add.append(spec)
         elif not force:
             raise ConflictError(
                 f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
-                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                f"{', '.join(differing_keys(existing, spec.required_table()))}{_defined_in(chain, spec.name)}",
                 "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
                 "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
             )
@@ -336,9 +348,30 @@ def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name:
             f"configure nodeagent with another handler name (gvisor_handler / kata_handler) for {plan.flavor}",
         )
     plan.replaced[name] = old
+    _remove_ours(files, chain, name, plan.config_path)
+
+
+def _remove_older_own(plan: Plan, files: _Files, chain: list[LoadedFile], name: str) -> None:
+    """Take the table an older nodeagent wrote for `name` out of where it lives, before the new one
+    goes in: our block in a k3s/rke2 template (recognised byte for byte), else every config file
+    of the chain and our own target file (a k0s drop-in is merged by k0s, not imported)."""
+    target = plan.layout
+    if target.kind == "template":
+        _edit_text(files, target.path, target.role, lambda text, style: edit.remove_our_blocks(text, name, style))
+        return
+    _remove_ours(files, chain, name, plan.config_path)
+    raw = files.current(target.path)
+    if raw is not None and name in edit.runtimes_of(edit.parse(edit.decode(raw, target.path)[0], target.path),
+                                                    target.version):
+        _edit_text(files, target.path, target.role,
+                   lambda text, style: edit.remove_runtime(text, target.version, name, style, target.path))
+
+
+def _remove_ours(files: _Files, chain: list[LoadedFile], name: str, config_path: str) -> None:
+    """Drop every definition of handler `name` from the files of the chain."""
     for item in chain:
         if name in edit.runtimes_of(item.data, item.version):
-            role = "config" if item.path == plan.config_path else "dropin"
+            role = "config" if item.path == config_path else "dropin"
             _edit_text(files, item.path, role,
                        lambda text, style, it=item: edit.remove_runtime(text, it.version, name, style, it.path))
 
@@ -350,7 +383,7 @@ def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
     check_schema(chain, major)
     result = effective_runtimes(chain, major)
     for spec in plan.handlers:
-        if spec.name not in result or not compatible(result[spec.name], spec.table()):
+        if spec.name not in result or not compatible(result[spec.name], spec.required_table()):
             raise ConfigError(
                 f"after the planned edit containerd would still not serve handler {spec.name!r}",
                 "this layout is not supported yet; register the handler by hand and report it",
@@ -377,7 +410,7 @@ class Outcome:
                 "files": [f.to_json() for f in self.files if f.action != "none"], "artifacts": []}
 
 
-def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
+def _strip_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
     """Planner path for a file the operator changed after us: take out only our handlers."""
     if record.role == "template":
         for name in sorted(names):
@@ -423,10 +456,10 @@ def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "
             notes.append(f"{path} no longer exists; nothing to remove there")
             continue
         text, style = edit.decode(current, path)
-        new_text = _remove_ours(text, style, record, {h for h in record.handlers if h in removing})
+        new_text = _strip_ours(text, style, record, {h for h in record.handlers if h in removing})
         if not ours_left:
             if record.defaults_added:  # back to containerd's implicit default
-                new_text = _remove_ours(new_text, style, record, set(record.defaults_added))
+                new_text = _strip_ours(new_text, style, record, set(record.defaults_added))
             for entry in record.imports_added:
                 new_text = edit.remove_import(new_text, entry, path, drop_empty_line=record.imports_line_created)
             if not unchanged:

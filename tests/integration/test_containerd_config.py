@@ -130,6 +130,10 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
     types = status.runtime_types()
     assert types.get("runsc") == gvisor.RUNTIME_TYPE and types.get("kata") == kata.RUNTIME_TYPE, types
     assert "runc" in types
+    # the daemon took the runsc handler's pod_annotations: gVisor's mount hints reach its shim
+    served = status.config["containerd"]["runtimes"]
+    assert served["runsc"]["PodAnnotations"] == ["dev.gvisor.*"], served["runsc"]
+    assert served["kata"]["PodAnnotations"] == ["io.katacontainers.*"], served["kata"]
     # 1.x edits in place; 2.x writes a drop-in plus an imports entry
     kinds = {c.path: c.action for c in state["plan"].files}
     if series.startswith("2"):

@@ -183,7 +183,8 @@ def install_and_judge(case: Case, host: HostRoot) -> None:
 
     handlers = dump_runtimes(after)
     for spec in case.specs:
-        assert compatible(handlers.get(spec.name) or {}, spec.table()), (spec.name, handlers.get(spec.name))
+        wanted = spec.table() if spec.name in plan.added else spec.required_table()  # adopted: the contract's keys
+        assert compatible(handlers.get(spec.name) or {}, wanted), (spec.name, handlers.get(spec.name))
     owned = set(plan.added) | set(plan.defaults_added)
     assert unexpected_changes(before, after, owned) == []
     check_files_keep_everything(plan)

@@ -72,7 +72,6 @@ OWED = {
     "kube/watch.py": "tests/integration/test_kube_lease.py",
     "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
     "runtimes/base.py": "every install test, through runtimes/gvisor.py and kata.py",
-    "runtimes/gvisor.py": "tests/unit/containerd, tests/unit/detect/test_eligibility.py, tests/integration/test_artifacts_install.py",
 }
 
 

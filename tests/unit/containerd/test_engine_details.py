@@ -26,9 +26,9 @@ RUNSC = gvisor.RUNSC_CONFIG_PATH
 
 def test_runsc_toml_created_with_platform_and_cgroup_driver():
     new = runsc_toml.render(None, "kvm", True, RUNSC)
-    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "kvm", "systemd-cgroup": "true"}
+    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "kvm", "systemd-cgroup": "true", "net-raw": "false"}
     new = runsc_toml.render(None, "systrap", False, RUNSC)
-    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "systrap"}
+    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "systrap", "net-raw": "false"}
 
 
 def test_runsc_toml_operator_keys_kept_and_ours_fixed():
@@ -37,7 +37,7 @@ def test_runsc_toml_operator_keys_kept_and_ours_fixed():
     new = runsc_toml.render(operator, "systrap", False, RUNSC)
     data = tomllib.loads(new.decode())
     assert data["binary_name"] == "/usr/local/bin/runsc"
-    assert data["runsc_config"] == {"debug": "true", "platform": "systrap"}  # cgroupfs like runc (gvisor#7671)
+    assert data["runsc_config"] == {"debug": "true", "platform": "systrap", "net-raw": "false"}  # cgroupfs like runc (gvisor#7671)
     assert b"# keep me" in new and b"# my tuning" in new
     assert new.count(b"\n") == new.count(b"\r\n")  # CRLF stays CRLF
     assert runsc_toml.render(new, "systrap", False, RUNSC) == new  # already right: same bytes
@@ -62,7 +62,7 @@ def test_existing_runsc_toml_is_merged_and_restored_on_uninstall(tmp_path):
     host.path(RUNSC).write_bytes(original)
     apply.apply_install(host, plan_install(host, SPECS, scenario.facts("kvm")))
     data = tomllib.loads(host.path(RUNSC).read_text())["runsc_config"]
-    assert data == {"debug-log": "/var/log/runsc/", "platform": "kvm"}
+    assert data == {"debug-log": "/var/log/runsc/", "platform": "kvm", "net-raw": "false"}
     undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(RUNSC).read_bytes() == original

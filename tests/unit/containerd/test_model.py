@@ -39,7 +39,7 @@ def test_handler_names_kubernetes_would_refuse_are_refused(name):
 
 def test_the_contracts_handler_tables():
     assert gvisor.handler().table() == {
-        "runtime_type": "io.containerd.runsc.v1",
+        "runtime_type": "io.containerd.runsc.v1", "pod_annotations": ["dev.gvisor.*"],
         "options": {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"},
     }
     spec = kata.handler("kata-vm")

@@ -14,9 +14,10 @@ from nodeagent.runtimes import gvisor
 def test_differing_keys_lists_missing_and_other_values():
     wanted = gvisor.handler().table()
     assert differing_keys({"runtime_type": "io.containerd.runsc.v1"}, wanted) == [
-        "options.TypeUrl missing", "options.ConfigPath missing"]
+        "pod_annotations missing", "options.TypeUrl missing", "options.ConfigPath missing"]
     theirs = {"runtime_type": "io.containerd.runc.v2", "options": {"TypeUrl": "x", "ConfigPath": gvisor.RUNSC_CONFIG_PATH}}
-    assert differing_keys(theirs, wanted) == ["runtime_type is 'io.containerd.runc.v2'", "options.TypeUrl is 'x'"]
+    assert differing_keys(theirs, wanted) == ["runtime_type is 'io.containerd.runc.v2'", "pod_annotations missing",
+                                              "options.TypeUrl is 'x'"]
     assert differing_keys({**wanted, "extra": 1}, wanted) == []
 
 

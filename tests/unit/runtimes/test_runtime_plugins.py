@@ -42,7 +42,7 @@ def test_handler_specs_belong_to_their_runtime():
     assert specs[1].table()["options"] == {"ConfigPath": "/opt/kata/share/defaults/kata-containers/configuration-qemu.toml"}
     assert specs[1].shim_binary == "containerd-shim-kata-qemu-v2"
     (runsc,) = gvisor.RUNTIME.handler_specs(gvisor.GvisorOptions(handler="gvisor-a"))
-    assert runsc.table() == {"runtime_type": "io.containerd.runsc.v1",
+    assert runsc.table() == {"runtime_type": "io.containerd.runsc.v1", "pod_annotations": ["dev.gvisor.*"],
                              "options": {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}}
     with pytest.raises(UsageError):
         kata.RUNTIME.options(Settings(kata_shims=["nope"]))
