@@ -9,7 +9,6 @@ says so (the DaemonSet no longer selects the node), never on a rolling update.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Callable
 
 import structlog
 
-from nodeagent import sdnotify
+from nodeagent import error_handler, sdnotify
 from nodeagent.endpoint import BoundedHTTPServer
 from nodeagent.errors import NodeagentError, UsageError
 from nodeagent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -161,9 +160,7 @@ class Agent:
     def run(self, once: bool = False) -> int:
         if not once:
             self.start_server()
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, self.request_stop)
-                signal.signal(signal.SIGINT, self.request_stop)
+            error_handler.call_on_stop_signals(self.request_stop)
         ok = self.converge_once()
         if once:
             return 0 if ok else (self.last_failure.exit_code if self.last_failure else 2)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 import traceback
 
 import structlog
 
-from nodeagent import cli_help, errors, logsetup, settings as settings_mod
+from nodeagent import cli_help, error_handler, errors, logsetup, settings as settings_mod
 from nodeagent.errors import EXIT_USAGE, NodeagentError, UsageError
 from nodeagent.output import emit
 
@@ -69,11 +68,16 @@ def _install_options(p: argparse.ArgumentParser, *, dry_run: bool = True) -> Non
     p.add_argument("--kata-sha256", dest="kata_sha256", default=argparse.SUPPRESS)
     p.add_argument("--pins", default=argparse.SUPPRESS, help=PINS_HELP)
     p.add_argument("--kata-release-listing", dest="kata_release_listing", default=argparse.SUPPRESS)
+    p.add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
     p.add_argument("--skip-eligibility", dest="skip_eligibility", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", default=argparse.SUPPRESS)
     p.add_argument("--health-timeout", dest="health_timeout", type=float, default=argparse.SUPPRESS)
     p.add_argument("--allow-control-plane-restart", dest="allow_control_plane_restart", action="store_true",
                    default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-platform", dest="gvisor_platform", choices=settings_mod.CHOICES["gvisor_platform"][1:],
+                   default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-debug-log", dest="gvisor_debug_log", metavar="PATH", default=argparse.SUPPRESS)
+    p.add_argument("--gvisor-net-raw", dest="gvisor_net_raw", action="store_true", default=argparse.SUPPRESS)
     if dry_run:
         p.add_argument("--dry-run", dest="dry_run", action="store_true", default=argparse.SUPPRESS)
 
@@ -103,11 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = subparsers["verify"]
     v.add_argument("--runtime", choices=settings_mod.CHOICES["runtime"], default=argparse.SUPPRESS)
     v.add_argument("--containerd-socket", dest="containerd_socket", default=argparse.SUPPRESS)
+    v.add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
     v.add_argument("--image", default=None, help="image for CRI-based checks (default: skip CRI pods)")
     v.add_argument("--measure", nargs="?", const=3, type=int, default=None, metavar="N")
     v.add_argument("--out", default=None, metavar="FILE")
     for name in ("labels", "runtimeclasses"):
         subparsers[name].add_argument("--apply", action="store_true", default=False)
+    for name in ("labels", "runtimeclasses", "doctor"):
+        subparsers[name].add_argument("--kata-shims", dest="kata_shims", default=argparse.SUPPRESS, metavar="LIST")
+    subparsers["runtimeclasses"].add_argument("--kata-shim-overheads", dest="kata_shim_overheads",
+                                              default=argparse.SUPPRESS, metavar="LIST")
     subparsers["runtimeclasses"].add_argument("--overhead-from", dest="overhead_from", default=argparse.SUPPRESS,
                                               metavar="FILE")
     b = subparsers["bundle"]
@@ -146,11 +155,6 @@ def _load(target: str):
     return getattr(importlib.import_module(module_name), func_name)
 
 
-def _on_sigterm(signum, frame):
-    # Turn SIGTERM into an exception so `finally:` blocks (rollback, lock release) run.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv or any(a.startswith("-vv") for a in argv)
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = _settings_from(ns)
         verbose = settings.verbosity > 0
         logsetup.configure(settings.log_format, settings.verbosity)
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        error_handler.interrupt_on_sigterm()  # `finally:` blocks and rollbacks run on SIGTERM
         func = _load(COMMANDS[ns.command][0])
         result = func(settings, ns)
         emit(result, settings.output)

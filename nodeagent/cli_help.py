@@ -35,7 +35,7 @@ HELP: dict[str, str] = {
     "dry_run": "show what would change and change nothing",
     "gvisor_handler": "containerd handler name for gVisor (default runsc)",
     "kata_handler": "containerd handler name for Kata (default kata)",
-    "kata_extra_handlers": "more Kata handlers to register, comma-separated (e.g. kata-qemu)",
+    "kata_extra_handlers": "superseded by kata_shims (still read): Kata handlers kata-<shim>, comma-separated",
     "gvisor_platform": "gVisor platform: systrap, kvm or ptrace (default: chosen by detection)",
     "health_timeout": "seconds to wait for containerd to serve CRI after a restart before rolling back",
     "download_timeout": "seconds to wait for a connection or for more data before a download attempt fails",
@@ -45,6 +45,9 @@ HELP: dict[str, str] = {
     "pins": "file of `<hex>  <mirror path>` digests that win over a mirror's checksum files",
     "kata_release_listing": "https URL of Kata's release listing ({version} = tag) whose asset digests vouch for the tarball; empty: off",
     "allow_control_plane_restart": "let --restart auto restart containerd while a control plane's static pods run",
+    "kata_shims": "Kata shims to register as kata-<shim> handlers, comma-separated (e.g. qemu,clh,fc,dragonball,qemu-runtime-rs)",
+    "gvisor_debug_log": "turn on runsc debug logs, written here (absolute; end with / for one file per command)",
+    "gvisor_net_raw": "let gVisor sandboxes open raw sockets (runsc.toml net-raw; default off)",
     # Kubernetes
     "label_prefix": "prefix of the node labels nodeagent sets",
     "kata_compat_label": "also set kata-deploy's katacontainers.io/kata-runtime label",
@@ -58,6 +61,7 @@ HELP: dict[str, str] = {
     "overhead_from": "RuntimeClass overhead from this `verify --measure -o json` file (wins over *_overhead_*)",
     "rollout_max_failures": "failed nodes after which no agent restarts containerd for the same settings (0: never halt)",
     "startup_taint": "taint key to remove from this Node once it converged and verify passed",
+    "kata_shim_overheads": "pod overhead per Kata shim RuntimeClass, comma-separated <shim>=<memory>[/<cpu>] (default: kata-deploy's)",
     # commands' own options
     "image": "image for CRI-based checks (default: skip CRI pods)",
     "apply": "write to the Kubernetes API instead of printing",

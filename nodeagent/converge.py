@@ -1,34 +1,43 @@
 """The install and uninstall pipelines: the one place that ties the steps together.
 
 install:   lock -> detect -> plan (pure; refuses bad input before anything is written)
-           -> validate the candidate config with the real containerd -> fetch + install
-           artifacts -> write config -> restart containerd only if what it loads changed
-           (or it does not yet serve handlers its config already has) -> wait until CRI is
-           healthy and serves the handlers -> else roll back files, restart, confirm health.
+           -> config test (validate the candidate config with the real containerd)
+           -> save (fetch + install + link artifacts, write config and state: every change
+              registered in one undo journal before it is made)
+           -> restart containerd only if what it loads changed (or it does not yet serve
+              handlers its config already has) -> wait until CRI is healthy and serves the
+              handlers -> else roll back ALL of the journal (config, runsc.toml, state, artifact
+              links and versions), restart, confirm health. Old versions are pruned only once
+              the run is accepted: a rollback needs them.
 uninstall: lock -> restore/remove config -> restart -> healthy -> remove artifacts no shim
            uses -> forget state. Artifacts go only after containerd stopped referring to them.
 
-SIGTERM/SIGINT are held back while files are being switched and containerd restarted, so an
-interrupted run leaves the node in the old or the new state, never in between; SIGKILL cannot
-be held back, which is why a re-run also restarts containerd when its config already names
-handlers that CRI does not serve.
+Signals and clean-up are handled in one place (error_handler.ErrorHandler): SIGTERM/SIGINT are
+held back while files are switched and containerd restarted, so an interrupted run leaves the
+node in the old or the new state, never in between; an interruption before that rolls the
+journal back. SIGKILL cannot be held back, which is why a re-run also restarts containerd when
+its config already names handlers that CRI does not serve.
 """
 
 from __future__ import annotations
 
 import contextlib
-import signal
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
 import structlog
 
 from nodeagent import state as state_mod
 from nodeagent.containerd import apply
-from nodeagent.containerd.cri import socket_for
-from nodeagent.containerd.plan import FileChange
+from nodeagent.containerd.cri import CriStatus, socket_for
+from nodeagent.containerd.observer import ask_cri
+from nodeagent.containerd.plan import FileChange, plan_uninstall
+from nodeagent.dicts import dig
+from nodeagent.error_handler import ErrorHandler
 from nodeagent.errors import ConfigError, NodeagentError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostReadError, HostRoot
+from nodeagent.journal import Journal
 from nodeagent.runtimes import selected
 from nodeagent.settings import Settings
 
@@ -105,62 +114,61 @@ class Report:
         return "\n".join(line for line in out if line)
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT until the block ends (they are delivered right after)."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def _flavor(facts: HostFacts) -> str:
+    return facts.containerd.flavor or "containerd"
 
 
-def _flavor(facts: dict[str, Any]) -> str:
-    return (facts.get("containerd") or {}).get("flavor") or "containerd"
+def _socket(host: HostRoot, settings: Settings, facts: HostFacts) -> str:
+    return socket_for(host, settings.containerd_socket, facts.containerd.socket)
 
 
-def _cri_status(sock: str):
-    """CRI status, or None when nothing answers (containerd stopped, or a node image being baked)."""
-    from nodeagent.containerd.cri import cri_status
+@dataclass
+class Containerd:
+    """The containerd a converge restarts and judges (certbot's Installer `restart` and
+    `rollback` steps): the few values those steps need, not the whole Settings."""
 
-    status = cri_status(sock, timeout=5)
-    return status if status.answers else None
+    host: HostRoot
+    flavor: str
+    socket: str
+    mode: str  # --restart: auto | systemd | none
+    timeout: float  # --health-timeout, seconds
+
+    def restart(self, handlers: list[str], report: Report) -> None:
+        """Restart containerd (per --restart) and wait for CRI health with `handlers` served."""
+        from nodeagent import service
+        from nodeagent.containerd.health import wait_healthy
+
+        result = service.restart_containerd(self.host, self.flavor, self.mode, self.timeout)
+        report.restarted = result.as_dict()
+        if result.pending:
+            report.restart_pending = True
+            report.notes.append(result.reason or "containerd must be restarted for the change to take effect")
+            return
+        if result.method == "none":  # k0s: its containerd reloads drop-ins by itself
+            report.notes.append(result.reason or "no restart needed")
+        health = wait_healthy(self.socket, handlers, timeout=self.timeout)
+        if not health.healthy:
+            raise ConfigError(health.reason or "containerd is not healthy", None)
+        report.health = {"served": sorted(health.status.handlers), "elapsed": round(health.elapsed, 3)}
+
+    def roll_back(self, journal: Journal, reason: str) -> RolledBack:
+        """Undo everything the journal holds (newest first), restart, and confirm the old state is healthy."""
+        log.error("rolling back", reason=reason)
+        journal.rollback()
+        try:
+            self.restart([], Report())
+            confirmed = "containerd is healthy on the previous configuration"
+        except NodeagentError as exc:
+            confirmed = f"containerd is NOT healthy after the rollback either: {exc.message}"
+        return RolledBack(
+            f"containerd did not become healthy with the new handlers ({reason}); rolled back: {confirmed}",
+            "check `journalctl -u containerd` on the node and `nodeagent doctor`; nothing of ours is in effect",
+        )
 
 
-def _restart_and_wait(host, settings, facts, sock: str, handlers: list[str], report: Report) -> None:
-    """Restart containerd (per --restart) and wait for CRI health with `handlers` served."""
-    from nodeagent import service
-    from nodeagent.containerd.health import wait_healthy
-
-    result = service.restart_containerd(host, settings, _flavor(facts))
-    report.restarted = result.as_dict()
-    if result.pending:
-        report.restart_pending = True
-        report.notes.append(result.reason or "containerd must be restarted for the change to take effect")
-        return
-    if result.method == "none":  # k0s: its containerd reloads drop-ins by itself
-        report.notes.append(result.reason or "no restart needed")
-    health = wait_healthy(sock, handlers, timeout=settings.health_timeout)
-    if not health.healthy:
-        raise ConfigError(health.reason or "containerd is not healthy", None)
-    report.health = {"served": sorted(health.status.handlers), "elapsed": round(health.elapsed, 3)}
-
-
-def _rollback(host, settings, facts, sock, outcome: apply.Outcome, reason: str) -> RolledBack:
-    """Restore the old files, restart, and confirm the old config is healthy again."""
-    log.error("rolling back", reason=reason)
-    apply.rollback_install(host, outcome)
-    old_handlers: list[str] = []
-    try:
-        _restart_and_wait(host, settings, facts, sock, old_handlers, Report())
-        confirmed = "containerd is healthy on the previous configuration"
-    except NodeagentError as exc:
-        confirmed = f"containerd is NOT healthy after the rollback either: {exc.message}"
-    return RolledBack(
-        f"containerd did not become healthy with the new handlers ({reason}); rolled back: {confirmed}",
-        "check `journalctl -u containerd` on the node and `nodeagent doctor`; nothing of ours is in effect",
-    )
+def _containerd(host: HostRoot, settings: Settings, facts: HostFacts) -> Containerd:
+    return Containerd(host, _flavor(facts), _socket(host, settings, facts), settings.restart,
+                      settings.health_timeout)
 
 
 # where atomic_write/atomic_symlink put temp files beside their targets, and where artifacts are
@@ -182,7 +190,7 @@ def _sweep_temps(host: HostRoot, files: list[FileChange]) -> None:
             log.info("removed temp files of an interrupted run", directory=directory, names=removed)
 
 
-def _detect(host: HostRoot, settings: Settings) -> dict[str, Any]:
+def _detect(host: HostRoot, settings: Settings) -> HostFacts:
     """Observe: the host facts (imported on use, like the other steps, to keep startup light)."""
     from nodeagent.detect import usable_facts
 
@@ -212,18 +220,18 @@ def plan(settings: Settings) -> Report:
     report.files = config_plan.files
     report.notes = list(config_plan.notes)
     for runtime in runtimes:
-        report.artifacts.append(plan_artifact(host, settings, runtime, facts.get("arch")).as_dict())
-    _decide_restart(report, _cri_status(socket_for(host, settings, facts)), config_plan, handlers)
+        report.artifacts.append(plan_artifact(host, settings, runtime, facts.arch).as_dict())
+    _decide_restart(report, ask_cri(_socket(host, settings, facts)), config_plan, handlers)
     report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers)
     report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
     return report
 
 
-def _decide_restart(report: Report, status, config_plan, handlers: list[str]) -> bool:
+def _decide_restart(report: Report, status: CriStatus, config_plan, handlers: list[str]) -> bool:
     """Restart a running containerd when what it loads changed, or when it does not serve
     handlers its config already names (a restart still pending); a stopped one (or a node
-    image being baked) picks the change up when it starts. `status`: one CRI probe, or None."""
-    if status is None:
+    image being baked) picks the change up when it starts. `status`: one CRI probe."""
+    if not status.answers:
         report.restart = False
         if config_plan.restart:
             report.notes.append(NOT_RUNNING_NOTE)
@@ -233,18 +241,18 @@ def _decide_restart(report: Report, status, config_plan, handlers: list[str]) ->
     return report.restart
 
 
-def _restart_impact(host: HostRoot, settings: Settings, facts: dict[str, Any], config_plan, handlers: list[str],
+def _restart_impact(host: HostRoot, settings: Settings, facts: HostFacts, config_plan, handlers: list[str],
                     *, enforce: bool = False):
     """What a containerd restart would touch now; with `enforce`, refuse `--restart auto` on a
     control-plane node whose static pods run (called before anything is written)."""
     from nodeagent.containerd import impact
 
-    sock = socket_for(host, settings, facts)
-    status = _cri_status(sock)
+    sock = _socket(host, settings, facts)
+    status = ask_cri(sock)
     restart = _decide_restart(Report(), status, config_plan, handlers)
-    default = ((status.config.get("containerd") or {}).get("defaultRuntimeName") or "") if status else ""
-    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status is not None,
-                          unit=(facts.get("containerd") or {}).get("unit"))
+    default = (dig(status.config, "containerd", "defaultRuntimeName") or "") if status.answers else ""
+    found = impact.assess(host, sock, _flavor(facts), restart, default, ask_cri=status.answers,
+                          unit=facts.containerd.unit)
     if enforce:
         impact.enforce(found, settings.restart, settings.allow_control_plane_restart)
     return found
@@ -252,12 +260,12 @@ def _restart_impact(host: HostRoot, settings: Settings, facts: dict[str, Any], c
 
 def install(settings: Settings, restart_guard: Callable[[], ContextManager] = contextlib.nullcontext) -> Report:
     """Converge the node; `restart_guard` is held around a containerd restart (fleet slots)."""
-    from nodeagent.artifacts import check_settings, ensure_artifact
+    from nodeagent.artifacts import check_settings
 
     host = HostRoot(settings.root)
     # refuse bad input before the lock file is even created
     facts, early_plan, _, runtimes, early_handlers = _build(settings, host)
-    check_settings(settings, runtimes, facts.get("arch"))
+    check_settings(settings, runtimes, facts.arch)
     if early_plan is not None:
         _restart_impact(host, settings, facts, early_plan, early_handlers, enforce=True)
     with apply.lock(host):
@@ -267,25 +275,46 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
             return report
         report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers, enforce=True)
         _sweep_temps(host, config_plan.files)
-        apply.prepare_install(host, config_plan)  # validate with containerd before any write
-        for runtime in runtimes:
-            result = ensure_artifact(host, settings, runtime, facts.get("arch"))
-            report.artifacts.append(result.as_dict())
-        sock = socket_for(host, settings, facts)
-        report.files = config_plan.files
-        report.notes = list(config_plan.notes)
-        needs_restart = _decide_restart(report, _cri_status(sock), config_plan, handlers)
-        guard = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
-        with guard, signals_deferred():
-            outcome = apply.commit_install(host, config_plan)
-            report.notes += [n for n in outcome.notes if n not in report.notes]
-            if needs_restart:
-                try:
-                    _restart_and_wait(host, settings, facts, sock, handlers, report)
-                except NodeagentError as exc:
-                    raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
+        apply.config_test(host, config_plan)  # config test: containerd validates it before any write
+        journal = Journal()
+        with ErrorHandler(journal.rollback) as guard:  # any failure below undoes all of the journal
+            _save_artifacts(host, settings, runtimes, facts.arch, journal, report)
+            containerd = _containerd(host, settings, facts)
+            report.files = config_plan.files
+            report.notes = list(config_plan.notes)
+            needs_restart = _decide_restart(report, ask_cri(containerd.socket), config_plan, handlers)
+            slot = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
+            with slot, guard.deferred():
+                outcome = apply.save(host, config_plan, journal)
+                report.notes += [n for n in outcome.notes if n not in report.notes]
+                if needs_restart:
+                    try:
+                        containerd.restart(handlers, report)
+                    except NodeagentError as exc:
+                        raise containerd.roll_back(journal, exc.message) from None
+                # accepted, still inside the held section: a SIGTERM held until now finds nothing
+                # to undo (containerd already runs the new config)
+                journal.commit()
+        _prune_old_versions(host, runtimes)
         report.changed = config_plan.changed or any(a["action"] != "none" for a in report.artifacts) or report.restart
         return report
+
+
+def _save_artifacts(host: HostRoot, settings: Settings, runtimes: list[str], arch: str | None, journal: Journal,
+                    report: Report) -> None:
+    """Fetch, stage and link each runtime's release, every change registered in `journal`."""
+    from nodeagent.artifacts import ensure_artifact
+
+    for runtime in runtimes:
+        report.artifacts.append(ensure_artifact(host, settings, runtime, arch, journal=journal).as_dict())
+
+
+def _prune_old_versions(host: HostRoot, runtimes: list[str]) -> None:
+    """Once a run is accepted, the versions no link points at and nothing runs from can go."""
+    from nodeagent.artifacts import prune_artifact
+
+    for runtime in runtimes:
+        prune_artifact(host, runtime)
 
 
 def _refuse_in_use(host: HostRoot, runtimes: list[str], force: bool) -> None:
@@ -316,23 +345,23 @@ def uninstall(settings: Settings) -> Report:
         except HostReadError:
             raise  # out of fds/memory: removing on a host we cannot read is acting blind
         except NodeagentError:
-            facts = {}
+            facts = HostFacts()
         _refuse_in_use(host, runtimes, settings.force)
-        state_before = host.read_bytes(state_mod.STATE_FILE)
-        outcome, new_state = apply.plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
+        outcome, new_state = plan_uninstall(host, set(runtimes), flavor=_flavor(facts))
         _sweep_temps(host, outcome.files)
         report = Report(files=outcome.files, notes=list(outcome.notes), runtimes=runtimes,
                         handlers=sorted(new_state.handlers))
-        sock = socket_for(host, settings, facts)
-        with signals_deferred():
-            apply.apply_uninstall(host, outcome, new_state)
-            report.restart = outcome.restart and _cri_status(sock) is not None
+        containerd = _containerd(host, settings, facts)
+        journal = Journal()
+        with ErrorHandler(journal.rollback) as guard, guard.deferred():
+            apply.apply_uninstall(host, outcome, new_state, journal)
+            report.restart = outcome.restart and ask_cri(containerd.socket).answers
             if report.restart:
                 try:
-                    _restart_and_wait(host, settings, facts, sock, sorted(new_state.handlers), report)
+                    containerd.restart(sorted(new_state.handlers), report)
                 except NodeagentError as exc:
-                    outcome.previous_state = state_before
-                    raise _rollback(host, settings, facts, sock, outcome, exc.message) from None
+                    raise containerd.roll_back(journal, exc.message) from None
+            journal.commit()  # inside the held section, as for install
         if report.restart_pending:
             report.notes.append("artifacts kept: containerd still runs with the old handlers until restarted")
         else:

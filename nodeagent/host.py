@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterable
 
 from nodeagent.errors import HostError
 
@@ -161,17 +161,27 @@ class HostRoot:
         except OSError:
             return False
 
+    def is_executable(self, host_path: str) -> bool:
+        """A regular file (after symlinks, confined to the root) that we may execute."""
+        try:
+            real = self.resolve(host_path)
+        except HostError:
+            return False
+        return real.is_file() and os.access(real, os.X_OK)
+
     def which(self, name: str, path: str | None = None) -> str | None:
         """Find an executable by name on a host PATH; returns the host path."""
         search = path or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         for directory in search.split(":"):
-            if not directory:
-                continue
-            host_candidate = f"{directory.rstrip('/')}/{name}"
-            try:
-                real = self.resolve(host_candidate)
-            except HostError:
-                continue
-            if real.is_file() and os.access(real, os.X_OK):
-                return host_candidate
+            if directory and self.is_executable(f"{directory.rstrip('/')}/{name}"):
+                return f"{directory.rstrip('/')}/{name}"
+        return None
+
+    def find_executable(self, candidates: Iterable[str], name: str,
+                        accept: Callable[[str], bool] = lambda host_path: True) -> str | None:
+        """The first of `candidates` (host paths), then `name` on the PATH, that is executable and
+        `accept`ed (e.g. root-controlled); returns the host path."""
+        for host_path in (*candidates, self.which(name)):
+            if host_path and self.is_executable(host_path) and accept(host_path):
+                return host_path
         return None

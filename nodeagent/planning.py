@@ -8,14 +8,14 @@ the runtimes the contract's eligibility rules allow, their containerd handler ta
 
 from __future__ import annotations
 
-from typing import Any
 
 from nodeagent.containerd import model
 from nodeagent.containerd.plan import Plan, plan_install
 from nodeagent.errors import ConfigError, UsageError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
-from nodeagent import runtimes as runtime_plugins
+from nodeagent import runtimes as runtime_plugins, state as state_mod
 from nodeagent.runtimes import NAMES, selected
 
 RUNTIMES = NAMES
@@ -36,18 +36,19 @@ def handler_specs(settings: Settings, runtimes: list[str]) -> list[model.Handler
     return specs
 
 
-def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str], list[str]]:
+def select_runtimes(settings: Settings, facts: HostFacts) -> tuple[list[str], list[str]]:
     """Runtimes to install and warnings, applying the eligibility rules of the contract."""
     wanted = selected(settings.runtime)
     if settings.skip_eligibility:
         return wanted, []
     chosen, warnings = [], []
     for runtime in wanted:
-        verdict = (facts.get("runtimes") or {}).get(runtime) or {}
-        if verdict.get("eligible"):
+        verdict = facts.verdict(runtime)
+        if verdict and verdict.eligible:
+            _refuse_ineligible_variants(settings, facts, runtime)
             chosen.append(runtime)
             continue
-        reasons = "; ".join(verdict.get("reasons") or ["no detection result"])
+        reasons = "; ".join((verdict.reasons if verdict else None) or ["no detection result"])
         if settings.runtime != "all":
             raise ConfigError(f"{runtime} cannot run on this host: {reasons}",
                               "fix the reasons above, or pass --skip-eligibility to install anyway (image baking)")
@@ -55,18 +56,32 @@ def select_runtimes(settings: Settings, facts: dict[str, Any]) -> tuple[list[str
     return chosen, warnings
 
 
-def build_plan(settings: Settings, facts: dict[str, Any]) -> tuple[Plan | None, list[str]]:
+def _refuse_ineligible_variants(settings: Settings, facts: HostFacts, runtime: str) -> None:
+    """A handler the operator chose for an eligible runtime (a Kata shim) that cannot run here."""
+    rt = runtime_plugins.get(runtime)
+    try:
+        verdicts = rt.variant_verdicts(facts, rt.options(settings))
+    except UsageError as exc:
+        raise ConfigError(exc.message, exc.hint) from None
+    bad = {h: v for h, v in verdicts.items() if not v.eligible}
+    if bad:
+        why = "; ".join(f"{h}: {', '.join(v.reasons or ['not eligible'])}" for h, v in bad.items())
+        raise ConfigError(f"{why}; nothing was changed",
+                          "fix the reasons above, drop the handler from the settings, or pass --skip-eligibility")
+
+
+def build_plan(settings: Settings, facts: HostFacts) -> tuple[Plan | None, list[str]]:
     """The config plan for these facts (files are read, none written); None when nothing is eligible."""
     host = HostRoot(settings.root)
     runtimes, warnings = select_runtimes(settings, facts)
     if not runtimes:
         return None, warnings
     specs = handler_specs(settings, runtimes)
-    cfacts = facts.get("containerd") or {}
-    config_path = settings.containerd_config or cfacts.get("config_path")
-    if not config_path and not cfacts.get("found", True):
+    config_path = settings.containerd_config or facts.containerd.config_path
+    if not config_path and not facts.containerd.found:
         raise ConfigError("no containerd configuration found on this host",
                           "install containerd first, or pass --containerd-config PATH")
     options = {rt.name: rt.options(settings) for rt in runtime_plugins.ALL if rt.name in runtimes}
-    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options)
+    plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options,
+                        owned=state_mod.load(host).handlers)
     return plan, warnings

@@ -341,10 +341,10 @@ def restart_unit(transport: Transport, unit: str, *, timeout: float = 60.0, max_
     return result
 
 
-def restart_containerd(host: HostRoot, settings, flavor: str, *, timeout: float | None = None,
+def restart_containerd(host: HostRoot, flavor: str, mode: str, timeout: float, *,
                        transport: Transport | None = None) -> RestartResult:
-    """Restart the node's containerd per `settings.restart` (auto|systemd|none) for this flavor."""
-    mode = getattr(settings, "restart", "auto")
+    """Restart the node's containerd of this flavor per `mode` (--restart: auto|systemd|none),
+    waiting up to `timeout` seconds for its new main PID."""
     if mode == "none":
         return RestartResult(method="none", unit=None, pending=True,
                              reason="--restart none: containerd must be restarted for the change to take effect")
@@ -352,4 +352,4 @@ def restart_containerd(host: HostRoot, settings, flavor: str, *, timeout: float 
         return RestartResult(method="none", unit=None, reason=NO_RESTART_NEEDED[flavor])
     transport = transport or choose_transport(host)
     unit = pick_unit(transport, flavor)
-    return restart_unit(transport, unit, timeout=timeout if timeout is not None else settings.health_timeout)
+    return restart_unit(transport, unit, timeout=timeout)

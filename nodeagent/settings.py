@@ -56,6 +56,11 @@ class Settings:
     # where Kata's sha256 comes from when nothing else names one ("" = never ask); see release_listing.py
     kata_release_listing: str = "https://api.github.com/repos/kata-containers/kata-containers/releases/tags/{version}"
     allow_control_plane_restart: bool = False  # --restart auto may restart containerd under running static pods
+    # Kata shims to register besides `kata` (qemu, clh, fc, dragonball, qemu-runtime-rs, ...): a handler,
+    # shim link, RuntimeClass and label each. Supersedes kata_extra_handlers (kata-qemu, ...), still read.
+    kata_shims: list[str] = field(default_factory=list)
+    gvisor_debug_log: str | None = None  # runsc.toml debug-log (with debug = "true"); None: no debug logging
+    gvisor_net_raw: bool = False  # runsc.toml net-raw: raw sockets in sandboxes (off, as runsc's default)
     # Kubernetes
     label_prefix: str = "sandbox.nodeagent.io/"
     kata_compat_label: bool = False
@@ -69,6 +74,7 @@ class Settings:
     overhead_from: str | None = None  # `verify --measure` JSON whose recommended podFixed wins over *_overhead_*
     rollout_max_failures: int = 3  # nodes failing one desired state before the rollout halts; 0: never
     startup_taint: str | None = None  # taint key removed from this Node once converged and verified
+    kata_shim_overheads: list[str] = field(default_factory=list)  # `<shim>=<memory>[/<cpu>]`, e.g. qemu=200Mi/300m
     # agent
     interval: float = 300.0
     # Loopback by default: on a systemd host the agent shares the node's network, and /readyz and

@@ -18,6 +18,7 @@ from typing import Any
 from nodeagent import fsutil
 from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
+from nodeagent.journal import Journal
 
 STATE_DIR = "/var/lib/nodeagent"
 STATE_FILE = f"{STATE_DIR}/state.json"
@@ -68,23 +69,30 @@ def load(host: HostRoot) -> State:
         ) from None
 
 
-def private_dir(host: HostRoot, path: str = STATE_DIR) -> None:
+def private_dir(host: HostRoot, path: str = STATE_DIR, journal: Journal | None = None) -> None:
     """Create nodeagent's state directories 0700 (their parents 0755), whatever the umask:
     backups are restored by uninstall, so no other user may swap one."""
-    fsutil.make_dirs(host.path(posixpath.dirname(STATE_DIR)), 0o755)
-    fsutil.make_dirs(host.path(path), 0o700)
+    make_dirs = fsutil.make_dirs if journal is None else journal.mkdirs
+    make_dirs(host.path(posixpath.dirname(STATE_DIR)), 0o755)
+    make_dirs(host.path(path), 0o700)
 
 
-def save(host: HostRoot, state: State) -> None:
-    data = json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-    private_dir(host)
-    fsutil.atomic_write(host.path(STATE_FILE), data, mode=0o600)
+def encode(state: State) -> bytes:
+    return json.dumps(state.to_json(), indent=2, sort_keys=True).encode() + b"\n"
 
 
-def backup(host: HostRoot, path: str, data: bytes) -> str:
+def save(host: HostRoot, state: State, journal: Journal | None = None) -> None:
+    """Write state.json (registered in `journal` first, when given, so a rollback restores it)."""
+    private_dir(host, journal=journal)
+    write = fsutil.atomic_write if journal is None else journal.write
+    write(host.path(STATE_FILE), encode(state), mode=0o600)
+
+
+def backup(host: HostRoot, path: str, data: bytes, journal: Journal | None = None) -> str:
     """Keep the original bytes of a file we are about to modify; returns the backup's host path."""
     name = path.strip("/").replace("/", "__")
     target = f"{BACKUP_DIR}/{name}.{time.strftime('%Y%m%dT%H%M%S')}.{sha256(data)[:12]}"
-    private_dir(host, BACKUP_DIR)
-    fsutil.atomic_write(host.path(target), data, mode=0o600)
+    private_dir(host, BACKUP_DIR, journal)
+    write = fsutil.atomic_write if journal is None else journal.write
+    write(host.path(target), data, mode=0o600)
     return target

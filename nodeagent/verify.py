@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from nodeagent.errors import CommandFailed, NodeagentError
+from nodeagent.errors import CommandFailed
 from nodeagent.host import HostRoot
 from nodeagent.run import run
 
@@ -85,16 +85,8 @@ def judge(check: RuntimeCheck) -> RuntimeCheck:
 
 def find_runsc(host: HostRoot) -> Path | None:
     """The runsc binary nodeagent installed (or the host's own), as a real path we can execute."""
-    for host_path in (*RUNSC_CANDIDATES, host.which("runsc")):
-        if not host_path:
-            continue
-        try:
-            real = host.resolve(host_path)
-        except NodeagentError:
-            continue
-        if real.is_file() and os.access(real, os.X_OK):
-            return real
-    return None
+    found = host.find_executable(RUNSC_CANDIDATES, "runsc")
+    return host.resolve(found) if found else None
 
 
 def _runsc_cgroups() -> set[str]:

@@ -6,7 +6,7 @@ holds the run lock around the calls that write):
 - ``plan_artifact(host, settings, runtime, arch=None) -> ArtifactPlan(runtime, version, action)``
   action is "download" | "cached" | "installed" (version dir exists, links move) | "none".
   Reads at most small digest files (or Kata's release listing); never downloads an artifact, never writes.
-- ``ensure_artifact(host, settings, runtime, arch=None, progress="auto") -> ArtifactResult``
+- ``ensure_artifact(host, settings, runtime, arch=None, progress="auto", journal=None) -> ArtifactResult``
   (runtime, version, action, install_dir, pruned, kept_in_use). Raises ArtifactError /
   ConflictError (exit 2, with a hint) and then leaves the host as it was.
 - ``remove_artifact(host, runtime, force=False) -> RemoveResult(runtime, removed, restored)``

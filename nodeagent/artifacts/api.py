@@ -1,7 +1,8 @@
 """The artifact steps `nodeagent install` / `plan` / `uninstall` / the agent call.
 
 plan_artifact   -> what would happen (reads digest files or Kata's release listing at most; downloads no artifact)
-ensure_artifact -> download/verify/cache/extract/link, then prune unused old versions
+ensure_artifact -> download/verify/cache/extract/link (into the installer's undo journal), then
+                  prune unused old versions (the installer prunes only once the run is accepted)
 remove_artifact -> remove links and versions (refused while a process runs from them)
 The caller holds nodeagent's run lock (/run/nodeagent.lock) around ensure/remove.
 """
@@ -18,7 +19,7 @@ from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.download import Fetcher, FetchOptions
 from nodeagent.artifacts.progress import ProgressFn, tty_progress
 from nodeagent.artifacts.release import Release, check_trusted, resolve
-from nodeagent.artifacts.txn import Transaction
+from nodeagent.journal import Journal
 from nodeagent.artifacts.digest import parse_hex
 from nodeagent.artifacts.sources import mirror_base
 from nodeagent.errors import ArtifactError
@@ -123,10 +124,15 @@ def _resolve(host: HostRoot, settings, runtime: str, arch: str, fetcher: Fetcher
     )
 
 
-def _action(host: HostRoot, release: Release, cache: Cache) -> tuple[str, str | None]:
+def _options(settings, runtime: str):
+    plugin = runtime_plugins.get(runtime)
+    return plugin.options(settings)
+
+
+def _action(host: HostRoot, release: Release, cache: Cache, opts=None) -> tuple[str, str | None]:
     dirname = install.find_installed(host, release)
     if dirname is not None:
-        return ("none" if install.links_point_at(host, release.runtime, dirname) else "installed"), dirname
+        return ("none" if install.links_point_at(host, release.runtime, dirname, opts) else "installed"), dirname
     if all(cache.has(f.digest) for f in release.files):
         return "cached", None
     return "download", None
@@ -145,7 +151,7 @@ def plan_artifact(host: HostRoot, settings, runtime: str, arch: str | None = Non
         release = _resolve(host, settings, runtime, arch, fetcher)
     finally:
         fetcher.close()
-    action, dirname = _action(host, release, Cache(host))
+    action, dirname = _action(host, release, Cache(host), _options(settings, runtime))
     return ArtifactPlan(runtime, dirname or release.version, action)
 
 
@@ -156,60 +162,74 @@ def ensure_artifact(
     arch: str | None = None,
     progress: ProgressFn | None | str = "auto",
     limits: extract.Limits = extract.Limits(),
+    journal: Journal | None = None,
 ) -> ArtifactResult:
-    """Make the runtime's release installed and linked; on failure the host is left as it was."""
+    """Make the runtime's release installed and linked; on failure the host is left as it was.
+
+    With a `journal` (the installer's), every change stays registered there so a later failed
+    restart or health check undoes it too; old versions are then NOT pruned (the rollback may
+    need them): the caller prunes once the run is accepted.
+    """
     _check_runtime(runtime)
     arch = arch or catalog.host_arch()
     cache = Cache(host)
     fetcher = Fetcher(fetch_options(settings))
+    own = journal is None
     try:
-        with Transaction() as txn:
+        with (Journal() if own else journal.savepoint()) as steps:
+            opts = _options(settings, runtime)
             release = _resolve(host, settings, runtime, arch, fetcher)
-            foreign = install.refuse_foreign(host, runtime, settings.force)
-            action, dirname = _action(host, release, cache)
+            foreign = install.refuse_foreign(host, runtime, settings.force, opts)
+            action, dirname = _action(host, release, cache, opts)
             if action == "download" or action == "cached":
-                action = _fill_cache(host, release, cache, fetcher, txn, settings, progress)
-                _record(cache, release, txn)
-                dirname = install.stage(host, release, cache, txn, limits)
+                action = _fill_cache(host, release, cache, fetcher, steps, settings, progress)
+                _record(cache, release, steps)
+                dirname = install.stage(host, release, cache, steps, limits)
             if action != "none":
-                install.switch_links(host, runtime, dirname, foreign, txn)
+                where = f"{install.runtime_dir(runtime)}/{dirname}"
+                runtime_plugins.get(runtime).check_release(host.path(where), opts, where)  # before any link moves
+                install.switch_links(host, runtime, dirname, foreign, steps, opts)
     finally:
         fetcher.close()
-    try:
-        pruned, kept = install.prune(host, runtime)
-    except OSError as exc:  # the install itself succeeded; an old version just stays for now
-        log.warning("could not prune old versions", runtime=runtime, error=str(exc))
-        pruned, kept = [], {}
+    pruned, kept = _prune_quietly(host, runtime) if own else ([], {})
     log.info("artifact ready", runtime=runtime, version=dirname, action=action)
     return ArtifactResult(runtime, dirname, action, f"{install.runtime_dir(runtime)}/{dirname}", pruned, kept)
 
 
-def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, txn: Transaction, settings, progress) -> str:
+def _prune_quietly(host: HostRoot, runtime: str) -> tuple[list[str], dict[str, list[int]]]:
+    try:
+        return install.prune(host, runtime)
+    except OSError as exc:  # the install itself succeeded; an old version just stays for now
+        log.warning("could not prune old versions", runtime=runtime, error=str(exc))
+        return [], {}
+
+
+def _fill_cache(host, release: Release, cache: Cache, fetcher: Fetcher, journal: Journal, settings, progress) -> str:
     """Fetch what the cache lacks (verified); "download" if anything came over the wire."""
     action = "cached"  # everything was already in the cache
     for f in release.files:
-        if cache.verify(f.digest, txn):
+        if cache.verify(f.digest, journal):
             continue
         if f.location is None:  # recorded release, cache entry lost: ask the source again
             fresh = _resolve(host, settings, release.runtime, release.arch, fetcher)
             f = next(x for x in fresh.files if x.name == f.name and x.digest == f.digest)
-        cache.make_dir(txn)
+        cache.make_dir(journal)
         dest = cache.path_for(f.digest)
         show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
         action = "download"
         fetcher.fetch(f.location, dest, f.digest, show)
-        txn.added(dest)
-        cache.mark_verified(f.digest, txn)  # hashed while downloading: staging needs no second pass
+        journal.added(dest)
+        cache.mark_verified(f.digest, journal)  # hashed while downloading: staging needs no second pass
     return action
 
 
-def _record(cache: Cache, release: Release, txn: Transaction) -> None:
+def _record(cache: Cache, release: Release, journal: Journal) -> None:
     before = cache.index_bytes()
     cache.record(release.key, release.record())
     if before is None:
-        txn.added(cache.dir / "releases.json")
+        journal.added(cache.dir / "releases.json")
     else:
-        txn.on_rollback(lambda: atomic_write(cache.dir / "releases.json", before, mode=0o600))
+        journal.on_rollback(lambda: atomic_write(cache.dir / "releases.json", before, mode=0o600))
 
 
 def artifacts_in_use(host: HostRoot, runtime: str) -> list[int]:
@@ -222,9 +242,10 @@ def artifacts_in_use(host: HostRoot, runtime: str) -> list[int]:
 
 
 def prune_artifact(host: HostRoot, runtime: str) -> tuple[list[str], dict[str, list[int]]]:
-    """Remove old versions nothing runs from any more (the agent calls this each round)."""
+    """Remove old versions nothing runs from any more (the installer, once a run is accepted);
+    a failure to prune is logged, never fatal: the old version just stays for now."""
     _check_runtime(runtime)
-    return install.prune(host, runtime)
+    return _prune_quietly(host, runtime)
 
 
 def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> RemoveResult:
@@ -242,7 +263,7 @@ def remove_artifact(host: HostRoot, runtime: str, force: bool = False) -> Remove
     removed, restored = [], []
     # reverse of the install order: the shim's link (through /opt/kata) goes before /opt/kata, so
     # an interrupted removal never leaves a dangling shim link (found by tests/faults)
-    for link in reversed(list(install.desired_links(runtime, "x"))):
+    for link in reversed(list(install.all_links(runtime, "x"))):
         real = host.path(link)
         if real.is_symlink() and install.is_ours(runtime, link, os.readlink(real)):
             remove_file(real)  # a read-only /usr/local/bin is a HostError with a hint, not a crash

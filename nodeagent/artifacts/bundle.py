@@ -25,7 +25,7 @@ from nodeagent.artifacts.digest import file_digest
 from nodeagent.artifacts.download import Fetcher
 from nodeagent.artifacts.progress import tty_progress
 from nodeagent.artifacts.release import Release, resolve
-from nodeagent.artifacts.txn import Transaction
+from nodeagent.journal import Journal
 from nodeagent.errors import ArtifactError, HostError
 from nodeagent.fsutil import atomic_write
 
@@ -98,7 +98,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
     result = BundleResult(str(root))
     staged: list[tuple[Path, Path, Path, str]] = []  # (new, dest, sidecar, sidecar text)
     try:
-        with Transaction() as txn:
+        with Journal() as journal:
             releases = []
             for runtime in runtimes:
                 plugin = runtime_plugins.get(runtime)
@@ -108,7 +108,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                         resolve(fetcher, None, runtime, plugin.version(opts), arch, settings.mirror,
                                 plugin.operator_digest(opts), pinned, listing=settings.kata_release_listing)
                     )
-            txn.mkdirs(root)
+            journal.mkdirs(root)
             for release in releases:
                 for f in release.files:
                     rel = release.mirror_relpath(f.name)
@@ -116,10 +116,10 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
                     sidecar = dest.with_name(f.name + f.digest.sidecar_suffix())
                     entry = {"path": rel, "digest": str(f.digest), "action": "present"}
                     if not _present(dest, sidecar, release, f):
-                        txn.mkdirs(dest.parent)
+                        journal.mkdirs(dest.parent)
                         new = dest.with_name(f.name + NEW_SUFFIX)
                         show = tty_progress(f"{release.runtime} {f.name}") if progress == "auto" else progress
-                        txn.added(new)
+                        journal.added(new)
                         fetcher.fetch(f.location, new, f.digest, show, mode=0o644)  # a mirror others serve
                         check_archive(release, new)
                         staged.append((new, dest, sidecar, f.digest.sidecar_text(f.name)))
@@ -131,7 +131,7 @@ def write_bundle(settings, runtimes: list[str], arches: list[str], directory: st
             before = pins_file.read_bytes() if pins_file.is_file() and not pins_file.is_symlink() else None
             digests = {**_bundled_pins(pins_file, before), **{r.mirror_relpath(f.name): f.digest for r in releases for f in r.files}}
             atomic_write(pins_file, pins.render(digests).encode(), mode=0o644)
-            txn.on_rollback(lambda: atomic_write(pins_file, before) if before is not None else pins_file.unlink(missing_ok=True))
+            journal.on_rollback(lambda: atomic_write(pins_file, before) if before is not None else pins_file.unlink(missing_ok=True))
             result.pins = str(pins_file)
             for new, dest, sidecar, text in staged:
                 atomic_write(sidecar, text.encode())

@@ -15,7 +15,7 @@ import structlog
 
 from nodeagent.artifacts import stamps
 from nodeagent.artifacts.digest import Digest, file_digest
-from nodeagent.artifacts.txn import Transaction
+from nodeagent.journal import Journal
 from nodeagent.fsutil import atomic_write
 from nodeagent.host import HostRoot
 from nodeagent.state import STATE_DIR
@@ -31,11 +31,11 @@ class Cache:
         self.host = host
         self.dir = host.path(CACHE_DIR)
 
-    def make_dir(self, txn) -> None:
+    def make_dir(self, journal) -> None:
         """Create the cache 0700 (its parents as nodeagent's state dirs), undone on rollback:
         only root may reach a file between its verification and its use."""
-        txn.mkdirs(self.host.path(posixpath.dirname(STATE_DIR)))
-        txn.mkdirs(self.dir, mode=0o700)
+        journal.mkdirs(self.host.path(posixpath.dirname(STATE_DIR)))
+        journal.mkdirs(self.dir, mode=0o700)
 
     def path_for(self, digest: Digest) -> Path:
         return self.dir / digest.hex
@@ -43,7 +43,7 @@ class Cache:
     def has(self, digest: Digest) -> bool:
         return self.path_for(digest).is_file()
 
-    def verify(self, digest: Digest, txn: Transaction | None = None) -> bool:
+    def verify(self, digest: Digest, journal: Journal | None = None) -> bool:
         """A cache hit is usable; a corrupt entry is dropped (and fetched again).
 
         Hashing a 256 MiB entry costs ~0.6 s, so it is re-hashed only when its (size,
@@ -55,23 +55,23 @@ class Cache:
         if stamps.unchanged(self._stamp_path(digest), path):
             return True
         if file_digest(path, digest.algo) == digest.hex:
-            self.mark_verified(digest, txn)
+            self.mark_verified(digest, journal)
             return True
         log.warning("cached artifact is corrupt; dropping it", path=str(path))
         path.unlink(missing_ok=True)
         self._stamp_path(digest).unlink(missing_ok=True)
         return False
 
-    def mark_verified(self, digest: Digest, txn: Transaction | None = None) -> None:
+    def mark_verified(self, digest: Digest, journal: Journal | None = None) -> None:
         """Record that the entry was just hashed and matched (by the download, or verify()).
 
-        With a transaction, a new stamp is undone with the rest of a failed install.
+        With a journal, a new stamp is undone with the rest of a failed install.
         """
         stamp = self._stamp_path(digest)
-        if txn is not None:
-            txn.mkdirs(stamp.parent, mode=0o700)  # root only, whatever the umask
+        if journal is not None:
+            journal.mkdirs(stamp.parent, mode=0o700)  # root only, whatever the umask
             if not stamp.exists():
-                txn.added(stamp)
+                journal.added(stamp)
         stamps.record(stamp, self.path_for(digest))
 
     def _stamp_path(self, digest: Digest) -> Path:

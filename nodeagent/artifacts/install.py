@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -23,10 +24,10 @@ from nodeagent.artifacts import extract
 from nodeagent.artifacts.cache import Cache
 from nodeagent.artifacts.inuse import pids_using
 from nodeagent.artifacts.release import Release
-from nodeagent.artifacts.txn import Transaction
 from nodeagent.artifacts.unpacked import UnpackedCache
 from nodeagent.errors import ConflictError
 from nodeagent.fsutil import TEMP_PREFIX, atomic_symlink, fsync_dir
+from nodeagent.journal import Journal
 from nodeagent.host import HostRoot
 from nodeagent.state import STATE_DIR
 
@@ -41,9 +42,15 @@ def runtime_dir(runtime: str) -> str:
     return f"{OPT}/{runtime}"
 
 
-def desired_links(runtime: str, dirname: str) -> dict[str, str]:
-    """host link path -> host-absolute target, for the release installed in `dirname`."""
-    return runtime_plugins.get(runtime).links(f"{runtime_dir(runtime)}/{dirname}")
+def desired_links(runtime: str, dirname: str, opts: Any = None) -> dict[str, str]:
+    """host link path -> host-absolute target, for the release installed in `dirname` (and, with the
+    runtime's options, the links they ask for, e.g. one per Kata shim)."""
+    return runtime_plugins.get(runtime).links(f"{runtime_dir(runtime)}/{dirname}", opts)
+
+
+def all_links(runtime: str, dirname: str) -> dict[str, str]:
+    """Every link the runtime could have made (uninstall, and links a changed option retires)."""
+    return runtime_plugins.get(runtime).all_links(f"{runtime_dir(runtime)}/{dirname}")
 
 
 def is_ours(runtime: str, link: str, target: str) -> bool:
@@ -53,10 +60,10 @@ def is_ours(runtime: str, link: str, target: str) -> bool:
     return runtime_plugins.get(runtime).owns_link(link, target)
 
 
-def foreign_links(host: HostRoot, runtime: str) -> list[str]:
+def foreign_links(host: HostRoot, runtime: str, opts: Any = None) -> list[str]:
     """Links we would replace that someone else put there (a regular file, or a link elsewhere)."""
     out = []
-    for link in desired_links(runtime, "x"):
+    for link in desired_links(runtime, "x", opts):
         real = host.path(link)
         if not os.path.lexists(real):
             continue
@@ -66,9 +73,9 @@ def foreign_links(host: HostRoot, runtime: str) -> list[str]:
     return out
 
 
-def refuse_foreign(host: HostRoot, runtime: str, force: bool) -> list[str]:
+def refuse_foreign(host: HostRoot, runtime: str, force: bool, opts: Any = None) -> list[str]:
     """Refuse (exit 2) to replace what nodeagent did not install, unless forced."""
-    foreign = foreign_links(host, runtime)
+    foreign = foreign_links(host, runtime, opts)
     if foreign and not force:
         what = []
         for link in foreign:
@@ -118,28 +125,40 @@ def find_installed(host: HostRoot, release: Release) -> str | None:
     return None
 
 
-def links_point_at(host: HostRoot, runtime: str, dirname: str) -> bool:
-    for link, target in desired_links(runtime, dirname).items():
+def links_point_at(host: HostRoot, runtime: str, dirname: str, opts: Any = None) -> bool:
+    """Every link the options want is in place, and none of ours they no longer want is left."""
+    wanted = desired_links(runtime, dirname, opts)
+    for link, target in wanted.items():
         real = host.path(link)
         if not real.is_symlink() or os.readlink(real) != target:
             return False
-    return True
+    return not retired_links(host, runtime, wanted)
+
+
+def retired_links(host: HostRoot, runtime: str, wanted: dict[str, str]) -> list[str]:
+    """Links of ours that the options no longer ask for (a shim dropped from kata_shims)."""
+    out = []
+    for link in all_links(runtime, "x"):
+        real = host.path(link)
+        if link not in wanted and real.is_symlink() and is_ours(runtime, link, os.readlink(real)):
+            out.append(link)
+    return out
 
 
 # -- assembling a version directory ----------------------------------------------------------
-def stage(host: HostRoot, release: Release, cache: Cache, txn: Transaction, limits: extract.Limits) -> str:
+def stage(host: HostRoot, release: Release, cache: Cache, journal: Journal, limits: extract.Limits) -> str:
     """Build the release's directory from cached files and rename it into place; returns its name."""
-    rdir = txn.mkdirs(host.path(runtime_dir(release.runtime)))
+    rdir = journal.mkdirs(host.path(runtime_dir(release.runtime)))
     staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=rdir))
     try:
-        out = _assemble(release, cache, staging, limits, txn)
+        out = _assemble(release, cache, staging, limits, journal)
         os.chmod(out, 0o755)
         marker = {"runtime": release.runtime, "version": release.version, "arch": release.arch, **release.record()}
         _write_new(out / MARKER, (json.dumps(marker, indent=2, sort_keys=True) + "\n").encode(), 0o644)
         dirname = _choose_dirname(host, release, out)
         final = rdir / dirname
         os.rename(out, final)
-        txn.added(final)
+        journal.added(final)
         fsync_dir(rdir)
         return dirname
     finally:
@@ -154,7 +173,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.fchmod(fh.fileno(), mode)
 
 
-def _assemble(release: Release, cache: Cache, staging: Path, limits: extract.Limits, txn: Transaction) -> Path:
+def _assemble(release: Release, cache: Cache, staging: Path, limits: extract.Limits, journal: Journal) -> Path:
     """The release's files in a dir under `staging`: from a kept unpacked tree when there is one."""
     plugin = runtime_plugins.get(release.runtime)
     if not plugin.is_archive(release):
@@ -165,7 +184,7 @@ def _assemble(release: Release, cache: Cache, staging: Path, limits: extract.Lim
         log.info("reusing the unpacked release", runtime=release.runtime, key=key)
         return staging / "kept"
     out = plugin.unpack(release, cache, staging, limits)
-    kept.keep(release.runtime, key, out, txn)
+    kept.keep(release.runtime, key, out, journal)
     return out
 
 
@@ -179,25 +198,29 @@ def _choose_dirname(host: HostRoot, release: Release, out: Path) -> str:
 
 
 # -- links -----------------------------------------------------------------------------------
-def switch_links(host: HostRoot, runtime: str, dirname: str, foreign: list[str], txn: Transaction) -> None:
-    """Point the runtime's links at `dirname`; a forced foreign file is moved aside first."""
+def switch_links(host: HostRoot, runtime: str, dirname: str, foreign: list[str], journal: Journal,
+                 opts: Any = None) -> None:
+    """Point the runtime's links at `dirname`; a forced foreign file is moved aside first. Links of
+    ours the options no longer want go (put back on rollback)."""
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    for link, target in desired_links(runtime, dirname).items():
+    wanted = desired_links(runtime, dirname, opts)
+    for link in retired_links(host, runtime, wanted):
         real = host.path(link)
-        txn.mkdirs(real.parent)
+        old = os.readlink(real)
+        journal.on_rollback(lambda r=real, o=old: atomic_symlink(o, r))  # registered before the change
+        real.unlink()
+        log.info("removed a link the options no longer ask for", path=link)
+    for link, target in wanted.items():
+        real = host.path(link)
+        journal.mkdirs(real.parent)
         if link in foreign:
             backup = host.path(f"{REPLACED}{link}.{stamp}")
-            txn.mkdirs(host.path(posixpath.dirname(STATE_DIR)))
-            txn.mkdirs(backup.parent, mode=0o700)  # nodeagent's state: root only
+            journal.mkdirs(host.path(posixpath.dirname(STATE_DIR)))
+            journal.mkdirs(backup.parent, mode=0o700)  # nodeagent's state: root only
             shutil.move(str(real), str(backup))
-            txn.on_rollback(lambda b=backup, r=real: shutil.move(str(b), str(r)))
+            journal.on_rollback(lambda b=backup, r=real: shutil.move(str(b), str(r)))
             log.warning("moved aside a file nodeagent did not install", path=link, kept_at=host.to_host(backup))
-        old = os.readlink(real) if real.is_symlink() else None
-        atomic_symlink(target, real)
-        if old is None:
-            txn.on_rollback(lambda r=real: r.unlink(missing_ok=True))
-        else:
-            txn.on_rollback(lambda r=real, o=old: atomic_symlink(o, r))
+        journal.symlink(target, real)
 
 
 # -- pruning and removal -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ import structlog
 
 from nodeagent import __version__
 from nodeagent.artifacts import place
-from nodeagent.artifacts.txn import Transaction
+from nodeagent.journal import Journal
 from nodeagent.fsutil import TEMP_PREFIX, atomic_write, fsync_dir
 
 log = structlog.get_logger(__name__)
@@ -72,27 +72,31 @@ class UnpackedCache:
         place.link_tree(entry / "tree", dest)
         return True
 
-    def keep(self, runtime: str, key: str, tree: Path, txn: Transaction) -> None:
+    def keep(self, runtime: str, key: str, tree: Path, journal: Journal) -> None:
         """Keep `tree` (just unpacked from a verified archive) for later installs; best effort.
 
         Undone with the rest of a failed install, like a new cache entry.
         """
         tmp = None
         try:
-            txn.mkdirs(self.dir, mode=0o700)  # nodeagent's cache: root only, whatever the umask
+            journal.mkdirs(self.dir, mode=0o700)  # nodeagent's cache: root only, whatever the umask
             tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.dir))
             place.link_tree(tree, tmp / "tree")
             os.chmod(tmp / "tree", 0o755)  # a release root's mode (staging makes it before its chmod)
             atomic_write(tmp / MANIFEST, json.dumps(manifest_of(tmp / "tree")).encode(), mode=0o600)
             shutil.rmtree(self.dir / key, ignore_errors=True)
             os.rename(tmp, self.dir / key)
-            txn.added(self.dir / key)
+            journal.added(self.dir / key)
             fsync_dir(self.dir)
         except OSError as exc:  # a full disk only costs the next install an unpack
             log.warning("could not keep the unpacked release", key=key, error=str(exc))
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             return
+        # the previous tree goes only once the install is accepted: a rollback reinstalls its release
+        journal.on_commit(lambda: self._drop_others(runtime, key))
+
+    def _drop_others(self, runtime: str, key: str) -> None:
         for name in os.listdir(self.dir):
             if name != key and (name.startswith(f"{runtime}-") or name.startswith(TEMP_PREFIX)):
                 shutil.rmtree(self.dir / name, ignore_errors=True)

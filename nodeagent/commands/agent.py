@@ -18,6 +18,7 @@ from nodeagent.errors import NodeagentError
 from nodeagent.host import HostRoot
 from nodeagent.output import Result
 from nodeagent.settings import Settings
+from nodeagent.dicts import table
 
 log = structlog.get_logger(__name__)
 _NO_CLIENT = object()  # converge_round's default: find the API client itself
@@ -72,7 +73,7 @@ class _Kube:
         except NodeagentError as exc:  # the halt is the news; a label we could not write is not
             log.warning("could not label the node halted", error=exc.message)
             return
-        if patch and (patch["metadata"].get("labels") or {}).get(self.settings.label_prefix + "state") == "halted":
+        if patch and table(patch, "metadata", "labels").get(self.settings.label_prefix + "state") == "halted":
             self.event("NodeagentRolloutHalted", exc.message, warning=True)
 
     def release_startup_taint(self, node: dict, host: HostRoot, state: str, verified: bool) -> None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 
+from nodeagent import error_handler
 from nodeagent.agent import ConvergeOutcome
 from nodeagent.errors import EXIT_FAIL, NodeagentError
 from nodeagent.settings import Settings
@@ -57,8 +57,7 @@ def run_in_child(settings: Settings) -> ConvergeOutcome:
 
 
 def _child() -> int:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    error_handler.ignore_stop_signals()  # the agent (our parent) decides when a round ends
     settings = Settings(**json.loads(sys.stdin.read()))
     from nodeagent import logsetup
     from nodeagent.commands.agent import converge_round

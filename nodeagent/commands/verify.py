@@ -16,6 +16,7 @@ from nodeagent.host import HostRoot
 from nodeagent.output import Result, emit
 from nodeagent.runtimes import selected
 from nodeagent.runtimes.base import VerifyContext
+from nodeagent.dicts import table
 
 
 class VerifyFailed(NodeagentError):
@@ -28,15 +29,15 @@ def _socket(host: HostRoot, settings) -> str:
     """containerd's socket as we can reach it (under --root when the root is not ours)."""
     from nodeagent.containerd.cri import socket_for
 
-    facts: dict = {}
+    detected = None
     if not settings.containerd_socket:
         try:
             from nodeagent.detect import containerd as containerd_probe
 
-            facts = {"containerd": containerd_probe.probe(host, settings)}
+            detected = containerd_probe.probe(host, settings.containerd_config).socket
         except NodeagentError:
             pass
-    return socket_for(host, settings, facts)
+    return socket_for(host, settings.containerd_socket, detected)
 
 
 def _text(checks: list[verify.RuntimeCheck]) -> str:
@@ -53,6 +54,10 @@ def _text(checks: list[verify.RuntimeCheck]) -> str:
             lines.append(f"{'':<13} {c.reason}")
         for d in c.dmesg[:3]:
             lines.append(f"{'':<13} dmesg: {d.strip()}")
+        for handler, shim in table(c.detail, "shims").items():  # a runtime's further handlers
+            state = "ok" if shim["ok"] else "FAIL"
+            kernel = f"sandbox kernel {shim['sandbox_kernel']}" if shim["sandbox_kernel"] else shim["reason"] or ""
+            lines.append(f"{'':<7} {state:<5} {handler}: {kernel}".rstrip())
     return "\n".join(lines)
 
 

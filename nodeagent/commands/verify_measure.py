@@ -26,11 +26,11 @@ def _why_not(host: HostRoot, settings, check) -> str:
     try:
         from nodeagent.detect import detect_host
 
-        verdict = (detect_host(host, settings).get("runtimes") or {}).get(check.runtime) or {}
+        verdict = detect_host(host, settings).verdict(check.runtime)
     except NodeagentError:
-        verdict = {}
-    if verdict and not verdict.get("eligible"):
-        reason += f"; {check.runtime} cannot run on this host: " + "; ".join(verdict.get("reasons") or [])
+        verdict = None
+    if verdict is not None and not verdict.eligible:
+        reason += f"; {check.runtime} cannot run on this host: " + "; ".join(verdict.reasons)
     return reason
 
 

@@ -1,43 +1,26 @@
-"""Carry a Plan out on the host, and undo it: the only module here that writes.
+"""Carry a Plan out on the host: the only module here that writes containerd's config.
 
-Order for install: validate the candidate with the real containerd -> check every
-target is writable (so a read-only file fails before anything changed) -> back up
-originals and record ownership in state.json -> atomic writes (rolled back if one
-fails). The caller holds the run lock (fsutil.RunLock at /run/nodeagent.lock).
+Install, in the steps of certbot's Installer: `config_test` (validate the candidate with the
+real containerd, check every target is writable, so a read-only file fails before anything
+changed) -> `save` (back up originals, record ownership in state.json, atomic writes); the
+restart and rollback steps are converge's. Every write is registered in the caller's
+undo journal (nodeagent/journal.py) before it is made; rolling back is the journal's job.
+The caller holds the run lock (fsutil.RunLock at /run/nodeagent.lock).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from nodeagent import fsutil, runtimes as runtime_plugins, state as state_mod
-from nodeagent.containerd import edit, model
 from nodeagent.containerd.effective import prove_only_ours
-from nodeagent.containerd.imports import read_host_file
-from nodeagent.containerd.layout import BASE_LINE
-from nodeagent.containerd.plan import FileChange, Plan
+from nodeagent.containerd.plan import FileChange, Outcome, Plan
 from nodeagent.containerd.validate import checked_candidate, find_containerd
 from nodeagent.errors import HostError
 from nodeagent.host import HostRoot
-
-
-@dataclass
-class Outcome:
-    files: list[FileChange]
-    restart: bool
-    notes: list[str] = field(default_factory=list)
-    previous_state: bytes | None = None  # state.json before apply_install (for rollback_install)
-
-    @property
-    def changed(self) -> bool:
-        return any(f.action != "none" for f in self.files)
-
-    def to_json(self) -> dict:
-        return {"changed": self.changed, "restart": self.restart,
-                "files": [f.to_json() for f in self.files if f.action != "none"], "artifacts": []}
+from nodeagent.journal import Journal
 
 
 def lock(host: HostRoot) -> fsutil.RunLock:
@@ -101,37 +84,26 @@ def _named_files_first(changes: list[FileChange]) -> list[FileChange]:
     return sorted(changes, key=lambda c: c.role not in runtime_plugins.option_roles())  # a runtime's options file, e.g. runsc.toml
 
 
-def _write_all(host: HostRoot, changes: list[FileChange]) -> None:
-    done: list[FileChange] = []
-    try:
-        for change in changes:
-            if change.action == "none":
-                continue
-            real = _real(host, change.path)
-            if change.new is None:
-                fsutil.remove_file(real)
-            else:
-                fsutil.atomic_write(real, change.new)
-            done.append(change)
-    except BaseException:
-        for change in reversed(done):  # put back what we already replaced
-            real = _real(host, change.path)
-            if change.old is None:
-                fsutil.remove_file(real)
-            else:
-                fsutil.atomic_write(real, change.old)
-        raise
+def _write_all(host: HostRoot, changes: list[FileChange], journal: Journal) -> None:
+    """Write each change atomically, its old bytes (and any directory created for it) registered first."""
+    for change in changes:
+        if change.action == "none":
+            continue
+        real = _real(host, change.path)
+        if change.new is not None:
+            journal.mkdirs(real.parent)
+        journal.write(real, change.new)
 
 
 def apply_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> Outcome:
-    """Validate, then write: prepare_install followed by commit_install."""
-    notes = prepare_install(host, plan, containerd_bin=containerd_bin)
-    outcome = commit_install(host, plan)
+    """Validate, then write: config_test followed by save."""
+    notes = config_test(host, plan, containerd_bin=containerd_bin)
+    outcome = save(host, plan)
     outcome.notes += [n for n in notes if n not in outcome.notes]
     return outcome
 
 
-def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> list[str]:
+def config_test(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None) -> list[str]:
     """Everything that can refuse the plan, with nothing written: the real containerd's
     `config dump` of the candidate, and a writability check of every target. The installer
     runs this before fetching artifacts, so bad input leaves the host byte-identical."""
@@ -155,12 +127,28 @@ def prepare_install(host: HostRoot, plan: Plan, *, containerd_bin: str | None = 
     return notes
 
 
-def commit_install(host: HostRoot, plan: Plan) -> Outcome:
-    """Back up, record ownership, write atomically (a plan already checked by prepare_install)."""
+def save(host: HostRoot, plan: Plan, journal: Journal | None = None) -> Outcome:
+    """Back up, record ownership, write atomically (a plan already checked by config_test).
+
+    Every write is registered in `journal` before it is made, so the installer can undo all of
+    it (state.json and backups included) when containerd does not accept the result. Without a
+    journal, a failed write undoes the writes before it and re-raises."""
+    if journal is None:
+        with Journal() as own:
+            return save(host, plan, own)
     outcome = Outcome(plan.files, plan.restart, list(plan.notes))
     if not plan.changed:
         return outcome
-    outcome.previous_state = host.read_bytes(state_mod.STATE_FILE)
+    state, retired_dirs = _record_ownership(host, plan, journal)
+    state_mod.save(host, state, journal)  # ownership first: a crash mid-write leaves uninstall able to clean up
+    _write_all(host, _named_files_first(plan.files), journal)
+    _remove_empty_dirs(host, retired_dirs, journal)
+    return outcome
+
+
+def _record_ownership(host: HostRoot, plan: Plan, journal: Journal) -> tuple[state_mod.State, list[str]]:
+    """state.json as it must read after the plan is written (backups of originals made now),
+    and the directories of drop-ins the plan retires."""
     state = state_mod.load(host)
     for change in plan.files:
         if change.action == "none":
@@ -169,7 +157,7 @@ def commit_install(host: HostRoot, plan: Plan) -> Outcome:
         if record is None:
             record = state_mod.FileRecord(
                 path=change.path, role=change.role, created=change.old is None,
-                backup=None if change.old is None else state_mod.backup(host, change.path, change.old),
+                backup=None if change.old is None else state_mod.backup(host, change.path, change.old, journal),
                 written_sha256=None, created_dirs=_missing_dirs(host, change.path),
             )
             state.files[change.path] = record
@@ -192,99 +180,10 @@ def commit_install(host: HostRoot, plan: Plan) -> Outcome:
     for spec in plan.handlers:
         if spec.name in plan.added:
             state.handlers[spec.name] = spec.runtime
-    state_mod.save(host, state)  # ownership first: a crash mid-write leaves uninstall able to clean up
-    _write_all(host, _named_files_first(plan.files))
-    _remove_empty_dirs(host, retired_dirs)
-    return outcome
-
-
-def rollback_install(host: HostRoot, outcome: Outcome) -> None:
-    """Undo an apply_install whose result containerd did not accept (e.g. unhealthy after restart):
-    every file back to its bytes before, state.json as it was. The caller restarts containerd again."""
-    undo = [FileChange(c.path, c.role, c.new, c.old) for c in outcome.files if c.action != "none"]
-    _write_all(host, undo)
-    if outcome.previous_state is None:
-        fsutil.remove_file(host.path(state_mod.STATE_FILE))
-    else:
-        fsutil.atomic_write(host.path(state_mod.STATE_FILE), outcome.previous_state, mode=0o600)
+    return state, retired_dirs
 
 
 # -- uninstall ------------------------------------------------------------------------------------
-
-
-def _remove_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
-    """Planner path for a file the operator changed after us: take out only our handlers."""
-    if record.role == "template":
-        for name in sorted(names):
-            text = edit.remove_our_blocks(text, name, style)
-        return text
-    version = model.config_version(edit.parse(text, record.path).get("version"))
-    for name in sorted(names):
-        text = edit.remove_runtime(text, version, name, style, record.path)
-    return text
-
-
-def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "containerd") -> tuple[Outcome, state_mod.State]:
-    """What uninstall changes: byte-exact restores where the file is still ours, surgical removal otherwise."""
-    state = state_mod.load(host)
-    removing = {h for h, rt in state.handlers.items() if runtimes is None or rt in runtimes}
-    remaining = {h: rt for h, rt in state.handlers.items() if h not in removing}
-    changes: list[FileChange] = []
-    notes: list[str] = []
-    new_state = state_mod.State(handlers=remaining)
-    for path, record in state.files.items():
-        current = read_host_file(host, path)
-        unchanged = state_mod.sha256(current) == record.written_sha256
-        original = None if record.created else host.read_bytes(record.backup) if record.backup else None
-        if not record.created and original is None:
-            raise HostError(f"the backup of {path} ({record.backup}) is missing", "restore the file by hand")
-        owner = runtime_plugins.owner_of_role(record.role)  # a runtime's option file, e.g. gVisor's runsc.toml
-        if owner is not None:
-            if owner in remaining.values():
-                new_state.files[path] = record
-            elif unchanged:
-                changes.append(FileChange(path, record.role, current, original))
-            else:
-                notes.append(f"{path} was changed after nodeagent wrote it; left in place")
-            continue
-        ours_left = [h for h in record.handlers if h not in removing]
-        for entry in record.imports_added:  # an imports entry stays while the drop-in serves a handler
-            served = state.files[entry].handlers if entry in state.files else []
-            ours_left += [h for h in served if h not in removing and h not in ours_left]
-        if not ours_left and unchanged:
-            changes.append(FileChange(path, record.role, current, original))
-            continue
-        if current is None:
-            notes.append(f"{path} no longer exists; nothing to remove there")
-            continue
-        text, style = edit.decode(current, path)
-        new_text = _remove_ours(text, style, record, {h for h in record.handlers if h in removing})
-        if not ours_left:
-            if record.defaults_added:  # back to containerd's implicit default
-                new_text = _remove_ours(new_text, style, record, set(record.defaults_added))
-            for entry in record.imports_added:
-                new_text = edit.remove_import(new_text, entry, path, drop_empty_line=record.imports_line_created)
-            if not unchanged:
-                notes.append(f"{path} was changed after nodeagent wrote it: removed only nodeagent's handlers")
-            if record.replaced:
-                notes.append(f"handler(s) {', '.join(sorted(record.replaced))} replaced with --force are in the "
-                             f"backup {record.backup}")
-        new = edit.encode(new_text, style)
-        if record.created and not ours_left and _only_skeleton(new_text):
-            new = None
-        changes.append(FileChange(path, record.role, current, new))
-        if ours_left:
-            record.handlers = ours_left
-            record.written_sha256 = state_mod.sha256(new)
-            new_state.files[path] = record
-    restart = flavor != "k0s" and any(c.action != "none" and c.role not in runtime_plugins.option_roles() for c in changes)
-    return Outcome(changes, restart, notes), new_state
-
-
-def _only_skeleton(text: str) -> bool:
-    body = [line.strip() for line in text.splitlines()]
-    return all(not line or line.startswith("#") or line.startswith("version") or line == BASE_LINE.strip()
-               for line in body)
 
 
 def _missing_dirs(host: HostRoot, path: str) -> list[str]:
@@ -297,23 +196,29 @@ def _missing_dirs(host: HostRoot, path: str) -> list[str]:
     return missing
 
 
-def _remove_empty_dirs(host: HostRoot, dirs: list[str]) -> None:
+def _remove_empty_dirs(host: HostRoot, dirs: list[str], journal: Journal) -> None:
     for directory in dirs:  # deepest first; stop at the first one someone else put files in
         try:
-            os.rmdir(host.path(directory))
+            journal.rmdir(host.path(directory))
         except OSError:
             return
 
 
-def apply_uninstall(host: HostRoot, outcome: Outcome, new_state: state_mod.State) -> None:
+def apply_uninstall(host: HostRoot, outcome: Outcome, new_state: state_mod.State,
+                    journal: Journal | None = None) -> None:
+    """Write an uninstall plan (from plan.plan_uninstall); every write registered in `journal`
+    first, so a containerd that does not come back healthy gets the old files and state back."""
+    if journal is None:
+        with Journal() as own:
+            return apply_uninstall(host, outcome, new_state, own)
     preflight(host, outcome.files)
-    _write_all(host, outcome.files)
     old_state = state_mod.load(host)
+    _write_all(host, outcome.files, journal)
     for change in outcome.files:
         record = old_state.files.get(change.path)
         if change.action == "delete" and record is not None:
-            _remove_empty_dirs(host, record.created_dirs)
+            _remove_empty_dirs(host, record.created_dirs, journal)
     if new_state.files or new_state.handlers:
-        state_mod.save(host, new_state)
+        state_mod.save(host, new_state, journal)
     else:
-        fsutil.remove_file(host.path(state_mod.STATE_FILE))
+        journal.write(host.path(state_mod.STATE_FILE), None)

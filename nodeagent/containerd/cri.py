@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nodeagent.dicts import dig, table
 from nodeagent.errors import NodeagentError
 
 DEFAULT_SOCKET = "/run/containerd/containerd.sock"
@@ -78,8 +79,8 @@ class CriStatus:
 
     def runtime_types(self) -> dict[str, str]:
         """handler -> runtimeType from the effective CRI config."""
-        runtimes = (self.config.get("containerd") or {}).get("runtimes") or {}
-        return {name: (body or {}).get("runtimeType", "") for name, body in runtimes.items()}
+        runtimes = table(self.config, "containerd", "runtimes")
+        return {name: dig(body, "runtimeType", default="") for name, body in runtimes.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -463,12 +464,10 @@ def read_cri_log(text: str) -> str:
     return "\n".join(out) + ("\n" if out else "")
 
 
-def socket_for(host, settings, facts: dict[str, Any] | None = None) -> str:
-    """containerd's socket as reachable from here: --containerd-socket, else the detected one,
-    else the default; joined with --root (a DaemonSet reaches the node's socket under /host)."""
-    host_path = (getattr(settings, "containerd_socket", None)
-                 or ((facts or {}).get("containerd") or {}).get("socket") or DEFAULT_SOCKET)
-    return str(host.path(host_path))
+def socket_for(host, configured: str | None, detected: str | None = None) -> str:
+    """containerd's socket as reachable from here: `configured` (--containerd-socket), else the
+    detected one, else the default; joined with --root (a DaemonSet reaches the node's socket under /host)."""
+    return str(host.path(configured or detected or DEFAULT_SOCKET))
 
 
 def cri_status(socket: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 5.0) -> CriStatus:

@@ -25,6 +25,7 @@ import tomlkit.exceptions
 
 from nodeagent import runtimes as runtime_plugins
 from nodeagent.containerd import model
+from nodeagent.containerd.tomlparse import parse
 from nodeagent.errors import ConfigError
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch: a key ending in "\n" must be quoted
@@ -68,19 +69,6 @@ def encode(text: str, style: TextStyle) -> bytes:
     if style.crlf:
         text = text.replace("\r\n", "\n").replace("\n", "\r\n")
     return ((BOM if style.bom else "") + text).encode("utf-8")
-
-
-def parse(text: str, path: str) -> dict[str, Any]:
-    """Strict parse (tomllib), turning syntax errors into a ConfigError naming the file."""
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: {exc}", "fix the syntax (containerd would refuse to start with it), then run again"
-        ) from None
-    except RecursionError:  # tomllib recurses per nesting level; a hostile file can nest thousands deep
-        raise ConfigError(f"{path} nests arrays or tables too deeply to parse",
-                          "this is not a containerd config; restore the real one, then run again") from None
 
 
 def format_key(key: str, style: TextStyle) -> str:

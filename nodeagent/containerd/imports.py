@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import glob
 import posixpath
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodeagent.containerd import model
+from nodeagent.containerd import model, tomlparse
 from nodeagent.errors import ConfigError, HostError
 from nodeagent.host import HostRoot
 
@@ -61,22 +60,6 @@ def expand_import(
     return sorted(matches)
 
 
-def parse_toml(raw: bytes, path: str) -> dict[str, Any]:
-    """Parse strictly (as containerd does); a broken file is a ConfigError naming it."""
-    try:
-        return tomllib.loads(raw.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", "containerd configs are UTF-8 TOML; fix the file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: {exc}",
-            "fix the syntax (containerd would refuse to start with it), then run again",
-        ) from None
-    except RecursionError:  # tomllib recurses per nesting level; a hostile file can nest thousands deep
-        raise ConfigError(f"{path} nests arrays or tables too deeply to parse",
-                          "this is not a containerd config; restore the real one, then run again") from None
-
-
 def read_host_file(host: HostRoot, path: str) -> bytes | None:
     """File bytes, following symlinks inside the host root (an absolute link stays under --root)."""
     try:
@@ -90,7 +73,7 @@ def load_file(host: HostRoot, path: str, raw: bytes | None = None) -> LoadedFile
         raw = read_host_file(host, path)
         if raw is None:
             raise ConfigError(f"cannot read containerd config {path}", "check the path (--containerd-config) and --root")
-    data = parse_toml(raw, path)
+    data = tomlparse.parse(raw, path)
     version = model.config_version(data.get("version"))
     imports = data.get("imports", [])
     if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):

@@ -20,6 +20,7 @@ from typing import Any
 
 from nodeagent.containerd import model
 from nodeagent.containerd.imports import LoadedFile, load_chain
+from nodeagent.dicts import dig
 from nodeagent.host import HostRoot
 
 
@@ -31,16 +32,6 @@ def containerd_major(containerd_version: str | None, main_version: int) -> int:
         if head.isdigit():
             return 2 if int(head) >= 2 else 1
     return 2 if main_version >= 3 else 1
-
-
-def dig(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    """Walk nested tables; None when any step is missing or not a table."""
-    node: Any = data
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def decoded_option(options: Any, field: str) -> Any:
@@ -66,7 +57,7 @@ def cri_table_v1x(item: LoadedFile) -> dict[str, Any] | None:
     """The CRI plugin table a file gives containerd 1.x, or None when it has none."""
     if item.version >= 3:
         return None
-    table = dig(item.data, ("plugins", model.cri_runtime_plugin(item.version)))
+    table = dig(item.data, "plugins", model.cri_runtime_plugin(item.version))
     return table if isinstance(table, dict) else None
 
 
@@ -88,14 +79,14 @@ def effective_containerd_table(chain: list[LoadedFile], major: int) -> dict[str,
             table = cri_table_v1x(item)
             if table is not None:
                 cri = table  # replaces, does not merge (containerd#5837)
-        merged = dig(cri or {}, ("containerd",))
+        merged = dig(cri, "containerd")
         return copy.deepcopy(merged) if isinstance(merged, dict) else {}
     merged_version = max(item.version for item in chain)
     merged = {}
     for index, item in enumerate(chain):
         if index > 0 and item.version < 3 and merged_version != 2:
             continue  # old-schema drop-in: containerd 2.x only migrates it when the merged version is 2
-        table = dig(item.data, ("plugins", model.cri_runtime_plugin(item.version), "containerd"))
+        table = dig(item.data, "plugins", model.cri_runtime_plugin(item.version), "containerd")
         if isinstance(table, dict):
             deep_merge(merged, table)
     return merged

@@ -26,10 +26,10 @@ import tomllib
 from dataclasses import dataclass, field
 
 from nodeagent import runtimes as runtime_plugins
-from nodeagent.containerd import edit, model
+from nodeagent.containerd import edit, model, tomlparse
 from nodeagent.containerd.imports import LoadedFile, absolute_import, glob_matches, is_glob, read_host_file
 from nodeagent.containerd.inspect import cri_table_v1x
-from nodeagent.detect.flavor import FLAVORS
+from nodeagent.containerd.flavors import FLAVORS, flavor_of
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -41,7 +41,7 @@ DROPIN_HEADER = "# Sandbox runtime handlers, written by nodeagent; `nodeagent un
 
 
 def default_config(flavor: str) -> str:
-    return FLAVORS.get(flavor, FLAVORS["containerd"]).config
+    return flavor_of(flavor).config
 
 
 def source_of(host: HostRoot, flavor: str, config_path: str) -> str:
@@ -112,8 +112,11 @@ class Layout:
             if rendered is None:
                 return {}
             text, style = edit.decode(rendered, self.rendered_path)
-            present = edit.runtimes_of(edit.parse(text, self.rendered_path), self.version)
+            present = edit.runtimes_of(tomlparse.parse(text, self.rendered_path), self.version)
             for spec in plan.handlers:
+                if spec.name in plan.updated and spec.name in present:  # the template's new block renders here
+                    text = edit.remove_runtime(text, self.version, spec.name, style, self.rendered_path)
+                    present = {k: v for k, v in present.items() if k != spec.name}
                 if spec.name not in present:
                     text = edit.add_runtime(text, self.version, spec, style, self.rendered_path)
             overrides = {self.rendered_path: edit.encode(text, style)}

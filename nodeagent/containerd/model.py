@@ -70,11 +70,18 @@ class HandlerSpec:
     runtime_type: str
     keys: dict[str, Any] = field(default_factory=dict)  # handler-level keys
     options: dict[str, Any] | None = None  # the `.options` table, None for none
+    # handler-level keys nodeagent writes but does not require of someone else's table of the same
+    # name to adopt it (a table written by the runtime's own docs that predates the key)
+    adoptable_without: tuple[str, ...] = ()
 
     @property
     def shim_binary(self) -> str:
         """What containerd looks for on its PATH for this handler."""
         return shim_binary_for(self.runtime_type)
+
+    def required_table(self) -> dict[str, Any]:
+        """What an existing handler of this name nodeagent did not write must have to be adopted."""
+        return {k: v for k, v in self.table().items() if k not in self.adoptable_without}
 
     def table(self) -> dict[str, Any]:
         body: dict[str, Any] = {"runtime_type": self.runtime_type, **self.keys}

@@ -1,7 +1,8 @@
 """The pure planner: current files + desired handlers + facts -> a Plan (new bytes, diffs, restart).
 
 Nothing here writes. `plan`, `install --dry-run`, `install` and the tests all go through
-`plan_install`; `apply.py` carries a Plan out. Where the edit goes is decided by
+`plan_install`; `apply.py` carries a Plan out. `plan_uninstall` is the same for uninstall:
+byte-exact restores where a file is still ours, surgical removal of our handlers otherwise. Where the edit goes is decided by
 `layout.choose` (in place on containerd 1.x, a drop-in on 2.x, flavor templates).
 """
 
@@ -11,12 +12,14 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from nodeagent.containerd import edit, layout, model
+from nodeagent.containerd import edit, layout, model, tomlparse
 from nodeagent.containerd.downgrade import retire_2x_dropins
 from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         effective_runtimes)
-from nodeagent.errors import ConfigError, ConflictError
+from nodeagent.containerd.inspect import containerd_major, decoded_option, default_runtime_name, effective_runtimes
+from nodeagent import state as state_mod
+from nodeagent.dicts import dig
+from nodeagent.errors import ConfigError, ConflictError, HostError
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from nodeagent import runtimes as runtime_plugins
 from nodeagent.runtimes.base import ConfigContext
@@ -78,6 +81,7 @@ class Plan:
     validation_overrides: dict[str, bytes | None] = field(default_factory=dict)
     imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
     baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
+    updated: list[str] = field(default_factory=list)  # nodeagent's own handlers rewritten with a newer table
 
     @property
     def changed(self) -> bool:
@@ -140,7 +144,7 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
             )
         if item.version >= 3:
             for old in (model.cri_runtime_plugin(1), model.cri_runtime_plugin(2)):
-                if isinstance(dig(item.data, ("plugins", old, "containerd")), dict):
+                if isinstance(dig(item.data, "plugins", old, "containerd"), dict):
                     raise ConfigError(
                         f"{item.path} is a version {item.version} config but holds `plugins.\"{old}\".containerd` "
                         "tables, which containerd 2.x ignores",
@@ -148,11 +152,10 @@ def check_schema(chain: list[LoadedFile], major: int = 2) -> None:
                     )
 
 
-def systemd_cgroup_of(facts: dict[str, Any], runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
+def systemd_cgroup_of(fact: bool | None, runtimes: dict[str, dict[str, Any]], default: str = "runc") -> bool:
     """The node's cgroup driver: the detection fact when known, else the default runtime's
     effective SystemdCgroup (kubelet's driver matches the runtime most pods use: EKS' GPU nodes
     set it on `nvidia`, their default, and leave runc's unset)."""
-    fact = (facts.get("containerd") or {}).get("systemd_cgroup")
     if fact is not None:
         return bool(fact)
     table = runtimes.get(default) or runtimes.get("runc") or {}
@@ -193,18 +196,19 @@ def _edit_text(files: _Files, path: str, role: str, func) -> None:
 def plan_install(
     host: HostRoot,
     handlers: list[model.HandlerSpec],
-    facts: dict[str, Any],
+    facts: HostFacts,
     *,
     config_path: str | None = None,
     force: bool = False,
     runtime_options: Mapping[str, Any] | None = None,
+    owned: Mapping[str, str] | None = None,
 ) -> Plan:
     """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
-    cfacts = facts.get("containerd") or {}
-    flavor = cfacts.get("flavor") or "containerd"
-    config_path = config_path or cfacts.get("config_path") or layout.default_config(flavor)
+    cfacts = facts.containerd
+    flavor = cfacts.flavor or "containerd"
+    config_path = config_path or cfacts.config_path or layout.default_config(flavor)
     config_path = layout.source_of(host, flavor, config_path)
-    missing_ok = containerd_major(cfacts.get("version"), 1) >= 2  # 2.x skips a missing plain import
+    missing_ok = containerd_major(cfacts.version, 1) >= 2  # 2.x skips a missing plain import
     files = _Files(host)
     created_main = flavor == "containerd" and read_host_file(host, config_path) is None
     if created_main:
@@ -214,7 +218,7 @@ def plan_install(
             "# containerd config created by nodeagent: none existed, so containerd ran on its defaults\n"
             f"version = {3 if missing_ok else 2}\n").encode(), "config")
     chain = load_chain(host, config_path, dict(files.new), missing_ok=missing_ok)
-    major = containerd_major(cfacts.get("version"), max(item.version for item in chain))
+    major = containerd_major(cfacts.version, max(item.version for item in chain))
     check_schema(chain, major)
     retired = retire_2x_dropins(host, chain, files) if major < 2 else []
     if retired:
@@ -223,7 +227,7 @@ def plan_install(
     chosen = layout.choose(host, flavor, config_path, chain, major)
     if created_main:
         chosen = layout.Layout("inplace", config_path, chain[0].version, "config")
-    plan = Plan(flavor, cfacts.get("version"), config_path, chosen, handlers=list(handlers),
+    plan = Plan(flavor, cfacts.version, config_path, chosen, handlers=list(handlers),
                 imports_removed=retired, baseline_overrides=baseline)
     if retired:
         plan.notes.append("containerd 1.x would let nodeagent's 2.x drop-in replace the whole CRI section "
@@ -233,7 +237,7 @@ def plan_install(
         effective.update(_dropin_dir_runtimes(host, chosen.path))
     effective.update(chosen.template_runtimes(files))
 
-    to_add = _handlers_to_add(plan, files, chain, effective, force)
+    to_add = _handlers_to_add(plan, files, chain, effective, force, owned or {})
     if to_add and major < 2 and not effective and chosen.kind == "inplace":
         # containerd 1.x fills in its built-in `runc` handler only while no handler is configured:
         # adding ours would silently drop runc (the default runtime) and break the CRI plugin.
@@ -250,7 +254,7 @@ def plan_install(
                 plan.defaults_added.append(spec.name)
 
     _plan_option_files(files, handlers, runtime_options or {},
-                       ConfigContext(facts, systemd_cgroup_of(facts, effective, default_runtime_name(chain, major))))
+                       ConfigContext(facts, systemd_cgroup_of(cfacts.systemd_cgroup, effective, default_runtime_name(chain, major))))
 
     plan.files = files.changes()
     plan.validation_overrides = chosen.validation_overrides(files, plan)
@@ -272,19 +276,29 @@ def _plan_option_files(files: _Files, handlers: list[model.HandlerSpec], options
 
 
 def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effective: dict[str, dict[str, Any]],
-                     force: bool) -> list[model.HandlerSpec]:
-    """The handlers missing from `effective`; a differing one is refused, or replaced with --force."""
+                     force: bool, owned: Mapping[str, str]) -> list[model.HandlerSpec]:
+    """The handlers missing from `effective`; a differing one is refused, or replaced with --force.
+
+    A handler nodeagent registered itself (`owned`: the state's handler -> runtime) is rewritten
+    when its table changed between nodeagent versions (e.g. gVisor's pod_annotations)."""
     to_add: list[model.HandlerSpec] = []
     for spec in plan.handlers:
         existing = effective.get(spec.name)
+        ours = owned.get(spec.name) == spec.runtime
         if existing is None:
             to_add.append(spec)
-        elif compatible(existing, spec.table()):
+        elif compatible(existing, spec.table() if ours else spec.required_table()):
             continue
+        elif ours:
+            plan.notes.append(f"nodeagent's own handler {spec.name!r} is updated: "
+                              f"{', '.join(differing_keys(existing, spec.table()))}")
+            _remove_older_own(plan, files, chain, spec.name)
+            plan.updated.append(spec.name)
+            to_add.append(spec)
         elif not force:
             raise ConflictError(
                 f"containerd already has a handler {spec.name!r} that differs from nodeagent's: "
-                f"{', '.join(differing_keys(existing, spec.table()))}{_defined_in(chain, spec.name)}",
+                f"{', '.join(differing_keys(existing, spec.required_table()))}{_defined_in(chain, spec.name)}",
                 "pass --force to replace it (uninstall puts the old one back), or pick another handler name; "
                 "nodeagent does not adopt a handler without its keys (runsc would never read runsc.toml)",
             )
@@ -334,9 +348,30 @@ def _remove_everywhere(plan: Plan, files: _Files, chain: list[LoadedFile], name:
             f"configure nodeagent with another handler name (gvisor_handler / kata_handler) for {plan.flavor}",
         )
     plan.replaced[name] = old
+    _remove_ours(files, chain, name, plan.config_path)
+
+
+def _remove_older_own(plan: Plan, files: _Files, chain: list[LoadedFile], name: str) -> None:
+    """Take the table an older nodeagent wrote for `name` out of where it lives, before the new one
+    goes in: our block in a k3s/rke2 template (recognised byte for byte), else every config file
+    of the chain and our own target file (a k0s drop-in is merged by k0s, not imported)."""
+    target = plan.layout
+    if target.kind == "template":
+        _edit_text(files, target.path, target.role, lambda text, style: edit.remove_our_blocks(text, name, style))
+        return
+    _remove_ours(files, chain, name, plan.config_path)
+    raw = files.current(target.path)
+    if raw is not None and name in edit.runtimes_of(edit.parse(edit.decode(raw, target.path)[0], target.path),
+                                                    target.version):
+        _edit_text(files, target.path, target.role,
+                   lambda text, style: edit.remove_runtime(text, target.version, name, style, target.path))
+
+
+def _remove_ours(files: _Files, chain: list[LoadedFile], name: str, config_path: str) -> None:
+    """Drop every definition of handler `name` from the files of the chain."""
     for item in chain:
         if name in edit.runtimes_of(item.data, item.version):
-            role = "config" if item.path == plan.config_path else "dropin"
+            role = "config" if item.path == config_path else "dropin"
             _edit_text(files, item.path, role,
                        lambda text, style, it=item: edit.remove_runtime(text, it.version, name, style, it.path))
 
@@ -348,8 +383,103 @@ def _self_check(host: HostRoot, plan: Plan, major: int) -> None:
     check_schema(chain, major)
     result = effective_runtimes(chain, major)
     for spec in plan.handlers:
-        if spec.name not in result or not compatible(result[spec.name], spec.table()):
+        if spec.name not in result or not compatible(result[spec.name], spec.required_table()):
             raise ConfigError(
                 f"after the planned edit containerd would still not serve handler {spec.name!r}",
                 "this layout is not supported yet; register the handler by hand and report it",
             )
+
+
+# -- uninstall ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What carrying out a plan changes: the files (old/new bytes), whether containerd must restart."""
+
+    files: list[FileChange]
+    restart: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(f.action != "none" for f in self.files)
+
+    def to_json(self) -> dict:
+        return {"changed": self.changed, "restart": self.restart,
+                "files": [f.to_json() for f in self.files if f.action != "none"], "artifacts": []}
+
+
+def _strip_ours(text: str, style: edit.TextStyle, record: state_mod.FileRecord, names: set[str]) -> str:
+    """Planner path for a file the operator changed after us: take out only our handlers."""
+    if record.role == "template":
+        for name in sorted(names):
+            text = edit.remove_our_blocks(text, name, style)
+        return text
+    version = model.config_version(tomlparse.parse(text, record.path).get("version"))
+    for name in sorted(names):
+        text = edit.remove_runtime(text, version, name, style, record.path)
+    return text
+
+
+def plan_uninstall(host: HostRoot, runtimes: set[str] | None, *, flavor: str = "containerd") -> tuple[Outcome, state_mod.State]:
+    """What uninstall changes: byte-exact restores where the file is still ours, surgical removal otherwise."""
+    state = state_mod.load(host)
+    removing = {h for h, rt in state.handlers.items() if runtimes is None or rt in runtimes}
+    remaining = {h: rt for h, rt in state.handlers.items() if h not in removing}
+    changes: list[FileChange] = []
+    notes: list[str] = []
+    new_state = state_mod.State(handlers=remaining)
+    for path, record in state.files.items():
+        current = read_host_file(host, path)
+        unchanged = state_mod.sha256(current) == record.written_sha256
+        original = None if record.created else host.read_bytes(record.backup) if record.backup else None
+        if not record.created and original is None:
+            raise HostError(f"the backup of {path} ({record.backup}) is missing", "restore the file by hand")
+        owner = runtime_plugins.owner_of_role(record.role)  # a runtime's option file, e.g. gVisor's runsc.toml
+        if owner is not None:
+            if owner in remaining.values():
+                new_state.files[path] = record
+            elif unchanged:
+                changes.append(FileChange(path, record.role, current, original))
+            else:
+                notes.append(f"{path} was changed after nodeagent wrote it; left in place")
+            continue
+        ours_left = [h for h in record.handlers if h not in removing]
+        for entry in record.imports_added:  # an imports entry stays while the drop-in serves a handler
+            served = state.files[entry].handlers if entry in state.files else []
+            ours_left += [h for h in served if h not in removing and h not in ours_left]
+        if not ours_left and unchanged:
+            changes.append(FileChange(path, record.role, current, original))
+            continue
+        if current is None:
+            notes.append(f"{path} no longer exists; nothing to remove there")
+            continue
+        text, style = edit.decode(current, path)
+        new_text = _strip_ours(text, style, record, {h for h in record.handlers if h in removing})
+        if not ours_left:
+            if record.defaults_added:  # back to containerd's implicit default
+                new_text = _strip_ours(new_text, style, record, set(record.defaults_added))
+            for entry in record.imports_added:
+                new_text = edit.remove_import(new_text, entry, path, drop_empty_line=record.imports_line_created)
+            if not unchanged:
+                notes.append(f"{path} was changed after nodeagent wrote it: removed only nodeagent's handlers")
+            if record.replaced:
+                notes.append(f"handler(s) {', '.join(sorted(record.replaced))} replaced with --force are in the "
+                             f"backup {record.backup}")
+        new = edit.encode(new_text, style)
+        if record.created and not ours_left and _only_skeleton(new_text):
+            new = None
+        changes.append(FileChange(path, record.role, current, new))
+        if ours_left:
+            record.handlers = ours_left
+            record.written_sha256 = state_mod.sha256(new)
+            new_state.files[path] = record
+    restart = flavor != "k0s" and any(c.action != "none" and c.role not in runtime_plugins.option_roles() for c in changes)
+    return Outcome(changes, restart, notes), new_state
+
+
+def _only_skeleton(text: str) -> bool:
+    body = [line.strip() for line in text.splitlines()]
+    return all(not line or line.startswith("#") or line.startswith("version") or line == layout.BASE_LINE.strip()
+               for line in body)

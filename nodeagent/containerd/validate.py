@@ -19,7 +19,7 @@ from typing import Any
 from nodeagent.containerd import edit, model
 from nodeagent.containerd.imports import expand_import, load_chain, read_host_file
 from nodeagent.detect import trust
-from nodeagent.detect.flavor import FLAVORS
+from nodeagent.containerd.flavors import flavor_of
 from nodeagent.errors import CommandFailed, ConfigError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
@@ -34,18 +34,9 @@ def find_containerd(host: HostRoot, flavor: str, explicit: str | None = None) ->
     """
     if explicit:
         return explicit
-    candidates = list(FLAVORS.get(flavor, FLAVORS["containerd"]).binaries)
-    found = host.which("containerd")
-    if found:
-        candidates.append(found)
-    for host_path in candidates:
-        try:
-            real = host.resolve(host_path)
-        except Exception:
-            continue
-        if real.is_file() and os.access(real, os.X_OK) and trust.path_verdict(host, host_path).trusted:
-            return str(real)
-    return None
+    found = host.find_executable(flavor_of(flavor).binaries, "containerd",
+                                 accept=lambda host_path: trust.path_verdict(host, host_path).trusted)
+    return str(host.resolve(found)) if found else None
 
 
 def _copy_chain(host: HostRoot, config_path: str, overrides: dict[str, bytes | None], workdir: str) -> str:

@@ -18,10 +18,10 @@ import re
 from typing import Any
 
 from nodeagent.detect import containerd_config, flavor as flavor_mod, procs, trust, unit_pid
+from nodeagent.facts import ContainerdFacts
 from nodeagent.errors import CommandFailed, HostError
 from nodeagent.host import HostRoot
 from nodeagent.run import run
-from nodeagent.settings import Settings
 
 _VERSION = re.compile(r"(?<![\w.])v?(\d+\.\d+\.\d+)")
 _DPKG_PACKAGES = ("containerd", "containerd.io")
@@ -126,11 +126,11 @@ def _binary_version(host: HostRoot, binary: str, reasons: list[str]) -> str | No
     return version
 
 
-def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
+def _socket(host: HostRoot, socket_hint: str | None, process: procs.HostProcess | None, flavor: flavor_mod.Flavor,
             config: containerd_config.ConfigFacts, reasons: list[str]) -> tuple[str | None, str | None]:
     """(the CRI socket to use, a discovered socket refused as not root-owned)."""
-    if settings.containerd_socket:
-        return settings.containerd_socket, None  # the operator's word
+    if socket_hint:
+        return socket_hint, None  # the operator's word
     socket = (process.flag("--address", "-a") if process else None) or containerd_config.grpc_address(config) or flavor.socket
     verdict = trust.socket_verdict(host, socket)
     if verdict.trusted:
@@ -139,18 +139,19 @@ def _socket(host: HostRoot, settings: Settings, process: procs.HostProcess | Non
     return None, socket
 
 
-def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
+def probe(host: HostRoot, config_hint: str | None = None, socket_hint: str | None = None) -> ContainerdFacts:
+    """containerd's facts; the hints are the operator's --containerd-config/--containerd-socket."""
     reasons: list[str] = []
     flavor_facts = flavor_mod.detect(host)
     flavor = flavor_facts.flavor
 
-    process, untrusted = discover_process(host, flavor, settings.containerd_config)
+    process, untrusted = discover_process(host, flavor, config_hint)
     binary = _find_binary(host, process, flavor, reasons)
 
     process_config = process.flag("--config", "-c") if process else None
     if process_config and process_config == flavor.rendered:
         process_config = flavor.config  # edits belong in the source it is rendered from
-    config_path = settings.containerd_config or process_config or flavor.config
+    config_path = config_hint or process_config or flavor.config
 
     version = None
     if binary and host.is_live:
@@ -172,34 +173,35 @@ def probe(host: HostRoot, settings: Settings) -> dict[str, Any]:
     if not found:
         reasons.append("no containerd binary on the host PATH or in the distribution's usual place, and none running")
 
-    socket, untrusted_socket = _socket(host, settings, process, flavor, config, reasons)
+    socket, untrusted_socket = _socket(host, socket_hint, process, flavor, config, reasons)
     template = next((t for t in flavor.templates if host.exists(t)), None)
     binary_dir = posixpath.dirname(binary) if binary else None
-    return {
-        "found": found,
-        "version": version,
-        "config_path": config_path,
-        "config_version": config.version if config.error is None else None,
-        "socket": socket,
-        "flavor": flavor.name,
+    return ContainerdFacts(
+        found=found,
+        version=version,
+        config_path=config_path,
+        config_version=config.version if config.error is None else None,
+        socket=socket,
+        flavor=flavor.name,
         # extras
-        "binary": binary,
-        "binary_dir": binary_dir,
-        "running": process is not None,
-        "pid": process.pid if process else None,
-        "daemon_path": daemon_path(process, binary_dir),
-        "config_exists": config.exists,
-        "config_error": config.error or config.chain_error,
-        "config_imports": [f.path for f in config.chain[1:]],
-        "config_template": template,
-        "config_template_candidates": list(flavor.templates),
-        "config_dropin_dir": flavor.dropin_dir,
-        "config_rendered": flavor.rendered,
-        "systemd_cgroup": containerd_config.runc_systemd_cgroup(config),
-        "handlers": sorted(config.handlers),
-        "flavor_evidence": flavor_facts.evidence,
-        "unit": flavor_facts.unit,
-        "reasons": reasons,
-        "untrusted_processes": untrusted,  # never used for discovery; doctor's containerd-trust names them
-        "untrusted_socket": untrusted_socket,
-    }
+        binary=binary,
+        binary_dir=binary_dir,
+        running=process is not None,
+        pid=process.pid if process else None,
+        daemon_path=daemon_path(process, binary_dir),
+        config_exists=config.exists,
+        config_error=config.error or config.chain_error,
+        config_imports=[f.path for f in config.chain[1:]],
+        config_template=template,
+        config_template_candidates=list(flavor.templates),
+        config_dropin_dir=flavor.dropin_dir,
+        config_rendered=flavor.rendered,
+        systemd_cgroup=containerd_config.runc_systemd_cgroup(config),
+        handlers=sorted(config.handlers),
+        **containerd_config.snapshotters(config, version),  # extra: Kata's fc shim needs devmapper
+        flavor_evidence=flavor_facts.evidence,
+        unit=flavor_facts.unit,
+        reasons=reasons,
+        untrusted_processes=untrusted,  # never used for discovery; doctor's containerd-trust names them
+        untrusted_socket=untrusted_socket,
+    )

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodeagent.containerd import model
-from nodeagent.containerd.imports import LoadedFile, load_chain, parse_toml, read_host_file
-from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name, dig,
-                                         registered_handlers)
+from nodeagent.containerd.tomlparse import parse
+from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
+from nodeagent.containerd.inspect import (containerd_major, decoded_option, default_runtime_name,
+                                         effective_containerd_table, registered_handlers)
+from nodeagent.dicts import dig
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
@@ -42,7 +44,7 @@ def read(host: HostRoot, path: str, containerd_version: str | None = None) -> Co
         return ConfigFacts(path, exists, error="unreadable" if exists else None)
     facts = ConfigFacts(path, True)
     try:
-        facts.data = parse_toml(raw, path)
+        facts.data = parse(raw, path)
         facts.version = model.config_version(facts.data.get("version"))
     except ConfigError as exc:
         facts.error = exc.message
@@ -66,13 +68,36 @@ def runc_systemd_cgroup(facts: ConfigFacts) -> bool | None:
         return value
     # schema 1's legacy switch for the whole CRI plugin
     for item in facts.chain:
-        legacy = dig(item.data, ("plugins", "cri", "systemd_cgroup")) if item.version == 1 else None
+        legacy = dig(item.data, "plugins", "cri", "systemd_cgroup") if item.version == 1 else None
         if isinstance(legacy, bool):
             value = legacy
     return value if isinstance(value, bool) else None
 
 
 def grpc_address(facts: ConfigFacts) -> str | None:
-    value = dig(facts.data or {}, ("grpc", "address"))
+    value = dig(facts.data, "grpc", "address")
     # a template's unexpanded placeholder (microk8s' ${SNAP_COMMON}) is no socket path
     return value if isinstance(value, str) and value and "${" not in value else None
+
+
+# the devmapper snapshotter's plugin table: schema 1 used the short id, 2 and later the full one
+_DEVMAPPER = {1: ("plugins", "devmapper")}
+_DEVMAPPER_ID = ("plugins", "io.containerd.snapshotter.v1.devmapper")
+
+
+def snapshotters(facts: ConfigFacts, containerd_version: str | None = None) -> dict[str, Any]:
+    """{"devmapper_pool": the devmapper snapshotter's pool_name (None: not configured),
+    "cri_snapshotter": the CRI plugin's default snapshotter (None: containerd's, overlayfs)}.
+
+    containerd 1.x replaces a plugin's whole table with a drop-in's (containerd#5837), 2.x merges."""
+    if not facts.ok or not facts.chain:
+        return {"devmapper_pool": None, "cri_snapshotter": None}
+    major = containerd_major(containerd_version, max(item.version for item in facts.chain))
+    pool = None
+    for item in facts.chain:
+        table = dig(item.data, *_DEVMAPPER.get(item.version, _DEVMAPPER_ID))
+        if isinstance(table, dict):
+            value = table.get("pool_name")
+            pool = value if isinstance(value, str) and value else (None if major < 2 else pool)
+    cri = effective_containerd_table(facts.chain, major).get("snapshotter")
+    return {"devmapper_pool": pool, "cri_snapshotter": cri if isinstance(cri, str) and cri else None}

@@ -6,9 +6,9 @@ The rules are each runtime plug-in's (`nodeagent/runtimes/<name>.py`, `eligibili
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from nodeagent import runtimes as runtime_plugins
+from nodeagent.facts import HostFacts, RuntimeVerdict
 
 
 def kernel_tuple(release: str | None) -> tuple[int, int, int] | None:
@@ -19,6 +19,6 @@ def kernel_tuple(release: str | None) -> tuple[int, int, int] | None:
     return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
 
 
-def evaluate(facts: dict[str, Any]) -> dict[str, Any]:
+def evaluate(facts: HostFacts) -> dict[str, RuntimeVerdict]:
     """Each runtime plug-in's verdict on these facts, in the registry's order."""
     return {rt.name: rt.eligibility(facts) for rt in runtime_plugins.ALL}

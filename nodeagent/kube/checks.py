@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from nodeagent.dicts import dig
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.nodes import node_name, node_path
@@ -28,7 +29,7 @@ def runtimeclass_check(settings: Any, registered_handlers: Iterable[str], api: K
         return "skip", f"Kubernetes API not configured: {exc.message}", None
     try:
         node = api.get(node_path(node_name(settings)))
-        node_labels = ((node or {}).get("metadata") or {}).get("labels") if node else None
+        node_labels = dig(node, "metadata", "labels") if node else None
         bad = handler_mismatches(api, registered, node_labels)
     except KubeError as exc:
         return "warn", f"could not list RuntimeClasses: {exc.message}", exc.hint

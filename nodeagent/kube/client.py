@@ -32,6 +32,7 @@ import urllib3
 from nodeagent import __version__
 from nodeagent.errors import KubeError
 from nodeagent.kube.credentials import Credentials, describe, load_credentials
+from nodeagent.dicts import table
 
 log = structlog.get_logger(__name__)
 
@@ -307,7 +308,7 @@ class KubeClient:
                     if not line:
                         continue
                     event = json.loads(line)
-                    obj = event.get("object") or {}
+                    obj = table(event, "object")
                     if event.get("type") == "ERROR":
                         if obj.get("code") == 410:
                             raise KubeGone(f"WATCH {collection_path}: {obj.get('message') or 'resource version expired'}")

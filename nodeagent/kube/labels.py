@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from nodeagent.dicts import table
+from nodeagent.facts import HostFacts, Virtualization
 from nodeagent.runtimes import NAMES
 
 DEFAULT_PREFIX = "sandbox.nodeagent.io/"
@@ -40,17 +42,16 @@ def _bool(value: Any) -> str:
     return "true" if value else "false"
 
 
-def nested_virt(virt: Mapping[str, Any]) -> bool:
+def nested_virt(virt: Virtualization) -> bool:
     """The vendor module's `nested` parameter when it has one; otherwise KVM usable inside a VM
     is nested virtualization by definition (e.g. kvm_pvm, which has no `nested` parameter)."""
-    nested = virt.get("nested")
-    if nested is not None:
-        return bool(nested)
-    return bool(virt.get("in_vm")) and bool(virt.get("kvm_usable"))
+    if virt.nested is not None:
+        return bool(virt.nested)
+    return bool(virt.in_vm) and bool(virt.kvm_usable)
 
 
 def desired_labels(
-    facts: Mapping[str, Any],
+    facts: HostFacts,
     runtimes: Mapping[str, Mapping[str, Any]],
     state: str,
     *,
@@ -61,18 +62,20 @@ def desired_labels(
     """The full set of labels nodeagent wants on this node (keys with prefix)."""
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, not {state!r}")
-    virt = facts.get("virtualization") or {}
+    virt = facts.virtualization
     labels = {
-        f"{prefix}kvm": _bool(virt.get("kvm_usable")),
+        f"{prefix}kvm": _bool(virt.kvm_usable),
         f"{prefix}nested-virt": _bool(nested_virt(virt)),
         f"{prefix}state": state,
     }
     if state != "removing":
-        for runtime in RUNTIMES:
+        # every runtime, then each further labelled handler the status names (kata-qemu, ...)
+        for runtime in [*RUNTIMES, *(k for k in runtimes if k not in RUNTIMES)]:
             if runtime_ready(runtimes.get(runtime)):
                 labels[f"{prefix}{runtime}"] = "true"
     if f"{prefix}gvisor" in labels:
-        platform = gvisor_platform or ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform")
+        verdict = facts.verdict("gvisor")
+        platform = gvisor_platform or (verdict.platform if verdict else None)
         if platform:
             labels[f"{prefix}gvisor-platform"] = str(platform)
     if kata_compat and f"{prefix}kata" in labels:
@@ -86,7 +89,7 @@ def owned_annotation_value(labels: Mapping[str, str]) -> str:
 
 def owned_labels(node: Mapping[str, Any]) -> set[str]:
     """Label keys a previous run recorded as ours (a claim anyone who can edit the Node can write)."""
-    annotations = ((node.get("metadata") or {}).get("annotations") or {})
+    annotations = table(node, "metadata", "annotations")
     return {k.strip() for k in str(annotations.get(OWNED_ANNOTATION, "")).split(",") if k.strip()}
 
 
@@ -109,9 +112,8 @@ def label_patch(node: Mapping[str, Any], desired: Mapping[str, str],
     foreign = sorted(k for k in desired if not manageable(k, prefix))
     if foreign:
         raise ValueError(f"labels outside the prefix {prefix!r} are not ours to set: {foreign}")
-    meta = node.get("metadata") or {}
-    current = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
+    current = table(node, "metadata", "labels")
+    annotations = table(node, "metadata", "annotations")
     labels_patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
     for stale in sorted(owned_labels(node) - set(desired)):
         if stale in current and manageable(stale, prefix):

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import structlog
 
+from nodeagent.dicts import dig, items, table
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeConflict
 from nodeagent.kube.watch import CollectionView
@@ -64,12 +65,12 @@ def lease_namespace(environ: dict[str, str] | None = None) -> str:
 
 
 def _version(lease: dict[str, Any] | None) -> str | None:
-    return ((lease or {}).get("metadata") or {}).get("resourceVersion")
+    return dig(lease, "metadata", "resourceVersion")
 
 
 def is_free(lease: dict[str, Any], now: float) -> bool:
     """Nobody holds it, or the holder stopped renewing longer than leaseDurationSeconds ago."""
-    spec = lease.get("spec") or {}
+    spec = table(lease, "spec")
     if not spec.get("holderIdentity"):
         return True
     renewed = parse_microtime(spec.get("renewTime")) or parse_microtime(spec.get("acquireTime"))
@@ -134,8 +135,7 @@ class RestartSlots:
 
     def try_acquire(self) -> str | None:
         """One look at all slots (a single LIST), then a claim on a free one; its name if we got it."""
-        existing = {(l.get("metadata") or {}).get("name"): l
-                    for l in (self.api.get(self.collection) or {}).get("items") or []}
+        existing = {dig(l, "metadata", "name"): l for l in items(self.api.get(self.collection), "items")}
         return self._claim(existing, {})
 
     def _claim(self, existing: dict[str, Any], tried: dict[str, str | None]) -> str | None:
@@ -143,7 +143,7 @@ class RestartSlots:
         resourceVersion of each slot we lost a race for, so a stale view is not tried twice."""
         names = self._names()
         now = self._clock()
-        mine = [n for n in names if ((existing.get(n) or {}).get("spec") or {}).get("holderIdentity") == self.identity]
+        mine = [n for n in names if dig(existing.get(n), "spec", "holderIdentity") == self.identity]
         free = [n for n in names if n not in existing or is_free(existing[n], now)]
         random.shuffle(free)  # spread a fleet over the slots instead of all fighting for slot 0
         for name in mine[:1] + free:  # ours already (we restarted mid-hold) comes first
@@ -157,7 +157,7 @@ class RestartSlots:
                         "spec": self._spec(now),
                     })
                     return name
-                spec = lease.get("spec") or {}
+                spec = table(lease, "spec")
                 transitions = int(spec.get("leaseTransitions") or 0)
                 if spec.get("holderIdentity") not in (None, "", self.identity):
                     transitions += 1  # taking over an expired holder's slot
@@ -179,7 +179,7 @@ class RestartSlots:
     def _next_expiry(self, items: dict[str, Any]) -> float | None:
         ends = []
         for lease in items.values():
-            spec = lease.get("spec") or {}
+            spec = table(lease, "spec")
             renewed = parse_microtime(spec.get("renewTime")) or parse_microtime(spec.get("acquireTime"))
             if spec.get("holderIdentity") and renewed is not None:
                 ends.append(renewed + (spec.get("leaseDurationSeconds") or 0))
@@ -234,7 +234,7 @@ class RestartSlots:
             if self.held is None:
                 return
             lease = dict(self.held)
-            lease["spec"] = dict(lease.get("spec") or {}, renewTime=microtime(self._clock()))
+            lease["spec"] = dict(table(lease, "spec"), renewTime=microtime(self._clock()))
             self.held = self.api.update(self._path(lease["metadata"]["name"]), lease)
 
     def release(self) -> None:
@@ -245,7 +245,7 @@ class RestartSlots:
             name = self.held["metadata"]["name"]
             lease = dict(self.held)
             for _attempt in range(3):
-                spec = dict(lease.get("spec") or {})
+                spec = dict(table(lease, "spec"))
                 if spec.get("holderIdentity") != self.identity:
                     break  # not ours any more
                 spec.pop("holderIdentity", None)

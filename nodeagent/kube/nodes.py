@@ -25,6 +25,7 @@ import structlog
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeInvalid
 from nodeagent.kube.labels import DEFAULT_PREFIX, label_patch, manageable, owned_labels
+from nodeagent.dicts import items
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +69,7 @@ def apply_labels(api: KubeClient, name: str, desired: Mapping[str, str],
 
 
 def has_taint(node: Mapping[str, Any], key: str) -> bool:
-    return any(t.get("key") == key for t in ((node.get("spec") or {}).get("taints") or []))
+    return any(t.get("key") == key for t in items(node, "spec", "taints"))
 
 
 def taint_removal(node: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ def taint_removal(node: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     indices of the remaining removals stay valid. Other edits of the Node do not conflict
     (unlike a resourceVersion precondition, which the kubelet's status updates break all the time).
     """
-    taints = (node.get("spec") or {}).get("taints") or []
+    taints = items(node, "spec", "taints")
     ops: list[dict[str, Any]] = []
     for index in reversed(range(len(taints))):
         if taints[index].get("key") == key:

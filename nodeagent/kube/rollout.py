@@ -35,6 +35,7 @@ import structlog
 from nodeagent import __version__
 from nodeagent.errors import KubeError, NodeagentError
 from nodeagent.kube.client import KubeClient, KubeConflict
+from nodeagent.dicts import table
 
 log = structlog.get_logger(__name__)
 
@@ -118,8 +119,7 @@ class RolloutRecord:
 
     def failures(self) -> dict[str, dict[str, str]]:
         """Node -> {"reason", "at"} for this desired state (one GET)."""
-        record = self.api.get(self.path) or {}
-        return _entry(record.get("data") or {}, self.desired)["failures"]
+        return _entry(dict(table(self.api.get(self.path), "data")), self.desired)["failures"]
 
     def check(self) -> None:
         """RolloutHalted when `max_failures` nodes failed this desired state (0: never halts)."""
@@ -135,7 +135,7 @@ class RolloutRecord:
         """Add this node's failure; returns how many nodes failed this desired state."""
         for _attempt in range(12):
             record = self.api.get(self.path)
-            data = dict((record or {}).get("data") or {})
+            data = dict(table(record, "data"))
             entry = _entry(data, self.desired)
             if node in entry["failures"] or len(entry["failures"]) < MAX_NODES:
                 entry["failures"][node] = {"reason": reason[:300], "at": _now()}
@@ -190,7 +190,7 @@ def _record(record: RolloutRecord, node: str, reason: str) -> None:
 def status(api: KubeClient, namespace: str) -> dict[str, Any]:
     """Every desired state in the record: its failed nodes with reasons."""
     record = api.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/configmaps/{RECORD_NAME}")
-    data = (record or {}).get("data") or {}
+    data = dict(table(record, "data"))
     return {key: _entry(data, key)["failures"] for key in sorted(data)}
 
 

@@ -7,90 +7,55 @@ every pod would fail at sandbox start.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import structlog
 
-from nodeagent.containerd import model
-from nodeagent.errors import NodeagentError
+from nodeagent.containerd.cri import socket_for
+from nodeagent.containerd.observer import observe
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import NAMES
 
 log = structlog.get_logger(__name__)
 
-def daemon_path(facts: dict[str, Any]) -> str:
-    """Where containerd looks for shims (detected from its own environment)."""
-    from nodeagent.detect.containerd import DEFAULT_DAEMON_PATH
 
-    dirs = (facts.get("containerd") or {}).get("daemon_path")
-    return ":".join(dirs) if dirs else DEFAULT_DAEMON_PATH
-
-
-def served_handlers(socket: str | None, timeout: float = 5.0) -> tuple[set[str], str | None]:
-    """Handlers the running containerd serves through CRI, and why none if it cannot be asked."""
-    if not socket:
-        return set(), "no containerd socket"
-    from nodeagent.containerd.cri import cri_status
-
-    try:
-        status = cri_status(socket, timeout)
-    except NodeagentError as exc:
-        return set(), exc.message
-    if not status.ok:
-        return set(), status.reason or "CRI not ready"
-    return set(status.handlers), None
+def runtime_status(host: HostRoot, facts: HostFacts, handlers: Mapping[str, str], *,
+                   configured_socket: str | None = None, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
+    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}
+    for `handlers` (runtime -> its handler name), from one look at what containerd serves."""
+    socket = socket_for(host, configured_socket, facts.containerd.socket)
+    view = observe(host, facts.containerd, socket, cri_timeout=cri_timeout)
+    return {runtime: view.status(handler).to_json() for runtime, handler in handlers.items()}
 
 
-def runtime_status(host: HostRoot, settings: Any, facts: dict[str, Any], *, cri_timeout: float = 5.0) -> dict[str, dict[str, Any]]:
-    """{"gvisor": {"handler", "registered", "served", "shim_present", "reason"}, "kata": {...}}."""
-    ctd = facts.get("containerd") or {}
-    handlers: dict[str, dict[str, Any]] = {}
-    reason = None
-    if ctd.get("config_exists") and ctd.get("config_path"):
-        from nodeagent.containerd.inspect import registered_handlers
+def handler_names(settings: Any) -> dict[str, str]:
+    """label -> handler: each runtime's own handler (under the runtime's name), then every further
+    handler with a label of its own (each chosen Kata shim: "kata-qemu" -> "kata-qemu")."""
+    out = {runtime: getattr(settings, f"{runtime}_handler") for runtime in NAMES}
+    for extra_label, handler in _labelled_handlers(settings):
+        out.setdefault(extra_label, handler)
+    return out
 
+
+def _labelled_handlers(settings: Any) -> list[tuple[str, str]]:
+    """(label suffix, handler) of every RuntimeClass beyond the runtimes' own ones."""
+    from nodeagent import runtimes as runtime_plugins
+    from nodeagent.errors import NodeagentError
+
+    out = []
+    for rt in runtime_plugins.ALL:
         try:
-            handlers = registered_handlers(host, ctd["config_path"], ctd.get("version"))
-        except NodeagentError as exc:
-            reason = f"cannot read containerd's handlers: {exc.message}"
-    else:
-        reason = "no containerd config"
-    from nodeagent.containerd.cri import socket_for
-
-    served, served_reason = served_handlers(socket_for(host, settings, facts), cri_timeout)
-    search = daemon_path(facts)
-    out = {}
-    for runtime in NAMES:
-        handler = getattr(settings, f"{runtime}_handler")
-        table = handlers.get(handler)
-        shim_present = False
-        why = reason
-        if table is not None:
-            runtime_type = table.get("runtime_type")
-            try:
-                shim_present = isinstance(runtime_type, str) and host.which(model.shim_binary_for(runtime_type), search) is not None
-            except NodeagentError:
-                shim_present = False
-            if not shim_present:
-                why = f"shim for {runtime_type} not on containerd's PATH"
-            elif handler not in served:
-                why = f"not served by CRI ({served_reason or 'containerd does not list it; restart pending?'})"
-            else:
-                why = None
-        elif why is None:
-            why = f"handler {handler!r} not registered"
-        out[runtime] = {
-            "handler": handler,
-            "registered": table is not None,
-            "served": handler in served,
-            "shim_present": shim_present,
-            "reason": why,
-        }
+            classes = rt.runtime_classes(rt.options(settings))
+        except NodeagentError as exc:  # a bad setting: the runtime's own label still stands
+            log.warning("cannot tell the runtime's extra handlers", runtime=rt.name, error=exc.message)
+            continue
+        out += [(rc.label, rc.handler) for rc in classes if rc.label not in NAMES]
     return out
 
 
 def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | None = None,
-                facts: dict[str, Any] | None = None) -> tuple[dict[str, str], dict[str, dict[str, Any]], str]:
+                facts: HostFacts | None = None) -> tuple[dict[str, str], dict[str, dict[str, Any]], str]:
     """(desired labels, per-runtime status, state) for this node from detect + containerd + CRI.
 
     `state` overrides the inferred one (the agent says `installing` / `removing` while it works).
@@ -100,7 +65,7 @@ def node_labels(settings: Any, host: HostRoot | None = None, *, state: str | Non
 
     host = host or HostRoot(settings.root)
     facts = facts if facts is not None else usable_facts(host, settings)
-    runtimes = runtime_status(host, settings, facts)
+    runtimes = runtime_status(host, facts, handler_names(settings), configured_socket=settings.containerd_socket)
     state = state or infer_state(runtimes)
     desired = desired_labels(
         facts, runtimes, state, prefix=settings.label_prefix, kata_compat=settings.kata_compat_label,

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import structlog
 
+from nodeagent.dicts import dig, items, table
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeConflict
 from nodeagent.kube.labels import DEFAULT_PREFIX
@@ -65,7 +66,7 @@ def manifests(settings: Any, runtimes: Iterable[str] = NAMES) -> list[dict[str, 
 
 
 def _is_managed(obj: Mapping[str, Any]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    labels = table(obj, "metadata", "labels")
     return all(labels.get(k) == v for k, v in MANAGED_BY.items())
 
 
@@ -130,7 +131,7 @@ def converge(api: KubeClient, wanted: Iterable[Mapping[str, Any]]) -> dict[str, 
 
 def selects_node(obj: Mapping[str, Any], node_labels: Mapping[str, str] | None) -> bool | None:
     """True/False whether the RuntimeClass's nodeSelector matches; None if it has none (any node)."""
-    selector = ((obj.get("scheduling") or {}).get("nodeSelector")) or {}
+    selector = table(obj, "scheduling", "nodeSelector")
     if not selector:
         return None
     if node_labels is None:
@@ -147,11 +148,11 @@ def handler_mismatches(api: KubeClient, registered_handlers: Iterable[str],
     """
     registered = set(registered_handlers)
     found = []
-    for obj in (api.get(COLLECTION) or {}).get("items") or []:
+    for obj in items(api.get(COLLECTION), "items"):
         selects = selects_node(obj, node_labels)
         if selects is False:
             continue
         handler = obj.get("handler")
         if handler not in registered:
-            found.append({"name": (obj.get("metadata") or {}).get("name"), "handler": handler, "selects_node": selects})
+            found.append({"name": dig(obj, "metadata", "name"), "handler": handler, "selects_node": selects})
     return found

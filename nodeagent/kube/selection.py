@@ -12,6 +12,7 @@ import os
 from typing import Any, Mapping
 from urllib.parse import quote
 
+from nodeagent.dicts import dig, table
 from nodeagent.kube.client import KubeClient
 from nodeagent.kube.nodes import get_node
 
@@ -37,13 +38,12 @@ def _expression_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> b
 
 def pod_spec_selects(spec: Mapping[str, Any], node: Mapping[str, Any]) -> bool:
     """nodeSelector AND required node affinity (terms OR-ed, expressions AND-ed) against a Node."""
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    name = (node.get("metadata") or {}).get("name")
-    for key, value in (spec.get("nodeSelector") or {}).items():
+    labels = table(node, "metadata", "labels")
+    name = dig(node, "metadata", "name")
+    for key, value in table(spec, "nodeSelector").items():
         if labels.get(key) != value:
             return False
-    required = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = table(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution")
     terms = required.get("nodeSelectorTerms") or []
     if not terms:
         return True
@@ -64,7 +64,7 @@ def still_selected(api: KubeClient, node_name: str, *, namespace: str | None = N
     namespace = namespace or os.environ.get("POD_NAMESPACE") or "nodeagent"
     daemonset = daemonset or os.environ.get("NODEAGENT_DAEMONSET") or "nodeagent"
     ds = api.get(f"/apis/apps/v1/namespaces/{quote(namespace, safe='')}/daemonsets/{quote(daemonset, safe='')}")
-    if ds is None or (ds.get("metadata") or {}).get("deletionTimestamp"):
+    if ds is None or dig(ds, "metadata", "deletionTimestamp"):
         return False
-    spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    spec = table(ds, "spec", "template", "spec")
     return pod_spec_selects(spec, get_node(api, node_name))

@@ -23,6 +23,7 @@ import structlog
 
 from nodeagent.errors import KubeError
 from nodeagent.kube.client import KubeClient, KubeGone
+from nodeagent.dicts import dig, items, table
 
 log = structlog.get_logger(__name__)
 
@@ -48,11 +49,11 @@ class CollectionView:
 
     def relist(self) -> None:
         """One LIST: replaces every item and the resourceVersion the watch continues from."""
-        listing = self.api.get(self.collection) or {}
-        items = {(o.get("metadata") or {}).get("name"): o for o in listing.get("items") or []}
+        listing = self.api.get(self.collection)
+        found = {dig(o, "metadata", "name"): o for o in items(listing, "items")}
         with self.changed:
-            self.items = items
-            self.resource_version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+            self.items = found
+            self.resource_version = str(dig(listing, "metadata", "resourceVersion") or "")
             self.relists += 1
             self.changed.notify_all()
 
@@ -78,8 +79,8 @@ class CollectionView:
             self.changed.notify_all()
 
     def _apply(self, event: dict[str, Any]) -> None:
-        obj = event.get("object") or {}
-        meta = obj.get("metadata") or {}
+        obj = table(event, "object")
+        meta = table(obj, "metadata")
         with self.changed:
             if event.get("type") in ("ADDED", "MODIFIED"):
                 self.items[meta.get("name")] = obj

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # only for annotations: the plug-ins import these layers, not
     from nodeagent.artifacts.release import Release
     from nodeagent.containerd.model import HandlerSpec
     from nodeagent.artifacts.digest import Digest
+    from nodeagent.facts import HostFacts, RuntimeVerdict
     from nodeagent.host import HostRoot
     from nodeagent.verify import RuntimeCheck
 
@@ -42,7 +43,7 @@ class RuntimeClassSpec:
 class ConfigContext:
     """What a runtime's own option files (e.g. runsc.toml) depend on, from the planner."""
 
-    facts: dict[str, Any]
+    facts: "HostFacts"
     systemd_cgroup: bool  # the node's cgroup driver, as runc uses it
 
 
@@ -112,8 +113,13 @@ class Runtime(abc.ABC):
 
     # -- detection ---------------------------------------------------------------------------
     @abc.abstractmethod
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
-        """The contract's verdict for this host: {"eligible", "reasons", ...}; a pure function."""
+    def eligibility(self, facts: "HostFacts") -> "RuntimeVerdict":
+        """The contract's verdict for this host (eligible, reasons, ...); a pure function."""
+
+    def variant_verdicts(self, facts: "HostFacts", opts: Any) -> dict[str, "RuntimeVerdict"]:
+        """Eligibility of each further handler the options choose (e.g. a Kata shim), by handler
+        name; none for a runtime with one handler."""
+        return {}
 
     # -- catalog and release -----------------------------------------------------------------
     @abc.abstractmethod
@@ -162,9 +168,16 @@ class Runtime(abc.ABC):
         return release.version
 
     @abc.abstractmethod
-    def links(self, base: str) -> dict[str, str]:
-        """host link path -> host-absolute target, for the release installed at `base`. The first
-        link names the current version."""
+    def links(self, base: str, opts: Any = None) -> dict[str, str]:
+        """host link path -> host-absolute target, for the release installed at `base` and what the
+        options ask for (None: the links every install has). The first link names the current version."""
+
+    def all_links(self, base: str) -> dict[str, str]:
+        """Every link any options could ask for: what uninstall and a changed option look for."""
+        return self.links(base)
+
+    def check_release(self, tree: Path, opts: Any, where: str) -> None:
+        """Refuse an installed release tree that lacks what the options need (ArtifactError)."""
 
     def owns_link(self, link: str, target: str) -> bool:
         """A link of ours that points outside /opt/nodeagent/<name> (e.g. through another link)."""

@@ -8,6 +8,7 @@ first and the two files on 404.
 
 from __future__ import annotations
 
+import copy
 import os
 import posixpath
 import re
@@ -23,9 +24,10 @@ from nodeagent import run as run_mod
 from nodeagent.artifacts import extract, place, sources
 from nodeagent.artifacts.digest import Digest, parse_sidecar
 from nodeagent.artifacts.release import ArtifactFile, Release
-from nodeagent.containerd import model
+from nodeagent.containerd import model, tomlparse
 from nodeagent.detect.eligibility import kernel_tuple
-from nodeagent.errors import ArtifactError, CommandFailed
+from nodeagent.errors import ArtifactError, CommandFailed, ConfigError, UsageError
+from nodeagent.facts import HostFacts, RuntimeVerdict
 from nodeagent.fsutil import TEMP_PREFIX
 from nodeagent.runtimes import runsc_toml
 from nodeagent.runtimes.base import ConfigContext, ConfigFile, Runtime, RuntimeClassSpec, VerifyContext
@@ -34,6 +36,10 @@ log = structlog.get_logger(__name__)
 
 RUNTIME_TYPE = "io.containerd.runsc.v1"
 OPTIONS_TYPE_URL = "io.containerd.runsc.v1.options"
+# gVisor's mount hints (`dev.gvisor.spec.mount.*` pod annotations) reach the shim only through the
+# handler's pod_annotations; without them, inotify across containers on a shared volume does not
+# work (https://gvisor.dev/docs/user_guide/containerd/configuration/). gVisor's installers set it.
+HANDLER_KEYS = {"pod_annotations": ["dev.gvisor.*"]}
 RUNSC_CONFIG_PATH = runsc_toml.PATH
 UPSTREAM = "https://storage.googleapis.com/gvisor/releases/release"
 TARBALL = "gvisor.tar.bz2"
@@ -62,6 +68,59 @@ class GvisorOptions:
     overhead_memory: str | None = "64Mi"
     overhead_cpu: str | None = "100m"
     tolerations: list[dict[str, Any]] | None = None
+    debug_log: str | None = None  # runsc's debug-log; None: no debug logging
+    net_raw: bool = False
+
+
+def check_options(opts: GvisorOptions) -> None:
+    """Refuse runsc.toml options runsc would misread (UsageError; planning reports it as bad input)."""
+    if opts.platform is not None and opts.platform not in runsc_toml.PLATFORMS:
+        raise UsageError(f"unknown gVisor platform {opts.platform!r}",
+                         "set gvisor_platform to one of: " + ", ".join(runsc_toml.PLATFORMS) + " (or leave it unset)")
+    path = opts.debug_log
+    if path is None:
+        return
+    if not path.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in path) or "/../" in f"{path}/":
+        raise UsageError(f"gvisor_debug_log {path!r} is not an absolute path",
+                         "pass an absolute directory such as /var/log/runsc/ (the trailing / gives one file per command)")
+
+
+def check_runsc_toml(raw: bytes | None, path: str, facts: HostFacts,
+                     handler_table: dict[str, Any] | None = None) -> tuple[str, str, str | None]:
+    """doctor's verdict on runsc.toml: (ok|warn|fail, summary, hint). It must parse, and the
+    platform it names must be able to run on this node (kvm needs a /dev/kvm that answers).
+    A runsc handler (`handler_table`, as containerd loads it) without gVisor's pod_annotations
+    is a warning: pods' mount hints never reach the shim."""
+    if raw is None:
+        return "ok", f"gVisor not configured yet ({path} absent)", None
+    try:
+        data = tomlparse.parse(raw, path)
+    except ConfigError as exc:
+        return "fail", exc.message, f"fix the syntax of {path}: gVisor's shim cannot read it"
+    table = data.get("runsc_config", {})
+    if not isinstance(table, dict):
+        return "fail", f"{path}: runsc_config is not a table", f"make it a [runsc_config] table in {path}"
+    platform = table.get("platform", "systrap")  # runsc's default platform since 2023
+    fix = "set gvisor_platform to systrap (or unset it to let detection choose), then run `nodeagent install`"
+    if platform not in runsc_toml.PLATFORMS:
+        return "fail", f"{path} names platform {platform!r}, which runsc does not have", fix
+    virt = facts.virtualization
+    if platform == "kvm" and not virt.kvm_usable:
+        why = "; ".join(r for r in virt.reasons if "vsock" not in r) or "KVM is not usable"
+        return "fail", f"{path} forces platform kvm, but /dev/kvm does not answer here ({why}): gVisor pods cannot start", \
+            fix + "; or make /dev/kvm usable"
+    summary = f"{path} parses; platform {platform} can run here"
+    if table.get("debug-log"):
+        summary += f", debug logs to {table['debug-log']}"
+    if str(table.get("net-raw", "false")).lower() == "true":
+        summary += ", raw sockets allowed"
+    if platform == "kvm" and virt.in_vm:
+        return "warn", summary + " (nested: KVM inside a VM)", "systrap is faster and supported in a VM: " + fix
+    wanted = HANDLER_KEYS["pod_annotations"]
+    if handler_table is not None and not set(wanted) <= set(handler_table.get("pod_annotations") or []):
+        return "warn", summary + f"; but the runsc handler lacks pod_annotations = {wanted}, so gVisor's mount hints are dropped", \
+            "add the key to the runsc handler in containerd's config, or let nodeagent own it: `nodeagent install --force`"
+    return "ok", summary, None
 
 
 def handler(name: str = "runsc") -> model.HandlerSpec:
@@ -71,37 +130,46 @@ def handler(name: str = "runsc") -> model.HandlerSpec:
         name=name,
         runtime="gvisor",
         runtime_type=RUNTIME_TYPE,
+        keys=copy.deepcopy(HANDLER_KEYS),
+        adoptable_without=tuple(HANDLER_KEYS),  # gVisor's docs' runsc table predates the key
         options={"TypeUrl": OPTIONS_TYPE_URL, "ConfigPath": RUNSC_CONFIG_PATH},
     )
 
 
-def platform_of(facts: dict[str, Any], override: str | None) -> str:
+def _handler_before_pod_annotations(name: str) -> model.HandlerSpec:
+    """The runsc table nodeagent wrote until 2026-12 (no pod_annotations): recognised as ours."""
+    spec = handler(name)
+    return model.HandlerSpec(name=spec.name, runtime=spec.runtime, runtime_type=spec.runtime_type, options=spec.options)
+
+
+def platform_of(facts: HostFacts, override: str | None) -> str:
     """The runsc platform: the operator's, else detection's choice, else systrap."""
     if override:
         return override
-    return ((facts.get("runtimes") or {}).get("gvisor") or {}).get("platform") or "systrap"
+    verdict = facts.verdict("gvisor")
+    return (verdict.platform if verdict else None) or "systrap"
 
 
-def eligibility(facts: dict[str, Any]) -> dict[str, Any]:
+def eligibility(facts: HostFacts) -> RuntimeVerdict:
     reasons = []
-    arch = facts.get("arch")
+    arch = facts.arch
     if arch not in ARCHES:
         reasons.append(f"architecture {arch or 'unknown'} is not supported by gVisor (amd64, arm64 only)")
-    kernel = kernel_tuple(facts.get("kernel"))
+    kernel = kernel_tuple(facts.kernel)
     minimum = ".".join(map(str, MIN_KERNEL))
     if kernel is None:
         reasons.append(f"kernel release unknown; gVisor needs Linux {minimum} or newer")
     elif kernel < MIN_KERNEL:
-        reasons.append(f"kernel {facts.get('kernel')} is older than gVisor's minimum {minimum}")
-    virt = facts.get("virtualization", {})
+        reasons.append(f"kernel {facts.kernel} is older than gVisor's minimum {minimum}")
+    virt = facts.virtualization
     # KVM platform only on bare metal: in a VM it runs nested and gVisor recommends systrap there.
-    if virt.get("kvm_usable") and not virt.get("in_vm"):
+    if virt.kvm_usable and not virt.in_vm:
         platform, why = "kvm", "bare metal with usable KVM"
-    elif virt.get("kvm_usable"):
+    elif virt.kvm_usable:
         platform, why = "systrap", "KVM works but this host is a VM (nested): systrap is faster and supported"
     else:
         platform, why = "systrap", "KVM is not usable"
-    return {"eligible": not reasons, "platform": platform, "platform_reason": why, "reasons": reasons}
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons, platform=platform, platform_reason=why)
 
 
 def upstream_arch(arch: str) -> str:
@@ -252,6 +320,8 @@ class GVisor(Runtime):
             overhead_memory=getattr(settings, "gvisor_overhead_memory", None),
             overhead_cpu=getattr(settings, "gvisor_overhead_cpu", None),
             tolerations=getattr(settings, "gvisor_tolerations", None),
+            debug_log=settings.gvisor_debug_log or None,
+            net_raw=settings.gvisor_net_raw,
         )
 
     def default_options(self) -> GvisorOptions:
@@ -261,18 +331,21 @@ class GVisor(Runtime):
         return opts.version
 
     def handler_specs(self, opts: GvisorOptions) -> list[model.HandlerSpec]:
+        check_options(opts)
         return [handler(opts.handler)]
 
     def handlers_named(self, name: str) -> list[model.HandlerSpec]:
-        return _valid_specs(handler, name)
+        # nodeagent before pod_annotations wrote the same table without it: still ours to remove
+        return _valid_specs(handler, name) + _valid_specs(_handler_before_pod_annotations, name)
 
     def config_files(self, current: Callable[[str], bytes | None], ctx: ConfigContext,
                      opts: GvisorOptions) -> list[ConfigFile]:
         raw = current(RUNSC_CONFIG_PATH)
-        new = runsc_toml.render(raw, platform_of(ctx.facts, opts.platform), ctx.systemd_cgroup, RUNSC_CONFIG_PATH)
+        new = runsc_toml.render(raw, platform_of(ctx.facts, opts.platform), ctx.systemd_cgroup, RUNSC_CONFIG_PATH,
+                                net_raw=opts.net_raw, debug_log=opts.debug_log)
         return [ConfigFile(RUNSC_CONFIG_PATH, "runsc", new)]
 
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def eligibility(self, facts: HostFacts) -> RuntimeVerdict:
         return eligibility(facts)
 
     def check_version(self, version: str) -> str:
@@ -312,7 +385,7 @@ class GVisor(Runtime):
             return runsc_release(tree / RUNSC) or f"latest-{release.files[0].digest.hex[:12]}"
         return release.version
 
-    def links(self, base: str) -> dict[str, str]:
+    def links(self, base: str, opts: Any = None) -> dict[str, str]:
         return {f"/usr/local/bin/{n}": f"{base}/{n}" for n in (RUNSC, SHIM)}
 
     def runtime_classes(self, opts: GvisorOptions) -> list[RuntimeClassSpec]:

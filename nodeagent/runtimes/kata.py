@@ -5,8 +5,9 @@ releases, see kata-containers#11714). Kata publishes no checksum file, so its di
 from `--kata-sha256`, pins, a mirror's `.sha256`, the pinned table below, or, when none of
 those names one, GitHub's release listing (`artifacts/release_listing.py`).
 
-Every handler (the default `kata` and each extra one, e.g. `kata-qemu`) is a `HandlerSpec`
-from `handler_specs`: a handler per shim is one more entry there, with its own config path.
+Every handler (the default `kata` and one per shim of `kata_shims`, e.g. `kata-qemu`) is a
+`HandlerSpec` from `handler_specs`; each shim also gets its own link on containerd's PATH, its
+own eligibility verdict, RuntimeClass and verify sandbox (the shim table is `kata_shims.py`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from nodeagent.artifacts.digest import Digest, parse_sidecar
 from nodeagent.artifacts.release import ArtifactFile, Release
 from nodeagent.containerd import model
 from nodeagent.errors import ArtifactError, UsageError
+from nodeagent.facts import HostFacts, RuntimeVerdict
+from nodeagent.runtimes import kata_shims
 from nodeagent.runtimes.base import Runtime, RuntimeClassSpec, VerifyContext
+from nodeagent.runtimes.kata_shims import KataShim
 
 RUNTIME_TYPE = "io.containerd.kata.v2"
 DEFAULTS_DIR = "/opt/kata/share/defaults/kata-containers"
-HYPERVISORS = ("qemu", "clh", "fc")
 # handler-level keys every Kata handler carries (the contract's handler table)
 HANDLER_KEYS = {"privileged_without_host_devices": True, "pod_annotations": ["io.katacontainers.*"]}
 
@@ -64,11 +67,19 @@ class KataOptions:
     version: str = "3.28.0"
     sha256: str | None = None
     handler: str = "kata"
-    extra_handlers: tuple[str, ...] = field(default_factory=tuple)
+    shims: tuple[KataShim, ...] = field(default_factory=tuple)  # kata_shims (+ the old kata_extra_handlers)
     runtimeclass: str = "kata"
     overhead_memory: str | None = "160Mi"
     overhead_cpu: str | None = "250m"
     tolerations: list[dict[str, Any]] | None = None
+
+
+def shims_of(settings: Any) -> tuple[KataShim, ...]:
+    """`kata_shims`, then the superseded `kata_extra_handlers` (kata-qemu, ...: the same shims by their
+    handler names, so old settings files keep working), with `kata_shim_overheads` applied."""
+    names = [*getattr(settings, "kata_shims", []), *getattr(settings, "kata_extra_handlers", [])]
+    overheads = kata_shims.parse_overheads(getattr(settings, "kata_shim_overheads", []))
+    return kata_shims.with_overheads(kata_shims.parse_shims(names), overheads)
 
 
 def handler(name: str = "kata") -> model.HandlerSpec:
@@ -76,37 +87,72 @@ def handler(name: str = "kata") -> model.HandlerSpec:
     return model.HandlerSpec(name=name, runtime="kata", runtime_type=RUNTIME_TYPE, keys=copy.deepcopy(HANDLER_KEYS))
 
 
+def shim_handler(shim: KataShim, snapshotter: bool = True) -> model.HandlerSpec:
+    """`kata-<shim>`: its own runtime_type (so its own shim link) and configuration file.
+
+    Firecracker's gets `snapshotter = "devmapper"`: it has no shared filesystem and boots the
+    rootfs from a block device. containerd 1.7 and 2.x honour a per-handler snapshotter (their
+    `config dump` shows it); 1.6 drops the key silently, so there the CRI plugin's own snapshotter
+    must be devmapper (eligibility says so)."""
+    keys = copy.deepcopy(HANDLER_KEYS)
+    if snapshotter and kata_shims.NEEDS_DEVMAPPER in shim.needs:
+        keys["snapshotter"] = "devmapper"
+    return model.HandlerSpec(name=shim.handler, runtime="kata", runtime_type=shim.runtime_type, keys=keys,
+                             options={"ConfigPath": shim.config_path})
+
+
 def hypervisor_handler(name: str) -> model.HandlerSpec:
-    """`kata-qemu`, `kata-clh`, `kata-fc`: each with its own shim name and configuration file."""
+    """A shim handler by its name (`kata-qemu`); UsageError for a shim nodeagent does not know."""
     model.validate_handler_name(name)
-    hv = name.removeprefix("kata-")
-    if not name.startswith("kata-") or hv not in HYPERVISORS:
-        raise UsageError(
-            f"unknown extra Kata handler {name!r}", "choose from: " + ", ".join(f"kata-{h}" for h in HYPERVISORS)
-        )
-    return model.HandlerSpec(
-        name=name,
-        runtime="kata",
-        runtime_type=f"io.containerd.kata-{hv}.v2",
-        keys=copy.deepcopy(HANDLER_KEYS),
-        options={"ConfigPath": f"{DEFAULTS_DIR}/configuration-{hv}.toml"},
-    )
+    if not name.startswith("kata-"):
+        raise UsageError(f"unknown Kata shim handler {name!r}", "shim handlers are named kata-<shim>")
+    return shim_handler(kata_shims.parse_shims([name])[0])
 
 
-def eligibility(facts: dict[str, Any]) -> dict[str, Any]:
+def eligibility(facts: HostFacts) -> RuntimeVerdict:
+    verdict = _base_eligibility(facts)
+    verdict.shims = {name: shim_eligibility(shim, facts, verdict.reasons) for name, shim in kata_shims.SHIMS.items()}
+    return verdict
+
+
+def shim_eligibility(shim: KataShim, facts: HostFacts, base_reasons: list[str]) -> RuntimeVerdict:
+    """Kata's own rules (KVM, vhost-vsock, arch) plus what this shim needs beyond them."""
+    reasons = list(base_reasons)
+    ctd = facts.containerd
+    confidential = facts.virtualization.confidential
+    if kata_shims.NEEDS_DEVMAPPER in shim.needs:
+        if not ctd.devmapper_pool:
+            reasons.append("Firecracker needs containerd's devmapper snapshotter: configure "
+                           'plugins."io.containerd.snapshotter.v1.devmapper" with a pool_name (a thin pool)')
+        elif _older_than_17(ctd.version) and ctd.cri_snapshotter != "devmapper":
+            reasons.append("containerd before 1.7 ignores a handler's own snapshotter: set the CRI plugin's "
+                           'containerd.snapshotter = "devmapper" for Firecracker')
+    if kata_shims.NEEDS_TDX in shim.needs and not confidential.get("tdx"):
+        reasons.append("Intel TDX is off: kvm_intel's tdx parameter is not Y (/sys/module/kvm_intel/parameters/tdx)")
+    if kata_shims.NEEDS_SNP in shim.needs and not confidential.get("sev_snp"):
+        reasons.append("AMD SEV-SNP is off: kvm_amd's sev_snp parameter is not Y (/sys/module/kvm_amd/parameters/sev_snp)")
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons)
+
+
+def _older_than_17(version: str | None) -> bool:
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    return bool(match) and (int(match.group(1)), int(match.group(2))) < (1, 7)
+
+
+def _base_eligibility(facts: HostFacts) -> RuntimeVerdict:
     reasons = []
-    virt = facts.get("virtualization", {})
-    if not virt.get("kvm_usable"):
-        detail = "; ".join(r for r in virt.get("reasons", []) if "vsock" not in r) or "KVM is not usable"
+    virt = facts.virtualization
+    if not virt.kvm_usable:
+        detail = "; ".join(r for r in virt.reasons if "vsock" not in r) or "KVM is not usable"
         reasons.append(f"KVM is not usable ({detail})")
-    if not virt.get("vhost_vsock"):
+    if not virt.vhost_vsock:
         # the probe's own words: "missing", or present but "unusable" (a node with no driver behind it)
-        said = [r for r in virt.get("reasons", []) if "/dev/vhost-vsock" in r]
+        said = [r for r in virt.reasons if "/dev/vhost-vsock" in r]
         reasons += said or ["host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module"]
-    arch = facts.get("arch")
+    arch = facts.arch
     if arch not in ARCHES:
         reasons.append(f"architecture {arch or 'unknown'} is not supported by Kata ({', '.join(ARCHES)})")
-    return {"eligible": not reasons, "reasons": reasons}
+    return RuntimeVerdict(eligible=not reasons, reasons=reasons)
 
 
 def upstream_arch(arch: str) -> str:
@@ -182,6 +228,24 @@ def resolve(fetcher, version: str, arch: str, mirror: str | None, flag: Digest |
     )
 
 
+def check_shims(tree: Path, shims: tuple[KataShim, ...], where: str) -> None:
+    """Refuse a release (its opt/kata tree) that lacks a chosen shim's binary or configuration.
+
+    Each path must resolve, through any links in the release, to a regular file inside it."""
+    top = tree.resolve()
+    missing = []
+    for shim in shims:
+        for rel in shim.release_paths():
+            real = (tree / rel).resolve()
+            if not real.is_relative_to(top) or not real.is_file():
+                missing.append(f"{rel} (shim {shim.name})")
+    if missing:
+        raise ArtifactError(
+            f"the Kata release at {where} lacks what the chosen shims need: {', '.join(missing)}; nothing was changed",
+            "choose shims this release ships (kata_shims), or a Kata version that ships them",
+        )
+
+
 def release_tree(entries: list[extract.Entry], archive: str) -> str:
     """The archive's opt/kata directory, refused unless it holds the Kata shim (install and bundle)."""
     tree = extract.find_tree(entries, ("opt", "kata"), archive)
@@ -203,7 +267,7 @@ class Kata(Runtime):
             version=settings.kata_version,
             sha256=settings.kata_sha256,
             handler=settings.kata_handler,
-            extra_handlers=tuple(settings.kata_extra_handlers),
+            shims=shims_of(settings),
             runtimeclass=getattr(settings, "kata_runtimeclass", "kata"),
             overhead_memory=getattr(settings, "kata_overhead_memory", None),
             overhead_cpu=getattr(settings, "kata_overhead_cpu", None),
@@ -220,7 +284,7 @@ class Kata(Runtime):
         return opts.sha256
 
     def handler_specs(self, opts: KataOptions) -> list[model.HandlerSpec]:
-        return [handler(opts.handler), *(hypervisor_handler(n) for n in opts.extra_handlers)]
+        return [handler(opts.handler), *(shim_handler(s) for s in opts.shims)]
 
     def handlers_named(self, name: str) -> list[model.HandlerSpec]:
         specs = []
@@ -229,10 +293,17 @@ class Kata(Runtime):
                 specs.append(factory(name))
             except Exception:
                 continue
+        shim = kata_shims.SHIMS.get(kata_shims.shim_name(name)) if name.startswith("kata-") else None
+        if shim is not None and kata_shims.NEEDS_DEVMAPPER in shim.needs:
+            specs.append(shim_handler(shim, snapshotter=False))  # as nodeagent wrote it before it set one
         return specs
 
-    def eligibility(self, facts: dict[str, Any]) -> dict[str, Any]:
+    def eligibility(self, facts: HostFacts) -> RuntimeVerdict:
         return eligibility(facts)
+
+    def variant_verdicts(self, facts: HostFacts, opts: KataOptions) -> dict[str, RuntimeVerdict]:
+        base = _base_eligibility(facts).reasons
+        return {s.handler: shim_eligibility(s, facts, base) for s in opts.shims}
 
     def check_version(self, version: str) -> str:
         if not _VERSION.fullmatch(version):
@@ -274,23 +345,45 @@ class Kata(Runtime):
         tree = release_tree(entries, name)
         tree_links.check_entries(entries, tree, name, host_trees=(LINK,))
 
-    def links(self, base: str) -> dict[str, str]:
-        return {LINK: base, f"/usr/local/bin/{SHIM}": SHIM_TARGET}
+    def links(self, base: str, opts: KataOptions | None = None) -> dict[str, str]:
+        shims = opts.shims if opts is not None else ()
+        return {LINK: base, f"/usr/local/bin/{SHIM}": SHIM_TARGET, **{s.link: s.shim_target for s in shims}}
+
+    def all_links(self, base: str) -> dict[str, str]:
+        return self.links(base, KataOptions(shims=tuple(kata_shims.SHIMS.values())))
 
     def owns_link(self, link: str, target: str) -> bool:
-        return link.endswith(SHIM) and target == SHIM_TARGET
+        return (link.endswith(SHIM) and target == SHIM_TARGET) or kata_shims.owns_link(link, target)
+
+    def check_release(self, tree: Path, opts: KataOptions, where: str) -> None:
+        check_shims(tree, opts.shims, where)
 
     def runtime_classes(self, opts: KataOptions) -> list[RuntimeClassSpec]:
-        return [RuntimeClassSpec(opts.runtimeclass, opts.handler, self.name, opts.overhead_memory,
-                                 opts.overhead_cpu, opts.tolerations)]
+        main = RuntimeClassSpec(opts.runtimeclass, opts.handler, self.name, opts.overhead_memory,
+                                opts.overhead_cpu, opts.tolerations)
+        return [main, *(RuntimeClassSpec(s.handler, s.handler, s.handler, s.overhead_memory, s.overhead_cpu,
+                                         opts.tolerations) for s in opts.shims)]
 
     def verify(self, ctx: VerifyContext, opts: KataOptions):
+        """The default handler's sandbox, then one per shim (`detail["shims"]`): ok only if all are."""
+        check = self._verify_handler(ctx, opts.handler)
+        if not opts.shims or check.skipped:
+            return check
+        shims = {s.handler: self._verify_handler(ctx, s.handler) for s in opts.shims}
+        check.detail["shims"] = {h: c.as_dict() for h, c in shims.items()}
+        failed = [f"{h}: {c.reason}" for h, c in shims.items() if not c.ok]
+        if failed:
+            check.ok = False
+            check.reason = "; ".join(([f"{opts.handler}: {check.reason}"] if check.reason else []) + failed)
+        return check
+
+    def _verify_handler(self, ctx: VerifyContext, handler_name: str):
         from nodeagent import verify
 
         socket = ctx.socket()
-        installed, why = _installed(opts.handler, socket)
+        installed, why = _installed(handler_name, socket)
         skip = verify.RuntimeCheck(self.name, "cri", host_kernel=verify.host_kernel(ctx.host),
-                                   detail={"handler": opts.handler, "socket": socket})
+                                   detail={"handler": handler_name, "socket": socket})
         if not installed:
             skip.reason, skip.skipped = why, not ctx.explicit
             return skip
@@ -298,7 +391,7 @@ class Kata(Runtime):
             skip.reason = "Kata is checked through CRI and needs an image: pass --image (one present on the node)"
             skip.skipped = not ctx.explicit
             return skip
-        return verify.verify_cri(self.name, opts.handler, socket, ctx.image, ctx.host, timeout=ctx.timeout)
+        return verify.verify_cri(self.name, handler_name, socket, ctx.image, ctx.host, timeout=ctx.timeout)
 
 
 def _installed(handler_name: str, socket: str) -> tuple[bool, str]:

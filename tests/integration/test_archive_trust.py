@@ -286,7 +286,7 @@ def test_a_cache_entry_changed_after_verification_is_never_extracted(tmp_path):
     from nodeagent.artifacts.cache import Cache
     from nodeagent.artifacts.download import Fetcher
     from nodeagent.artifacts.release import resolve
-    from nodeagent.artifacts.txn import Transaction
+    from nodeagent.journal import Journal
     from nodeagent.errors import ArtifactError
 
     root = tmp_path / "root"
@@ -305,8 +305,8 @@ def test_a_cache_entry_changed_after_verification_is_never_extracted(tmp_path):
     before = snapshot(root)
     assert "opt" not in before
     with pytest.raises(ArtifactError) as exc:
-        with Transaction() as txn:
-            install.stage(host, release, cache, txn, extract.Limits())
+        with Journal() as journal:
+            install.stage(host, release, cache, journal, extract.Limits())
     assert "changed after it was verified" in exc.value.message and exc.value.hint
     assert diff_snapshots(before, snapshot(root)) == []
 

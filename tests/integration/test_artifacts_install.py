@@ -11,6 +11,7 @@ on this VM (no vhost-vsock).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -338,3 +339,131 @@ def test_partial_left_by_a_killed_run_is_resumed_or_discarded(tmp_path, root, le
     assert ranges == expected
     assert (cache / hexval).read_bytes() == runsc and not (cache / f"{hexval}.partial").exists()
     assert (root / "opt/nodeagent/gvisor/20221219.0/runsc").read_bytes() == runsc
+
+
+# -- Kata shims (issue 15 item 1) ------------------------------------------------------------
+# The shims are stand-ins (busybox; Kata VMs cannot run here, no vhost-vsock): what is real is the
+# release layout kata-static 3.x ships (Go shim in bin/, Rust shim in runtime-rs/bin/, one
+# configuration per shim) and the links containerd follows.
+SHIMS = ["qemu", "clh", "fc", "dragonball", "qemu-runtime-rs"]
+GO, RUST = "/opt/kata/bin/containerd-shim-kata-v2", "/opt/kata/runtime-rs/bin/containerd-shim-kata-v2"
+
+
+def test_kata_shims_get_links_that_resolve_inside_the_release_and_uninstall_restores_the_bytes(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.28.0", M.kata_shims_members(BUSYBOX))
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "usr/local/bin/someone-elses-tool").write_bytes(b"#!/bin/sh\n")
+    host = HostRoot(root)
+    before = snapshot(root)
+    with Mirror(tmp_path / "m") as srv:
+        ensure_artifact(host, settings(root, srv.url, kata_shims=SHIMS), "kata", "amd64")
+    release = root / "opt/nodeagent/kata/3.28.0"
+    for shim, target in [("qemu", GO), ("clh", GO), ("fc", GO), ("dragonball", RUST), ("qemu-runtime-rs", RUST)]:
+        link = f"/usr/local/bin/containerd-shim-kata-{shim}-v2"
+        assert os.readlink(host.path(link)) == target, shim
+        real = host.resolve(link)
+        assert real.is_relative_to(release) and os.access(real, os.X_OK), (shim, real)
+    assert host.resolve("/opt/kata/share/defaults/kata-containers/runtime-rs/configuration-dragonball.toml").is_relative_to(release)
+    assert host.resolve("/opt/kata/share/defaults/kata-containers/configuration-fc.toml").is_relative_to(release)
+
+    res = remove_artifact(host, "kata")
+    assert "/usr/local/bin/containerd-shim-kata-qemu-runtime-rs-v2" in res.removed
+    # what stays: the download cache (kept on purpose), the empty /opt the install created, and
+    # /usr/local/bin's mtime; no link, file or byte of anything else differs
+    changed = [d for d in diff_snapshots(before, snapshot(root))
+               if not d.startswith(("added var", "added opt")) or d.startswith("added opt/")]
+    assert changed == ["changed usr/local/bin (mtime)"], changed
+    assert sorted(os.listdir(root / "opt")) == [] and os.listdir(root / "usr/local/bin") == ["someone-elses-tool"]
+
+
+def test_changing_kata_shims_adds_and_removes_just_the_difference(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.28.0", M.kata_shims_members(BUSYBOX))
+    host = HostRoot(root)
+    links = lambda: sorted(n for n in os.listdir(root / "usr/local/bin") if n.startswith("containerd-shim-kata-"))
+    with Mirror(tmp_path / "m") as srv:
+        ensure_artifact(host, settings(root, srv.url, kata_shims=["qemu", "clh", "fc"]), "kata", "amd64")
+        qemu_inode = os.lstat(root / "usr/local/bin/containerd-shim-kata-qemu-v2").st_ino
+        st = settings(root, srv.url, kata_shims=["qemu", "dragonball"])
+        assert plan_artifact(host, st, "kata", "amd64").action == "installed"  # only links move
+        assert ensure_artifact(host, st, "kata", "amd64").action == "installed"
+        assert links() == ["containerd-shim-kata-dragonball-v2", "containerd-shim-kata-qemu-v2", "containerd-shim-kata-v2"]
+        assert os.lstat(root / "usr/local/bin/containerd-shim-kata-qemu-v2").st_ino == qemu_inode  # untouched
+        assert ensure_artifact(host, st, "kata", "amd64").action == "none"
+        # the old spelling (kata_extra_handlers) names the same shims
+        old = settings(root, srv.url, kata_extra_handlers=["kata-qemu", "kata-dragonball"])
+        assert plan_artifact(host, old, "kata", "amd64").action == "none"
+
+
+def test_a_release_without_a_chosen_shim_is_refused_and_nothing_changes(tmp_path, root):
+    """kata_members has no runtime-rs tree (as Kata releases before runtime-rs shipped it)."""
+    M.kata_release(tmp_path / "m", "3.28.0", M.kata_members(BUSYBOX))
+    host = HostRoot(root)
+    before = snapshot(root)
+    with Mirror(tmp_path / "m") as srv:
+        with pytest.raises(ArtifactError) as exc:
+            ensure_artifact(host, settings(root, srv.url, kata_shims=["qemu", "dragonball"]), "kata", "amd64")
+    assert "runtime-rs/bin/containerd-shim-kata-v2 (shim dragonball)" in exc.value.message
+    assert "runtime-rs/configuration-dragonball.toml" in exc.value.message and exc.value.hint
+    assert diff_snapshots(before, snapshot(root)) == []
+
+
+def test_a_shim_link_someone_else_made_is_refused_unless_forced(tmp_path, root):
+    M.kata_release(tmp_path / "m", "3.28.0", M.kata_shims_members(BUSYBOX))
+    (root / "usr/local/bin").mkdir(parents=True)
+    os.symlink("/somewhere/else/containerd-shim-kata-v2", root / "usr/local/bin/containerd-shim-kata-clh-v2")
+    host = HostRoot(root)
+    before = snapshot(root)
+    with Mirror(tmp_path / "m") as srv:
+        with pytest.raises(ConflictError, match="containerd-shim-kata-clh-v2"):
+            ensure_artifact(host, settings(root, srv.url, kata_shims=["clh"]), "kata", "amd64")
+        assert diff_snapshots(before, snapshot(root)) == []
+        ensure_artifact(host, settings(root, srv.url, kata_shims=["qemu"]), "kata", "amd64")
+    remove_artifact(host, "kata")  # a link that is not ours stays, even though it names a shim
+    assert os.readlink(root / "usr/local/bin/containerd-shim-kata-clh-v2") == "/somewhere/else/containerd-shim-kata-v2"
+
+
+def _root_with_containerd_2(tmp_path: Path) -> Path:
+    from tests.support.scenarios import install_containerd
+
+    root = tmp_path / "cliroot"
+    (root / "etc/containerd").mkdir(parents=True)
+    (root / "etc/containerd/config.toml").write_bytes(b"version = 3\n")
+    install_containerd(root, "2.1")
+    return root
+
+
+def test_cli_install_with_kata_shims_then_uninstall_restores_the_bytes(tmp_path):
+    """The CLI end to end on a --root with REAL containerd 2.1 judging the config (no daemon runs):
+    the suite's mirror (stand-in shim, see tests/support/mirror.py) ships the Go shim and qemu's
+    configuration, so `--kata-shims qemu` installs; uninstall puts every byte back."""
+    from tests.support.cli import run_cli
+
+    root = _root_with_containerd_2(tmp_path)
+    before = (root / "etc/containerd/config.toml").read_bytes()
+    args = ("--root", str(root), "-o", "json", "install", "--runtime", "kata", "--skip-eligibility", "--restart", "none")
+    proc = run_cli(*args, "--kata-shims", "kata-qemu")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["handlers"] == ["kata", "kata-qemu"]
+    dropin = (root / "etc/containerd/conf.d/90-nodeagent.toml").read_text()
+    assert "io.containerd.kata-qemu.v2" in dropin and "configuration-qemu.toml" in dropin
+    assert os.readlink(root / "usr/local/bin/containerd-shim-kata-qemu-v2") == GO
+    proc = run_cli("--root", str(root), "uninstall", "--runtime", "kata", "--restart", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/containerd/config.toml").read_bytes() == before
+    assert not (root / "etc/containerd/conf.d/90-nodeagent.toml").exists()
+    assert not os.path.lexists(root / "usr/local/bin/containerd-shim-kata-qemu-v2")
+
+
+def test_cli_install_refuses_a_shim_the_release_lacks_and_changes_nothing(tmp_path):
+    from tests.support.cli import assert_known_error, run_cli
+
+    root = _root_with_containerd_2(tmp_path)
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "install", "--runtime", "kata", "--skip-eligibility", "--restart", "none",
+                   "--kata-shims", "qemu,dragonball")
+    error = assert_known_error(proc)
+    assert "lacks what the chosen shims need: runtime-rs/bin/containerd-shim-kata-v2 (shim dragonball)" in error
+    # only the run lock's trace (/run is a tmpfs; the release is only known inside the lock, as in
+    # test_mirror_trust.py): no config, link, release or cache entry changed
+    lock = {"added run", "added run/nodeagent.lock", "changed run (mtime)"}
+    assert [c for c in diff_snapshots(before, snapshot(root)) if c not in lock] == []

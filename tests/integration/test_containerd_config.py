@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from nodeagent.containerd import apply, validate
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.cri import cri_status
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
@@ -115,9 +116,9 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
         original = minimal_config(series, work).encode()
         (root / "etc/containerd/config.toml").write_bytes(original)
         host = HostRoot(root)
-        facts = {"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
-                 "runtimes": {"gvisor": {"platform": "systrap"}}}
+        facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                                    "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
+                                     "runtimes": {"gvisor": {"platform": "systrap"}}})
         plan = plan_install(host, SPECS, facts)
         apply.apply_install(host, plan, containerd_bin=str(BINARIES[series]))
         state.update(host=host, original=original, plan=plan, work=work)
@@ -129,6 +130,10 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
     types = status.runtime_types()
     assert types.get("runsc") == gvisor.RUNTIME_TYPE and types.get("kata") == kata.RUNTIME_TYPE, types
     assert "runc" in types
+    # the daemon took the runsc handler's pod_annotations: gVisor's mount hints reach its shim
+    served = status.config["containerd"]["runtimes"]
+    assert served["runsc"]["PodAnnotations"] == ["dev.gvisor.*"], served["runsc"]
+    assert served["kata"]["PodAnnotations"] == ["io.katacontainers.*"], served["kata"]
     # 1.x edits in place; 2.x writes a drop-in plus an imports entry
     kinds = {c.path: c.action for c in state["plan"].files}
     if series.startswith("2"):
@@ -137,7 +142,7 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
         assert kinds["/etc/containerd/config.toml"] == "modify"
 
     host = state["host"]
-    undo, new_state = apply.plan_uninstall(host, None)
+    undo, new_state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, new_state)
     assert (root / "etc/containerd/config.toml").read_bytes() == state["original"]
     daemon.write_config(_daemon_config(host, state["work"] / "chain-restored"))
@@ -185,13 +190,90 @@ def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
     needs(series)
     host = HostRoot(tmp_path)
     install_containerd(tmp_path, series)
-    facts = {"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
-                            "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}}
+    facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
+                                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}})
     plan = plan_install(host, SPECS, facts)
     assert {f.path: f.action for f in plan.files}["/etc/containerd/config.toml"] == "create"
     apply.apply_install(host, plan)
     dumped = validate.effective_dump(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
     assert {"runc", "runsc", "kata"} <= set(dumped)
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert not host.exists("/etc/containerd/config.toml") and not host.exists(gvisor.RUNSC_CONFIG_PATH)
+
+
+# -- Kata shims (issue 15 item 1): one kata-<shim> handler each, judged by real containerd ----------
+SHIM_NAMES = ["qemu", "clh", "fc", "dragonball", "qemu-runtime-rs"]
+
+
+@pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
+def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(series, containerd_factory, tmp_path):
+    """Running containerd (CRI Status) lists every kata-<shim> with its runtime_type; `config dump`
+    shows its ConfigPath (the Go shims' configuration-<shim>.toml, runtime-rs' under runtime-rs/) and,
+    for fc, the devmapper snapshotter on 1.7/2.x (1.6 has no per-handler snapshotter and drops it)."""
+    needs(series)
+    from nodeagent.runtimes import kata_shims
+
+    shims = kata_shims.parse_shims(SHIM_NAMES)
+    specs = [*SPECS, *(kata.shim_handler(s) for s in shims)]
+    root = tmp_path / "root"
+    state: dict = {}
+
+    def installed(work: Path) -> str:
+        (root / "etc/containerd").mkdir(parents=True)
+        original = minimal_config(series, work).encode()
+        (root / "etc/containerd/config.toml").write_bytes(original)
+        host = HostRoot(root)
+        facts = {"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
+                 "runtimes": {"gvisor": {"platform": "systrap"}}}
+        apply.apply_install(host, plan_install(host, specs, facts), containerd_bin=str(BINARIES[series]))
+        state.update(host=host, original=original, work=work)
+        return _daemon_config(host, work / "chain-installed")
+
+    daemon = containerd_factory(series, config=installed)
+    status = cri_status(daemon.socket)
+    assert status.ok, status.as_dict()
+    types = status.runtime_types()
+    for shim in shims:
+        assert types.get(shim.handler) == f"io.containerd.kata-{shim.name}.v2", types
+    dumped = validate.effective_dump(state["host"], "/etc/containerd/config.toml", {}, str(BINARIES[series]))
+    base = "/opt/kata/share/defaults/kata-containers"
+    assert dumped["kata-qemu"]["options"]["ConfigPath"] == f"{base}/configuration-qemu.toml"
+    assert dumped["kata-fc"]["options"]["ConfigPath"] == f"{base}/configuration-fc.toml"
+    assert dumped["kata-dragonball"]["options"]["ConfigPath"] == f"{base}/runtime-rs/configuration-dragonball.toml"
+    assert dumped["kata-qemu-runtime-rs"]["options"]["ConfigPath"] == f"{base}/runtime-rs/configuration-qemu-runtime-rs.toml"
+    assert all(dumped[s.handler]["pod_annotations"] == ["io.katacontainers.*"] for s in shims)
+    assert dumped["kata-fc"].get("snapshotter") == (None if series == "1.6" else "devmapper")
+
+    host = state["host"]
+    undo, new_state = plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, new_state)
+    assert (root / "etc/containerd/config.toml").read_bytes() == state["original"]
+    daemon.write_config(_daemon_config(host, state["work"] / "chain-restored"))
+    daemon.restart()
+    status = cri_status(daemon.socket)
+    assert status.ok and set(status.runtime_types()) == {"runc"}, status.as_dict()
+
+
+@pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
+def test_devmapper_pool_fact_matches_real_containerd_s_dump(series, tmp_path):
+    """Firecracker's eligibility reads the devmapper pool from the config chain: a drop-in's devmapper
+    table without pool_name replaces the main file's on 1.x (the dump shows pool_name "") and merges
+    on 2.x (the pool stays). The fact must say what containerd itself says."""
+    needs(series)
+    from nodeagent.detect import containerd_config
+
+    v = 3 if series == "2.1" else 2
+    q = "'" if v == 3 else '"'
+    table = f"[plugins.{q}io.containerd.snapshotter.v1.devmapper{q}]\n"
+    (tmp_path / "etc/containerd/conf.d").mkdir(parents=True)
+    (tmp_path / "etc/containerd/config.toml").write_text(
+        f"version = {v}\nimports = ['/etc/containerd/conf.d/x.toml']\n{table}  pool_name = 'pool'\n")
+    (tmp_path / "etc/containerd/conf.d/x.toml").write_text(f"version = {v}\n{table}  base_image_size = '10GB'\n")
+    host = HostRoot(tmp_path)
+    version = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series]
+    fact = containerd_config.snapshotters(containerd_config.read(host, "/etc/containerd/config.toml", version), version)
+    dump = validate.effective_config(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
+    real = dump["plugins"]["io.containerd.snapshotter.v1.devmapper"].get("pool_name") or None
+    assert fact["devmapper_pool"] == real == (None if series != "2.1" else "pool")

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from nodeagent.containerd import validate
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError
 from nodeagent.containerd.inspect import registered_handlers
@@ -80,7 +81,7 @@ def test_registered_handlers_match_config_dump(case, series, tmp_path):
         with pytest.raises(ConfigError, match="unsupported config version"):
             validate.effective_dump(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
         with pytest.raises(ConfigError, match="containerd 1.x"):
-            plan_install(host, [gvisor.handler()], {"containerd": {"version": VERSIONS[series]}},
+            plan_install(host, [gvisor.handler()], HostFacts.from_json({"containerd": {"version": VERSIONS[series]}}),
                          config_path="/etc/containerd/config.toml")
         return
     dumped = set(validate.effective_dump(host, "/etc/containerd/config.toml", {}, str(BINARIES[series])))

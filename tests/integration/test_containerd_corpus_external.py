@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent.containerd import apply, model
 from nodeagent.containerd.effective import unexpected_changes
 from nodeagent.containerd.inspect import decoded_option
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.containerd.validate import dump_runtimes, effective_config
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
@@ -65,11 +66,11 @@ class Case:
     def specs(self) -> list[model.HandlerSpec]:
         return [gvisor.handler()] + ([kata.handler()] if self.runtime == "all" else [])
 
-    def facts(self) -> dict:
-        return {"containerd": {"found": True, "version": self.containerd_version, "config_path": self.config,
+    def facts(self) -> HostFacts:
+        return HostFacts.from_json({"containerd": {"found": True, "version": self.containerd_version, "config_path": self.config,
                                "flavor": self.flavor, "systemd_cgroup": None},
                 "runtimes": {"gvisor": {"eligible": True, "platform": "systrap", "reasons": []},
-                             "kata": {"eligible": True, "reasons": []}}}
+                             "kata": {"eligible": True, "reasons": []}}})
 
     def build(self, root: Path) -> HostRoot:
         shutil.copytree(CORPUS / self.name, root, ignore=shutil.ignore_patterns("case.json"), dirs_exist_ok=True)
@@ -182,7 +183,8 @@ def install_and_judge(case: Case, host: HostRoot) -> None:
 
     handlers = dump_runtimes(after)
     for spec in case.specs:
-        assert compatible(handlers.get(spec.name) or {}, spec.table()), (spec.name, handlers.get(spec.name))
+        wanted = spec.table() if spec.name in plan.added else spec.required_table()  # adopted: the contract's keys
+        assert compatible(handlers.get(spec.name) or {}, wanted), (spec.name, handlers.get(spec.name))
     owned = set(plan.added) | set(plan.defaults_added)
     assert unexpected_changes(before, after, owned) == []
     check_files_keep_everything(plan)
@@ -223,7 +225,7 @@ def test_external_corpus_case(key, tmp_path):
     case, host, root = built(key, tmp_path)
     before = host_snapshot(root, metadata=False)  # a round trip restores bytes, not inodes/mtimes
     install_and_judge(case, host)
-    undo, new_state = apply.plan_uninstall(host, None, flavor=case.flavor)
+    undo, new_state = plan_uninstall(host, None, flavor=case.flavor)
     apply.apply_uninstall(host, undo, new_state)
     assert diff_snapshots(before, host_snapshot(root, metadata=False)) == []
 

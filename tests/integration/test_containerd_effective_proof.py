@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from nodeagent.containerd import apply, edit, model
+from nodeagent.containerd import apply, edit, model, tomlparse
 from nodeagent.containerd.effective import differences, meaningful, unexpected_changes
 from nodeagent.containerd.plan import plan_install
 from nodeagent.errors import ConfigError
@@ -28,7 +28,7 @@ def tricked(plan, path: str, original: str, replace: tuple[str, str]):
     text, style = edit.decode(plan_file(plan, path).old, path)
     assert original in text
     wrong = text.replace(*replace)
-    version = model.config_version(edit.parse(text, path).get("version"))
+    version = model.config_version(tomlparse.parse(text, path).get("version"))
     for spec in SPECS:
         wrong = edit.add_runtime(wrong, version, spec, style, path)
     files = [dataclasses.replace(f, new=edit.encode(wrong, style)) if f.path == path else f for f in plan.files]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from nodeagent.containerd import apply, validate
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.runtimes import gvisor, kata
 from tests.support.scenarios import BINARIES, K3S_DIR, OURS, RKE2_DIR, Scenario, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
@@ -49,7 +49,7 @@ def test_release_with_dropin_dir_gets_a_dropin_there(flavor, tmp_path):
     assert all(compatible(served[s.name], s.table()) for s in SPECS)
     assert not [p for p in host.listdir(K3S_DIR if flavor == "k3s" else RKE2_DIR) if p.endswith(".tmpl")]
     assert not plan_install(host, SPECS, case.facts()).changed
-    undo, state = apply.plan_uninstall(host, None, flavor=flavor)
+    undo, state = plan_uninstall(host, None, flavor=flavor)
     apply.apply_uninstall(host, undo, state)
     after = {k: v for k, v in snapshot(tmp_path, metadata=False).items() if not k.startswith("var/lib/nodeagent")}
     assert diff_snapshots({k: v for k, v in before.items() if not k.startswith("var/lib/nodeagent")}, after) == []

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from nodeagent.containerd import apply, cri, validate
+from nodeagent.facts import HostFacts
 from nodeagent.containerd.clashes import duplicate_handlers
 from nodeagent.containerd.imports import load_chain
-from nodeagent.containerd.plan import plan_install
+from nodeagent.containerd.plan import plan_install, plan_uninstall
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import assert_known_error, run_cli
@@ -32,9 +33,9 @@ CONFIG = "/etc/containerd/config.toml"
 VERSIONS = {"1.7": "1.7.24", "2.1": "2.1.9"}
 
 
-def facts(series: str) -> dict:
-    return {"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
-            "runtimes": {"gvisor": {"platform": "systrap"}}}
+def facts(series: str) -> HostFacts:
+    return HostFacts.from_json({"containerd": {"version": VERSIONS[series], "config_path": CONFIG, "flavor": "containerd"},
+                                "runtimes": {"gvisor": {"platform": "systrap"}}})
 
 
 def converge(host: HostRoot, series: str):
@@ -94,7 +95,7 @@ def test_upgrade_17_to_21_keeps_handlers_served_once(containerd_factory, tmp_pat
     third = plan_install(host, SPECS, facts("2.1"))
     assert not third.changed and not third.restart
 
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(CONFIG).read_bytes() == original
 
@@ -115,7 +116,7 @@ def test_downgrade_21_to_17_moves_our_dropin_in_place(containerd_factory, tmp_pa
     third = plan_install(host, SPECS, facts("1.7"))
     assert not third.changed and not third.restart, third.render_text()
 
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(CONFIG).read_bytes() == original
     assert not host.exists("/etc/containerd/conf.d") and not host.exists(gvisor.RUNSC_CONFIG_PATH)

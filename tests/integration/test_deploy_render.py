@@ -4,6 +4,7 @@ kubectl (client only) comes with this machine kind's image, not from Debian; the
 with that reason only when it is absent.
 """
 
+import os
 import shutil
 import subprocess
 import tomllib
@@ -122,3 +123,29 @@ def test_admission_policy_ships_with_its_binding(objects):
     assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert binding["spec"] == {"policyName": "nodeagent-own-node-only", "validationActions": ["Deny"]}
     assert policy["spec"]["failurePolicy"] == "Fail"
+
+
+def test_kata_shim_runtimeclasses_come_with_a_component_not_by_default(objects, tmp_path):
+    """The base ships gvisor and kata only; an overlay with components/kata-shims adds one
+    RuntimeClass per shim, equal to what `nodeagent runtimeclasses --kata-shims ...` prints, and
+    gives the agent the same list (NODEAGENT_KATA_SHIMS)."""
+    assert {n for (k, n) in objects if k == "RuntimeClass"} == {"gvisor", "kata"}
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    rel = lambda p: os.path.relpath(p, overlay)  # kustomize wants relative paths
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        f"resources:\n  - {rel(DEPLOY)}\ncomponents:\n  - {rel(DEPLOY / 'components/kata-shims')}\n")
+    out = subprocess.run([KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+    (c,) = docs[("DaemonSet", "nodeagent")]["spec"]["template"]["spec"]["containers"]
+    shims = {e["name"]: e.get("value") for e in c["env"]}["NODEAGENT_KATA_SHIMS"]
+    settings = settings_mod.load({}, {"NODEAGENT_KATA_SHIMS": shims})
+    want = {m["metadata"]["name"]: m for m in runtimeclass.manifests(settings)}
+    shipped = {n: o for (k, n), o in docs.items() if k == "RuntimeClass"}
+    assert set(shipped) == set(want) == {"gvisor", "kata", "kata-qemu", "kata-clh", "kata-dragonball",
+                                         "kata-qemu-runtime-rs"}
+    for name, obj in shipped.items():
+        for field in ("apiVersion", "handler", "overhead", "scheduling"):
+            assert obj[field] == want[name][field], (name, field)

@@ -58,7 +58,7 @@ def test_acceptance_doctor_on_pvm_host():
 
 
 def test_live_root_uses_uname_and_real_kvm_probe():
-    facts = detect_host(HostRoot("/"))
+    facts = detect_host(HostRoot("/")).to_json()
     assert facts["root_is_live"] is True
     assert facts["machine"] == os.uname().machine
     assert facts["kernel"] == os.uname().release
@@ -82,7 +82,7 @@ def _checks(config_path) -> dict[str, doctor.Check]:
 @pytest.mark.parametrize("version", ["1.6", "2.1"])
 def test_running_containerd_is_found_by_its_process(containerd_factory, version):
     daemon = containerd_factory(version, lambda work: minimal_config(version, work, extra=_runsc_handler(version)))
-    facts = detect_host(HostRoot("/"), Settings(containerd_config=str(daemon.config_path)))
+    facts = detect_host(HostRoot("/"), Settings(containerd_config=str(daemon.config_path))).to_json()
     c = facts["containerd"]
     assert (c["running"], c["pid"]) == (True, daemon.pid)
     assert c["socket"] == str(daemon.socket)  # from the process's --address

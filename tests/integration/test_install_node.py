@@ -263,3 +263,21 @@ def test_restart_auto_refuses_under_a_running_control_plane_unless_allowed(node)
             assert cri.pod_state(static) == "SANDBOX_READY"
     finally:
         shutil.rmtree(node.path("/etc/kubernetes"), ignore_errors=True)
+
+
+def test_kata_shims_on_the_node_are_served_labelled_and_uninstalled(node):
+    """`--kata-shims qemu` on the systemd node with Debian's REAL containerd 1.6: CRI serves
+    kata-qemu with its runtime_type, its shim link is on containerd's PATH (a stand-in shim: no Kata
+    VM can run here), the node label follows, and uninstall restores the config's bytes."""
+    original = node.path(CONFIG).read_bytes()
+    nodeagent(node, "install", "--runtime", "kata", "--skip-eligibility", "--restart", "systemd",
+              "--mirror", MIRROR, "--kata-shims", "qemu")
+    status = cri_status(node.containerd_socket, timeout=5)
+    assert status.ok and status.runtime_types()["kata-qemu"] == "io.containerd.kata-qemu.v2", status.as_dict()
+    link = node.path("/usr/local/bin/containerd-shim-kata-qemu-v2")
+    assert link.is_symlink() and str(link.readlink()) == "/opt/kata/bin/containerd-shim-kata-v2"
+    labels = json.loads(nodeagent(node, "labels", "--kata-shims", "qemu").stdout)["labels"]
+    assert labels["sandbox.nodeagent.io/kata-qemu"] == "true" and labels["sandbox.nodeagent.io/kata"] == "true"
+    nodeagent(node, "uninstall", "--runtime", "kata", "--restart", "systemd")
+    assert node.path(CONFIG).read_bytes() == original
+    assert "kata-qemu" not in served(node) and not link.is_symlink()

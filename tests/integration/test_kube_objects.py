@@ -327,3 +327,44 @@ def test_bad_overhead_file_is_one_error_and_nothing_is_written(tmp_path, apiserv
     assert "verify --measure" in proc.stderr
     assert diff_snapshots(before, snapshot(root)) == []
     assert apiserver.count() == 0
+
+
+# -- Kata shims (issue 15 item 1) ------------------------------------------------------------------
+def test_runtimeclasses_for_kata_shims(tmp_path, apiserver, kc):  # noqa: F811
+    """One RuntimeClass per shim: name = handler = kata-<shim>, its own label, kata-deploy's overhead
+    unless kata_shim_overheads says otherwise."""
+    out = json.loads(run_cli("-o", "json", "runtimeclasses", "--kata-shims", "qemu,clh").stdout)
+    got = {i["metadata"]["name"]: (i["handler"], i["scheduling"]["nodeSelector"], i["overhead"]["podFixed"])
+           for i in out["items"]}
+    assert list(got) == ["gvisor", "kata", "kata-qemu", "kata-clh"]
+    assert got["kata-qemu"] == ("kata-qemu", {P + "kata-qemu": "true"}, {"cpu": "250m", "memory": "160Mi"})
+    assert got["kata-clh"] == ("kata-clh", {P + "kata-clh": "true"}, {"cpu": "250m", "memory": "130Mi"})
+    cfg = tmp_path / "na.toml"
+    cfg.write_text('runtime = "kata"\nkata_shims = ["qemu", "dragonball"]\n'
+                   'kata_shim_overheads = ["dragonball=200Mi/300m", "qemu=180Mi"]\n')
+    proc = run_cli("-o", "json", "--config", str(cfg), "runtimeclasses", "--apply", "--kubeconfig", kc)
+    assert json.loads(proc.stdout)["applied"] == {"kata": "created", "kata-qemu": "created", "kata-dragonball": "created"}
+    assert apiserver.object(RC + "/kata-dragonball")["overhead"]["podFixed"] == {"cpu": "300m", "memory": "200Mi"}
+    assert apiserver.object(RC + "/kata-qemu")["overhead"]["podFixed"] == {"cpu": "250m", "memory": "180Mi"}
+
+
+BAD_SHIM_SETTINGS = {
+    "unknown-shim": (["--kata-shims", "qemu,hyperv"], "unknown Kata shim 'hyperv'"),
+    "overhead-no-equals": (["--kata-shims", "qemu", "--kata-shim-overheads", "qemu"], "invalid kata_shim_overheads entry 'qemu'"),
+    "overhead-bad-memory": (["--kata-shims", "qemu", "--kata-shim-overheads", "qemu=lots"], "'qemu=lots'"),
+    "overhead-bad-cpu": (["--kata-shims", "qemu", "--kata-shim-overheads", "qemu=100Mi/-1"], "'qemu=100Mi/-1'"),
+    "overhead-unknown-shim": (["--kata-shims", "qemu", "--kata-shim-overheads", "nope=1Gi"], "'nope=1Gi'"),
+    "overhead-injection": (["--kata-shims", "qemu", "--kata-shim-overheads", "qemu=1Gi\nhandler: runc"], "invalid kata_shim_overheads"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHIM_SETTINGS))
+def test_bad_kata_shim_settings_are_one_error_and_nothing_is_written(tmp_path, apiserver, kc, case):  # noqa: F811
+    args, expected = BAD_SHIM_SETTINGS[case]
+    root = tmp_path / "root"
+    root.mkdir()
+    before = snapshot(root)
+    proc = run_cli("--root", str(root), "runtimeclasses", *args, "--apply", "--kubeconfig", kc)
+    assert expected in assert_known_error(proc, 64)
+    assert diff_snapshots(before, snapshot(root)) == []
+    assert apiserver.count() == 0

@@ -16,7 +16,6 @@ import pytest
 
 from nodeagent import service
 from nodeagent.host import HostRoot
-from nodeagent.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -27,7 +26,6 @@ SNIPPET = textwrap.dedent("""
     import json, os, sys
     from nodeagent.errors import NodeagentError
     from nodeagent.host import HostRoot
-    from nodeagent.settings import Settings
     from nodeagent import service
     host = HostRoot(os.environ.get("NODEAGENT_ROOT", "/"))
     kind = os.environ.get("TRANSPORT")
@@ -39,8 +37,8 @@ SNIPPET = textwrap.dedent("""
         if os.environ.get("UNIT"):
             r = service.restart_unit(transport or service.choose_transport(host), os.environ["UNIT"], timeout=20)
         else:
-            r = service.restart_containerd(host, Settings(restart=os.environ.get("MODE", "auto")),
-                                           os.environ.get("FLAVOR", "containerd"), timeout=20, transport=transport)
+            r = service.restart_containerd(host, os.environ.get("FLAVOR", "containerd"), os.environ.get("MODE", "auto"),
+                                           20, transport=transport)
         print(json.dumps({"chosen": chosen, "live": host.is_live, **r.as_dict()}))
     except NodeagentError as exc:
         print(json.dumps({"error": exc.message, "hint": exc.hint}))
@@ -139,9 +137,9 @@ def test_unit_of_another_flavor_missing_on_the_node(clean_node):
 def test_restart_none_and_k0s_auto_touch_nothing(tmp_path):
     """No systemd needed: --restart none only reports; k0s reloads its drop-ins by itself."""
     host = HostRoot(tmp_path)
-    pending = service.restart_containerd(host, Settings(restart="none"), "containerd")
+    pending = service.restart_containerd(host, "containerd", "none", 60)
     assert pending.pending and not pending.restarted and pending.method == "none" and pending.reason
-    k0s = service.restart_containerd(host, Settings(restart="auto"), "k0s")
+    k0s = service.restart_containerd(host, "k0s", "auto", 60)
     assert not k0s.pending and not k0s.restarted and "k0s" in k0s.reason
 
 
@@ -184,7 +182,7 @@ def test_from_the_machine_hosting_the_node_we_enter_its_namespaces(clean_node):
     transport = service.choose_transport(host)
     assert transport.name == "nsenter" and str(clean_node.pid) in transport.prefix
     before = clean_node.main_pid()
-    result = service.restart_containerd(host, Settings(restart="systemd"), "containerd", timeout=20)
+    result = service.restart_containerd(host, "containerd", "systemd", 20)
     assert result.restarted and result.old_pid == before != result.new_pid == clean_node.main_pid()
 
 

@@ -234,3 +234,30 @@ def test_measure_through_cri_finds_each_sandboxs_shim_processes(containerd_facto
     with CriClient(daemon.socket) as client:
         assert client.list_pods() == []  # the measured pods were removed
     assert shim_of("no-such-sandbox-id") is None
+
+
+def test_verify_starts_a_sandbox_per_kata_shim_handler_and_reports_each_kernel(containerd_factory):
+    """`verify --runtime kata --kata-shims qemu,clh`: one CRI sandbox per handler. Kata VMs cannot
+    run here (no vhost-vsock), so every handler is a STAND-IN whose runtime is runc: each pod really
+    starts through its own handler and reports a kernel, the host's, so verify says each one is not
+    isolated. A shim containerd does not serve is named as such."""
+    extra = "".join(f"\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.{h}]\n"
+                    "  runtime_type = 'io.containerd.runc.v2'\n" for h in ("kata", "kata-qemu", "kata-clh"))
+    daemon = containerd_factory("2.1", lambda work: minimal_config("2.1", work, extra=extra))
+    import_test_images(daemon)
+    proc = run_cli("verify", "--runtime", "kata", "--kata-shims", "qemu,clh", "--containerd-socket", str(daemon.socket),
+                   "--image", TEST_IMAGE, "-o", "json")
+    error = assert_known_error(proc)
+    assert "kata-qemu: the sandbox reports the host's own kernel" in error and "kata-clh:" in error
+    kata = json.loads(proc.stdout)["runtimes"]["kata"]
+    assert kata["handler"] == "kata" and kata["sandbox_kernel"] == HOST_KERNEL
+    assert sorted(kata["shims"]) == ["kata-clh", "kata-qemu"]
+    for handler, check in kata["shims"].items():
+        assert check["handler"] == handler and check["method"] == "cri"
+        assert check["sandbox_kernel"] == HOST_KERNEL and not check["ok"]
+    with CriClient(daemon.socket) as client:
+        assert client.list_pods() == []  # every probe pod was removed
+
+    proc = run_cli("verify", "--runtime", "kata", "--kata-shims", "qemu,fc", "--containerd-socket", str(daemon.socket),
+                   "--image", TEST_IMAGE, "-o", "json")
+    assert "kata-fc: containerd does not serve a 'kata-fc' handler" in assert_known_error(proc)

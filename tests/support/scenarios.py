@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodeagent.facts import HostFacts
 from nodeagent.host import HostRoot
 from tests.support.containerd_daemon import BINDIRS
 
@@ -42,13 +43,13 @@ class Scenario:
     def version(self) -> str:
         return VERSIONS[self.containerd]
 
-    def facts(self, platform: str = "systrap") -> dict:
-        return {
+    def facts(self, platform: str = "systrap") -> HostFacts:
+        return HostFacts.from_json({
             "containerd": {"found": True, "version": self.version, "config_path": self.config_path,
                            "flavor": self.flavor, "systemd_cgroup": self.systemd_cgroup},
             "runtimes": {"gvisor": {"eligible": True, "platform": platform, "reasons": []},
                          "kata": {"eligible": True, "reasons": []}},
-        }
+        })
 
     def build(self, root: Path) -> HostRoot:
         for host_path, data in self.files.items():

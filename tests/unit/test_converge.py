@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 
 import pytest
 
@@ -156,18 +155,6 @@ def test_the_fleet_slot_is_not_taken_when_no_restart_is_needed(tmp_path):
 
     assert converge.install(settings(root, restart="auto"), restart_guard=guard).changed
     assert taken == []
-
-
-def test_signals_are_held_while_files_switch_and_delivered_after():
-    received = []
-    old = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        with converge.signals_deferred():
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert received == []  # held: the files are never half switched
-        assert received == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def test_report_json_and_text_show_only_what_changes():

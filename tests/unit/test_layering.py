@@ -10,6 +10,7 @@ Two rules a reader of observe -> plan -> apply relies on:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "nodeagent"
@@ -198,3 +199,25 @@ def test_the_length_check_counts_every_line_of_a_function():
     method = ast.parse(f"class C:\n    def g(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n        return 1\n")
     assert long_functions([("m.py", fits)]) == []
     assert long_functions([("m.py", method)]) == ["nodeagent/m.py:2 g is 81 lines"]
+# `(x.get("a") or {}).get("b")`: a fact or an object's field read through a chain of defaults
+DICT_CHAIN = re.compile(r"\.get\([^)]*\) or \{\}")
+MAX_DICT_CHAINS = 5  # issue 12's acceptance: typed facts and nodeagent.dicts instead
+
+
+def dict_chains(sources: dict[str, str] | None = None) -> list[str]:
+    """`.get(...) or {}` uses in nodeagent/ outside runtimes/ (the plug-ins may read raw tables)."""
+    if sources is None:
+        sources = {p.relative_to(PACKAGE).as_posix(): p.read_text() for p in sorted(PACKAGE.rglob("*.py"))}
+    return [f"nodeagent/{rel}:{n}" for rel, text in sources.items() if not rel.startswith("runtimes/")
+            for n, line in enumerate(text.splitlines(), 1) for _ in DICT_CHAIN.finditer(line)]
+
+
+def test_facts_are_read_by_attribute_not_dict_chains():
+    found = dict_chains()
+    assert len(found) <= MAX_DICT_CHAINS, found
+
+
+def test_the_dict_chain_count_finds_what_it_looks_for():
+    sources = {"kube/x.py": 'a = (n.get("metadata") or {}).get("labels") or {}\nb = n.get("x", {})\n',
+               "runtimes/gvisor.py": 'c = t.get("options") or {}\n'}
+    assert dict_chains(sources) == ["nodeagent/kube/x.py:1", "nodeagent/kube/x.py:1"]

@@ -7,18 +7,19 @@ import pytest
 
 from nodeagent import planning
 from nodeagent.errors import ConfigError
+from nodeagent.facts import HostFacts
 from nodeagent.settings import Settings
 from tests.support.scenarios import OURS
 
 NOT_ELIGIBLE = {"eligible": False, "reasons": ["/dev/kvm does not exist"]}
 
 
-def facts(gvisor=None, kata=None, **containerd) -> dict:
-    return {"arch": "amd64",
+def facts(gvisor=None, kata=None, **containerd) -> HostFacts:
+    return HostFacts.from_json({"arch": "amd64",
             "containerd": {"found": True, "version": "1.7.24", "flavor": "containerd",
                            "config_path": "/etc/containerd/config.toml", **containerd},
             "runtimes": {"gvisor": gvisor or {"eligible": True, "platform": "systrap", "reasons": []},
-                         "kata": kata or {"eligible": True, "reasons": []}}}
+                         "kata": kata or {"eligible": True, "reasons": []}}})
 
 
 def test_handler_specs_use_the_configured_names_and_extra_kata_handlers():
@@ -30,7 +31,7 @@ def test_handler_specs_use_the_configured_names_and_extra_kata_handlers():
 @pytest.mark.parametrize("over, words", [
     ({"gvisor_handler": "Not A Label"}, "invalid handler name"),
     ({"gvisor_handler": "same", "kata_handler": "same"}, "handler names must differ"),
-    ({"kata_extra_handlers": ["kata-dragonball"]}, "unknown extra Kata handler"),
+    ({"kata_extra_handlers": ["kata-xyz"]}, "unknown Kata shim"),
 ])
 def test_bad_handler_names_from_settings_are_config_errors(over, words):
     with pytest.raises(ConfigError, match=words) as exc:
@@ -45,7 +46,7 @@ def test_all_skips_an_ineligible_runtime_with_a_warning_a_named_one_refuses():
         planning.select_runtimes(Settings(runtime="kata"), facts(kata=NOT_ELIGIBLE))
     assert "--skip-eligibility" in exc.value.hint
     assert planning.select_runtimes(Settings(runtime="kata", skip_eligibility=True), facts(kata=NOT_ELIGIBLE)) == (["kata"], [])
-    assert planning.select_runtimes(Settings(runtime="all"), {}) == ([], ["skipping gvisor: no detection result",
+    assert planning.select_runtimes(Settings(runtime="all"), HostFacts()) == ([], ["skipping gvisor: no detection result",
                                                                           "skipping kata: no detection result"])
 
 

@@ -1,5 +1,5 @@
 """`artifacts.unpacked`: a verified, unpacked release kept in the cache and reused only while it
-is exactly as unpacked. Real trees on disk, real hard links, a real undo Transaction.
+is exactly as unpacked. Real trees on disk, real hard links, a real undo Journal.
 A reinstall reusing it end to end: tests/integration/test_artifacts_install.py.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nodeagent import __version__
-from nodeagent.artifacts.txn import Transaction
+from nodeagent.journal import Journal
 from nodeagent.artifacts.unpacked import MANIFEST, UnpackedCache, manifest_of
 
 
@@ -33,7 +33,7 @@ def release_tree(d: Path) -> Path:
 def kept(tmp_path):
     cache = UnpackedCache(tmp_path / "cache")
     key = cache.key("kata", "kata-tarball", "ab" * 32)
-    with Transaction() as txn:
+    with Journal() as txn:
         cache.keep("kata", key, release_tree(tmp_path / "staged"), txn)
     return cache, key
 
@@ -122,7 +122,7 @@ def test_one_tree_is_kept_per_runtime(tmp_path, kept):
     cache, first = kept
     other = cache.key("gvisor", "gvisor-tarball", "cd" * 32)
     newer = cache.key("kata", "kata-tarball", "ef" * 32)
-    with Transaction() as txn:
+    with Journal() as txn:
         cache.keep("gvisor", other, release_tree(tmp_path / "g"), txn)
         cache.keep("kata", newer, release_tree(tmp_path / "k2"), txn)
     assert sorted(os.listdir(cache.dir)) == sorted([other, newer])
@@ -132,7 +132,7 @@ def test_a_failed_install_undoes_what_was_kept(tmp_path):
     cache = UnpackedCache(tmp_path / "cache")
     key = cache.key("kata", "kata-tarball", "ab" * 32)
     with pytest.raises(RuntimeError):
-        with Transaction() as txn:
+        with Journal() as txn:
             cache.keep("kata", key, release_tree(tmp_path / "staged"), txn)
             assert (cache.dir / key).exists()
             raise RuntimeError("the install failed later")
@@ -142,6 +142,19 @@ def test_a_failed_install_undoes_what_was_kept(tmp_path):
 def test_keeping_is_best_effort(tmp_path):
     """A tree that cannot be linked (here: a missing one) costs only the next unpack."""
     cache = UnpackedCache(tmp_path / "cache")
-    with Transaction() as txn:
+    with Journal() as txn:
         cache.keep("kata", "kata-x", tmp_path / "missing", txn)
     assert os.listdir(cache.dir) == []
+
+
+def test_the_previous_tree_goes_only_when_the_install_is_kept(tmp_path, kept):
+    """A rolled-back upgrade reinstalls the previous release: its kept tree must still be there."""
+    cache, first = kept
+    newer = cache.key("kata", "kata-tarball", "ef" * 32)
+    with pytest.raises(RuntimeError):
+        with Journal() as journal:
+            cache.keep("kata", newer, release_tree(tmp_path / "k2"), journal)
+            assert sorted(os.listdir(cache.dir)) == sorted([first, newer])
+            raise RuntimeError("the restart failed: rolled back")
+    assert os.listdir(cache.dir) == [first]
+    assert cache.restore(first, tmp_path / "again")

@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
+from nodeagent.facts import HostFacts
 from nodeagent import doctor
 from nodeagent.containerd import apply
-from nodeagent.containerd.plan import plan_install
+from nodeagent.containerd.plan import plan_install, plan_uninstall
 from nodeagent.host import HostRoot
 from nodeagent.settings import Settings
 from nodeagent.runtimes import gvisor, kata
@@ -69,7 +70,8 @@ def test_conf_d_versus_config_d(tmp_path):
 
 def test_our_handlers_in_nvidia_ctk_file_name_the_owner_and_converge_repairs_their_loss(tmp_path):
     host = node(tmp_path, "nvidia-ctk-dropin-v2", "1.7")
-    facts = {"containerd": {"version": "1.7.24", "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}}
+    facts = HostFacts.from_json({"containerd": {"version": "1.7.24", "config_path": "/etc/containerd/config.toml",
+                                                "flavor": "containerd"}})
     original_main = host.path("/etc/containerd/config.toml").read_bytes()
     plan = plan_install(host, SPECS, facts)
     # on 1.x the drop-in's CRI section replaces the main file's (containerd#5837): the only place read
@@ -84,6 +86,6 @@ def test_our_handlers_in_nvidia_ctk_file_name_the_owner_and_converge_repairs_the
     assert repair.layout.path == "/etc/containerd/config.toml" and set(repair.added) == {"runsc", "kata"}
     apply.apply_install(host, repair)  # validated and proven by the real 1.7
     assert clashes(host).status == doctor.OK
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path("/etc/containerd/config.toml").read_bytes() == original_main

@@ -8,6 +8,7 @@ from __future__ import annotations
 from nodeagent.containerd import apply
 from nodeagent.containerd.plan import plan_install
 from nodeagent.host import HostRoot
+from nodeagent.facts import HostFacts
 from nodeagent.runtimes import gvisor
 
 CONFIG = "/etc/containerd/config.toml"
@@ -16,9 +17,9 @@ SPECS = [gvisor.handler()]
 MAIN = b'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "registry.k8s.io/pause:3.10"\n'
 
 
-def facts(version: str) -> dict:
-    return {"containerd": {"version": version, "config_path": CONFIG, "flavor": "containerd"},
-            "runtimes": {"gvisor": {"platform": "systrap"}}}
+def facts(version: str) -> HostFacts:
+    return HostFacts.from_json({"containerd": {"version": version, "config_path": CONFIG, "flavor": "containerd"},
+                                "runtimes": {"gvisor": {"platform": "systrap"}}})
 
 
 def installed_on_2x(tmp_path) -> HostRoot:

@@ -16,7 +16,7 @@ import pytest
 
 from nodeagent.containerd import apply
 from nodeagent.containerd.inspect import registered_handlers
-from nodeagent.containerd.plan import compatible, plan_install
+from nodeagent.containerd.plan import compatible, plan_install, plan_uninstall
 from nodeagent.runtimes import gvisor, kata
 from tests.support.scenarios import SCENARIOS
 from tests.support.tree import diff_snapshots, snapshot
@@ -98,7 +98,7 @@ def test_install_is_additive_idempotent_and_uninstall_restores(name, tmp_path):
     assert not again.changed and not again.restart, again.render_text()
 
     # uninstall: original bytes back, created files gone
-    undo, new_state = apply.plan_uninstall(host, None, flavor=scenario.flavor)
+    undo, new_state = plan_uninstall(host, None, flavor=scenario.flavor)
     assert undo.restart == scenario.expect_restart
     apply.apply_uninstall(host, undo, new_state)
     after = host_snapshot(tmp_path)
@@ -113,12 +113,12 @@ def test_partial_uninstall_keeps_the_other_runtime(name, tmp_path):
     host = scenario.build(tmp_path)
     before = host_snapshot(tmp_path)
     apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))
-    undo, state = apply.plan_uninstall(host, {"kata"}, flavor=scenario.flavor)
+    undo, state = plan_uninstall(host, {"kata"}, flavor=scenario.flavor)
     apply.apply_uninstall(host, undo, state)
     assert host.exists(gvisor.RUNSC_CONFIG_PATH)
     assert set(state.handlers) == {"runsc"}
     plan = plan_install(host, [gvisor.handler()], scenario.facts())
     assert not plan.changed, plan.render_text()
-    undo, state = apply.plan_uninstall(host, {"gvisor"}, flavor=scenario.flavor)
+    undo, state = plan_uninstall(host, {"gvisor"}, flavor=scenario.flavor)
     apply.apply_uninstall(host, undo, state)
     assert diff_snapshots(before, host_snapshot(tmp_path)) == []

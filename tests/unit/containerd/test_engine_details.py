@@ -10,7 +10,7 @@ import pytest
 
 from nodeagent.containerd import apply
 from nodeagent.containerd.inspect import registered_handlers
-from nodeagent.containerd.plan import plan_install
+from nodeagent.containerd.plan import plan_install, plan_uninstall
 from nodeagent.errors import ConfigError, ConflictError
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import runsc_toml
@@ -26,9 +26,9 @@ RUNSC = gvisor.RUNSC_CONFIG_PATH
 
 def test_runsc_toml_created_with_platform_and_cgroup_driver():
     new = runsc_toml.render(None, "kvm", True, RUNSC)
-    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "kvm", "systemd-cgroup": "true"}
+    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "kvm", "systemd-cgroup": "true", "net-raw": "false"}
     new = runsc_toml.render(None, "systrap", False, RUNSC)
-    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "systrap"}
+    assert tomllib.loads(new.decode())["runsc_config"] == {"platform": "systrap", "net-raw": "false"}
 
 
 def test_runsc_toml_operator_keys_kept_and_ours_fixed():
@@ -37,7 +37,7 @@ def test_runsc_toml_operator_keys_kept_and_ours_fixed():
     new = runsc_toml.render(operator, "systrap", False, RUNSC)
     data = tomllib.loads(new.decode())
     assert data["binary_name"] == "/usr/local/bin/runsc"
-    assert data["runsc_config"] == {"debug": "true", "platform": "systrap"}  # cgroupfs like runc (gvisor#7671)
+    assert data["runsc_config"] == {"debug": "true", "platform": "systrap", "net-raw": "false"}  # cgroupfs like runc (gvisor#7671)
     assert b"# keep me" in new and b"# my tuning" in new
     assert new.count(b"\n") == new.count(b"\r\n")  # CRLF stays CRLF
     assert runsc_toml.render(new, "systrap", False, RUNSC) == new  # already right: same bytes
@@ -50,7 +50,7 @@ def test_runsc_systemd_cgroup_follows_runc(tmp_path):
     runsc = next(f for f in plan.files if f.path == RUNSC)
     assert b'systemd-cgroup = "true"' in runsc.new
     facts = scenario.facts()
-    facts["containerd"]["systemd_cgroup"] = False  # detection's fact wins over the file
+    facts.containerd.systemd_cgroup = False  # detection's fact wins over the file
     plan = plan_install(host, SPECS, facts)
     assert b"systemd-cgroup =" not in next(f for f in plan.files if f.path == RUNSC).new
 
@@ -62,8 +62,8 @@ def test_existing_runsc_toml_is_merged_and_restored_on_uninstall(tmp_path):
     host.path(RUNSC).write_bytes(original)
     apply.apply_install(host, plan_install(host, SPECS, scenario.facts("kvm")))
     data = tomllib.loads(host.path(RUNSC).read_text())["runsc_config"]
-    assert data == {"debug-log": "/var/log/runsc/", "platform": "kvm"}
-    undo, state = apply.plan_uninstall(host, None)
+    assert data == {"debug-log": "/var/log/runsc/", "platform": "kvm", "net-raw": "false"}
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(RUNSC).read_bytes() == original
 
@@ -78,7 +78,7 @@ def test_uninstall_after_operator_edit_removes_only_our_handlers(tmp_path):
     edited = config.read_text() + '\n# operator was here\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mine]\n' \
         '  runtime_type = "io.containerd.runc.v2"\n'
     config.write_text(edited)
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     assert any("changed after nodeagent wrote it" in n for n in undo.notes)
     apply.apply_uninstall(host, undo, state)
     handlers = registered_handlers(host, scenario.config_path, scenario.version)
@@ -120,7 +120,7 @@ def test_unknown_containerd_version_edits_in_place(tmp_path):
     scenario = SCENARIOS["kind-v2@2.1"]
     host = scenario.build(tmp_path)
     facts = scenario.facts()
-    facts["containerd"]["version"] = None
+    facts.containerd.version = None
     plan = plan_install(host, SPECS, facts)
     assert plan.layout.kind == "inplace" and plan.layout.path == scenario.config_path
 
@@ -198,7 +198,7 @@ def test_valid_file_that_tomlkit_rejects_is_still_handled(tmp_path):
     host = scenario.build(tmp_path)
     apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))
     assert {"a", "nvidia", "runsc", "kata"} <= set(registered_handlers(host, scenario.config_path, "2.1.9"))
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert host.path(scenario.config_path).read_text() == text
 
@@ -227,17 +227,41 @@ def test_plan_text_output_through_cli(tmp_path):
     assert not (root / "etc/containerd/runsc.toml").exists()
 
 
-def test_rollback_install_restores_files_and_state(tmp_path):
+def test_journal_rollback_restores_files_state_and_backups(tmp_path):
+    """The installer's undo journal puts back every config file, state.json and the backups
+    directory exactly, when containerd does not accept the new config (e.g. unhealthy)."""
+    from nodeagent.journal import Journal
+    from tests.support.tree import diff_snapshots, snapshot
+
     scenario = SCENARIOS["eks-nvidia-v2@2.1"]
     host = scenario.build(tmp_path)
     first = apply.apply_install(host, plan_install(host, [gvisor.handler()], scenario.facts()))
-    state_before = host.path("/var/lib/nodeagent/state.json").read_bytes()
-    files_before = {p: host.read_bytes(p) for p in ("/etc/containerd/config.toml", "/etc/containerd/conf.d/90-nodeagent.toml")}
-    outcome = apply.apply_install(host, plan_install(host, SPECS, scenario.facts()))  # adds kata
-    assert outcome.changed and first.changed
-    apply.rollback_install(host, outcome)  # e.g. containerd came back unhealthy
-    assert host.path("/var/lib/nodeagent/state.json").read_bytes() == state_before
-    assert {p: host.read_bytes(p) for p in files_before} == files_before
+    before = snapshot(tmp_path, metadata=False)
+    plan = plan_install(host, SPECS, scenario.facts())  # adds kata
+    apply.config_test(host, plan)
+    journal = Journal()
+    outcome = apply.save(host, plan, journal)
+    assert outcome.changed and first.changed and diff_snapshots(before, snapshot(tmp_path, metadata=False))
+    journal.rollback()
+    assert diff_snapshots(before, snapshot(tmp_path, metadata=False)) == []
+    assert len(journal) == 0
+
+
+def test_a_fresh_install_rolled_back_leaves_no_trace(tmp_path):
+    """Even the first install (state dir, backups, created drop-in dir) is undone completely."""
+    from nodeagent.journal import Journal
+    from tests.support.tree import diff_snapshots, snapshot
+
+    scenario = SCENARIOS["eks-nvidia-v2@2.1"]
+    host = scenario.build(tmp_path)
+    before = snapshot(tmp_path, metadata=False)
+    plan = plan_install(host, SPECS, scenario.facts())
+    apply.config_test(host, plan)
+    journal = Journal()
+    apply.save(host, plan, journal)
+    assert host.exists("/var/lib/nodeagent/state.json")
+    journal.rollback()
+    assert diff_snapshots(before, snapshot(tmp_path, metadata=False)) == []
 
 
 def test_extra_kata_handlers_from_settings(tmp_path):
@@ -253,7 +277,7 @@ def test_extra_kata_handlers_from_settings(tmp_path):
     assert handlers["kata-qemu"]["runtime_type"] == "io.containerd.kata-qemu.v2"
     assert handlers["kata-fc"]["options"]["ConfigPath"].endswith("configuration-fc.toml")
     assert not host.exists(RUNSC)  # no gVisor handler, no runsc.toml
-    with pytest.raises(ConfigError, match="unknown extra Kata handler"):
+    with pytest.raises(ConfigError, match="unknown Kata shim"):
         handler_specs(Settings(kata_extra_handlers=["kata-xyz"]), ["kata"])
 
 
@@ -272,6 +296,6 @@ def test_force_on_containerd_2_moves_the_handler_into_our_dropin(tmp_path):
     apply.apply_install(host, plan)
     runsc = registered_handlers(host, scenario.config_path, scenario.version)["runsc"]
     assert runsc == gvisor.handler().table()  # deep merge left no stale BinaryName behind
-    undo, state = apply.plan_uninstall(host, None)
+    undo, state = plan_uninstall(host, None)
     apply.apply_uninstall(host, undo, state)
     assert config.read_bytes() == original

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from nodeagent.containerd import apply, model
-from nodeagent.containerd.plan import plan_install
+from nodeagent.containerd.plan import plan_install, plan_uninstall
 from nodeagent.runtimes import gvisor, kata
 from tests.support.scenarios import CORPUS, OURS, Scenario
 from tests.support.tree import diff_snapshots, snapshot
@@ -104,7 +104,7 @@ def test_random_operator_edits_round_trip(base, pick, changes, positions, crlf, 
         plan = plan_install(host, SPECS, scenario.facts())
         apply.apply_install(host, plan)
         assert not plan_install(host, SPECS, scenario.facts()).changed
-        undo, state = apply.plan_uninstall(host, None)
+        undo, state = plan_uninstall(host, None)
         apply.apply_uninstall(host, undo, state)
         after = {k: v for k, v in snapshot(root, metadata=False).items() if not k.startswith("var")}  # nodeagent's state + backups
         assert diff_snapshots(before, after) == []
@@ -135,7 +135,7 @@ def test_operator_edit_after_install_then_uninstall_removes_only_ours(base, pick
         config = host.path("/etc/containerd/config.toml")
         nl = b"\r\n" if crlf else b"\n"
         config.write_bytes(config.read_bytes() + b"# " + later.encode() + nl)
-        undo, state = apply.plan_uninstall(host, None)
+        undo, state = plan_uninstall(host, None)
         apply.apply_uninstall(host, undo, state)
         result = config.read_bytes()
         assert tomllib.loads(result.decode()) == original

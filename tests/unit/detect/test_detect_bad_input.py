@@ -12,7 +12,7 @@ from tests.support.hosttrees import VHOST_VSOCK_DEV, mknod_char
 
 
 def detect(root):
-    return detect_host(HostRoot(root), Settings(root=str(root)))
+    return detect_host(HostRoot(root), Settings(root=str(root))).to_json()
 
 
 def test_root_that_does_not_exist_is_a_host_error(tmp_path):

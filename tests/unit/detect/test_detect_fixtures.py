@@ -11,7 +11,7 @@ from tests.support.hosttrees import HOSTS, KVM_DEV, VHOST_VSOCK_DEV, mknod_char,
 
 
 def detect(root, **settings):
-    return detect_host(HostRoot(root), Settings(root=str(root), **settings))
+    return detect_host(HostRoot(root), Settings(root=str(root), **settings)).to_json()
 
 
 # name -> facts that must hold (dotted keys), straight from the captured files

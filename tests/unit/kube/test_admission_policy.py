@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nodeagent.facts import HostFacts
 from nodeagent.kube.labels import (
     DEFAULT_PREFIX, KATA_COMPAT_LABEL, OWNED_ANNOTATION, desired_labels, label_patch,
 )
@@ -117,8 +118,8 @@ def test_own_node_changes_under_the_prefix_are_allowed(policy, patch):
 
 def test_the_patch_nodeagent_really_sends_is_allowed(policy):
     old = node()
-    facts = {"virtualization": {"kvm_usable": True, "nested": None, "in_vm": True},
-             "runtimes": {"gvisor": {"platform": "systrap"}}}
+    facts = HostFacts.from_json({"virtualization": {"kvm_usable": True, "nested": None, "in_vm": True},
+                                 "runtimes": {"gvisor": {"platform": "systrap"}}})
     desired = desired_labels(facts, {"gvisor": READY, "kata": READY}, "ready", kata_compat=True)
     patch = label_patch(old, desired)
     assert patch is not None

@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
+from nodeagent.facts import HostFacts
 from nodeagent.kube.labels import (
     KATA_COMPAT_LABEL, OWNED_ANNOTATION, desired_labels, infer_state, label_patch, labels_view, manageable,
     owned_labels,
@@ -14,8 +15,8 @@ READY = {"registered": True, "served": True, "shim_present": True}
 
 
 def facts(kvm=True, nested=None, in_vm=False, platform="systrap"):
-    return {"virtualization": {"kvm_usable": kvm, "nested": nested, "in_vm": in_vm},
-            "runtimes": {"gvisor": {"eligible": True, "platform": platform}, "kata": {"eligible": kvm}}}
+    return HostFacts.from_json({"virtualization": {"kvm_usable": kvm, "nested": nested, "in_vm": in_vm},
+                                "runtimes": {"gvisor": {"eligible": True, "platform": platform}, "kata": {"eligible": kvm}}})
 
 
 def test_ready_runtimes_get_true_labels_and_platform():

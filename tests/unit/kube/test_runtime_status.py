@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from nodeagent.facts import ContainerdFacts, HostFacts
 from nodeagent.host import HostRoot
-from nodeagent.kube.runtime_status import daemon_path, node_labels, runtime_status, served_handlers
+from nodeagent.kube.runtime_status import handler_names, node_labels, runtime_status
 from nodeagent.settings import Settings
 from tests.support.containerd_daemon import minimal_config
 
@@ -38,29 +39,27 @@ def root_with(tmp_path: Path, config: str | None, shims: tuple[str, ...] = ()) -
     return tmp_path
 
 
-def facts(config_exists=True, **ctd) -> dict:
-    return {"containerd": {"config_exists": config_exists, "config_path": CONFIG, "version": "1.7.24", **ctd}}
+def facts(config_exists=True, **ctd) -> HostFacts:
+    return HostFacts(containerd=ContainerdFacts(config_exists=config_exists, config_path=CONFIG, version="1.7.24", **ctd))
 
 
-def test_daemon_path_is_containerds_own_or_the_default():
-    assert daemon_path({"containerd": {"daemon_path": ["/opt/bin", "/usr/bin"]}}) == "/opt/bin:/usr/bin"
-    assert daemon_path({}) == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT = {"gvisor": "runsc", "kata": "kata"}
 
 
-def test_served_handlers_without_a_containerd(tmp_path):
-    assert served_handlers(None) == (set(), "no containerd socket")
-    assert served_handlers(str(tmp_path / "c.sock")) == (set(), f"no socket at {tmp_path}/c.sock")
+def test_handler_names_come_from_the_settings():
+    assert handler_names(Settings()) == DEFAULT
+    assert handler_names(Settings(gvisor_handler="gv", kata_handler="vm")) == {"gvisor": "gv", "kata": "vm"}
 
 
 def test_no_config_means_nothing_registered(tmp_path):
-    status = runtime_status(HostRoot(tmp_path), Settings(), facts(config_exists=False))
+    status = runtime_status(HostRoot(tmp_path), facts(config_exists=False), DEFAULT)
     assert status == {rt: {"handler": h, "registered": False, "served": False, "shim_present": False,
                            "reason": "no containerd config"} for rt, h in (("gvisor", "runsc"), ("kata", "kata"))}
 
 
 def test_registered_with_or_without_a_shim_but_not_served(tmp_path):
     root = root_with(tmp_path, HANDLERS, shims=("containerd-shim-runsc-v1",))
-    status = runtime_status(HostRoot(root), Settings(), facts())
+    status = runtime_status(HostRoot(root), facts(), DEFAULT)
     assert status["gvisor"] == {"handler": "runsc", "registered": True, "served": False, "shim_present": True,
                                 "reason": f"not served by CRI (no socket at {root}/run/containerd/containerd.sock)"}
     assert status["kata"]["registered"] and not status["kata"]["shim_present"]
@@ -69,20 +68,20 @@ def test_registered_with_or_without_a_shim_but_not_served(tmp_path):
 
 def test_the_shim_is_looked_for_on_containerds_path_only(tmp_path):
     root = root_with(tmp_path, HANDLERS, shims=("containerd-shim-runsc-v1",))
-    status = runtime_status(HostRoot(root), Settings(), facts(daemon_path=["/usr/bin"]))
+    status = runtime_status(HostRoot(root), facts(daemon_path=["/usr/bin"]), DEFAULT)
     assert not status["gvisor"]["shim_present"] and "not on containerd's PATH" in status["gvisor"]["reason"]
 
 
-def test_the_handler_names_come_from_the_settings(tmp_path):
+def test_each_runtime_is_judged_by_the_handler_it_names(tmp_path):
     root = root_with(tmp_path, HANDLERS)
-    status = runtime_status(HostRoot(root), Settings(gvisor_handler="gvisor", kata_handler="runc"), facts())
+    status = runtime_status(HostRoot(root), facts(), {"gvisor": "gvisor", "kata": "runc"})
     assert status["gvisor"]["reason"] == "handler 'gvisor' not registered" and not status["gvisor"]["registered"]
     assert status["kata"]["handler"] == "runc" and status["kata"]["registered"]
 
 
 def test_a_broken_config_says_so(tmp_path):
     root = root_with(tmp_path, "version = 2\n[plugins\n")
-    status = runtime_status(HostRoot(root), Settings(), facts())
+    status = runtime_status(HostRoot(root), facts(), DEFAULT)
     assert all(s["reason"].startswith("cannot read containerd's handlers: ") for s in status.values())
     assert not any(s["registered"] for s in status.values())
 
@@ -96,12 +95,14 @@ def served_kata(containerd_factory):
 
 def test_registered_served_and_shim_present_is_ready(served_kata):
     """Read-only on the real root: the daemon's own config file and Debian's runc shim in /usr/bin."""
-    f = {"containerd": {"config_exists": True, "config_path": str(served_kata.config_path), "version": "2.1.9",
-                        "socket": str(served_kata.socket), "daemon_path": [str(served_kata.bindir), "/usr/bin"]}}
-    status = runtime_status(HostRoot("/"), Settings(kata_handler="kata"), f)
+    f = HostFacts(containerd=ContainerdFacts(
+        config_exists=True, config_path=str(served_kata.config_path), version="2.1.9",
+        socket=str(served_kata.socket), daemon_path=[str(served_kata.bindir), "/usr/bin"]))
+    status = runtime_status(HostRoot("/"), f, DEFAULT)
     assert status["kata"] == {"handler": "kata", "registered": True, "served": True, "shim_present": True, "reason": None}
     assert status["gvisor"]["reason"] == "handler 'runsc' not registered"
-    assert served_handlers(str(served_kata.socket)) == ({"runc", "kata"}, None)
+    other = runtime_status(HostRoot("/"), f, {"kata": "runc"}, configured_socket=str(served_kata.socket) + ".gone")
+    assert other["kata"]["registered"] and not other["kata"]["served"]  # --containerd-socket wins over detection
     labels, runtimes, state = node_labels(Settings(), HostRoot("/"), facts=f)
     assert runtimes == status and state == "ready"
     assert labels["sandbox.nodeagent.io/kata"] == "true" and "sandbox.nodeagent.io/gvisor" not in labels

@@ -18,6 +18,7 @@ from nodeagent.artifacts.download import Fetcher
 from nodeagent.artifacts.extract import Limits
 from nodeagent.artifacts.pins import NO_PINS, Pins
 from nodeagent.errors import ArtifactError, UsageError
+from nodeagent.facts import HostFacts, RuntimeVerdict, Virtualization
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor
 from nodeagent.runtimes.base import ConfigContext, VerifyContext
@@ -55,9 +56,10 @@ def test_handler_spec_points_the_shim_at_runsc_toml():
         RT.handler_specs(RT.options(Settings(gvisor_handler="bad name!")))
 
 
-def test_handlers_named_is_the_same_table_for_a_valid_name_and_nothing_otherwise():
-    (spec,) = RT.handlers_named("anything-valid")
-    assert spec.table() == RT.handler_specs(RT.options(Settings(gvisor_handler="anything-valid")))[0].table()
+def test_handlers_named_recognises_the_table_it_writes_and_nothing_for_a_bad_name():
+    specs = RT.handlers_named("anything-valid")
+    assert specs[0].table() == RT.handler_specs(RT.options(Settings(gvisor_handler="anything-valid")))[0].table()
+    assert {s.table()["runtime_type"] for s in specs} == {"io.containerd.runsc.v1"}
     assert RT.handlers_named("") == [] and RT.handlers_named("a b") == []
 
 
@@ -65,7 +67,7 @@ def test_handlers_named_is_the_same_table_for_a_valid_name_and_nothing_otherwise
 
 
 def test_config_files_write_runsc_toml_with_detection_platform_unless_overridden():
-    facts = {"runtimes": {"gvisor": {"platform": "kvm"}}}
+    facts = HostFacts(runtimes={"gvisor": RuntimeVerdict(True, platform="kvm")})
     seen = []
 
     def current(path: str) -> bytes | None:
@@ -77,32 +79,34 @@ def test_config_files_write_runsc_toml_with_detection_platform_unless_overridden
     assert b'platform = "kvm"' in cf.new and b'systemd-cgroup = "true"' in cf.new
     (cf,) = RT.config_files(lambda p: None, ConfigContext(facts, False), RT.options(Settings(gvisor_platform="ptrace")))
     assert b'platform = "ptrace"' in cf.new and b"systemd-cgroup =" not in cf.new
-    (cf,) = RT.config_files(lambda p: None, ConfigContext({}, False), RT.default_options())
+    (cf,) = RT.config_files(lambda p: None, ConfigContext(HostFacts(), False), RT.default_options())
     assert b'platform = "systrap"' in cf.new
 
 
 def test_config_files_keep_the_operators_keys_and_return_identical_bytes_when_nothing_changes():
-    existing = b'# mine\n[runsc_config]\n  debug = "true"\n  platform = "systrap"\n'
-    (cf,) = RT.config_files(lambda p: existing, ConfigContext({}, False), RT.default_options())
+    existing = b'# mine\n[runsc_config]\n  debug = "true"\n  platform = "systrap"\n  net-raw = "false"\n'
+    (cf,) = RT.config_files(lambda p: existing, ConfigContext(HostFacts(), False), RT.default_options())
     assert cf.new == existing
-    (cf,) = RT.config_files(lambda p: existing, ConfigContext({}, True), RT.default_options())
+    (cf,) = RT.config_files(lambda p: existing, ConfigContext(HostFacts(), True), RT.default_options())
     assert b'debug = "true"' in cf.new and b"# mine" in cf.new and b'systemd-cgroup = "true"' in cf.new
+    (cf,) = RT.config_files(lambda p: existing, ConfigContext(HostFacts(), False), RT.options(Settings(gvisor_net_raw=True)))
+    assert b'net-raw = "true"' in cf.new and b'net-raw = "false"' not in cf.new
 
 
 # -- eligibility ------------------------------------------------------------------------------------
 
 
-def facts(arch="amd64", kernel="6.1.0-18-amd64", **virt):
-    return {"arch": arch, "kernel": kernel, "virtualization": virt}
+def facts(arch="amd64", kernel="6.1.0-18-amd64", **virt) -> HostFacts:
+    return HostFacts(arch=arch, kernel=kernel, virtualization=Virtualization(**virt))
 
 
 def test_eligible_host_and_platform_choice():
     bare = RT.eligibility(facts(kvm_usable=True, in_vm=False))
-    assert bare["eligible"] and bare["reasons"] == [] and bare["platform"] == "kvm"
+    assert bare.eligible and bare.reasons == [] and bare.platform == "kvm"
     nested = RT.eligibility(facts(kvm_usable=True, in_vm=True))
-    assert nested["platform"] == "systrap" and "nested" in nested["platform_reason"]
+    assert nested.platform == "systrap" and "nested" in nested.platform_reason
     nokvm = RT.eligibility(facts())
-    assert nokvm["eligible"] and nokvm["platform"] == "systrap" and nokvm["platform_reason"] == "KVM is not usable"
+    assert nokvm.eligible and nokvm.platform == "systrap" and nokvm.platform_reason == "KVM is not usable"
 
 
 @pytest.mark.parametrize("kw, says", [
@@ -113,11 +117,11 @@ def test_eligible_host_and_platform_choice():
 ])
 def test_ineligible_hosts_say_why(kw, says):
     verdict = RT.eligibility(facts(**kw))
-    assert not verdict["eligible"] and any(says in r for r in verdict["reasons"]), verdict
+    assert not verdict.eligible and any(says in r for r in verdict.reasons), verdict
 
 
 def test_minimum_kernel_itself_is_eligible():
-    assert RT.eligibility(facts(kernel="4.14.77"))["eligible"]
+    assert RT.eligibility(facts(kernel="4.14.77")).eligible
 
 
 # -- catalog -------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from nodeagent.artifacts.download import Fetcher
 from nodeagent.artifacts.extract import Limits
 from nodeagent.artifacts.pins import NO_PINS, Pins
 from nodeagent.errors import ArtifactError, UsageError
+from nodeagent.facts import ContainerdFacts, HostFacts, Virtualization
 from nodeagent.host import HostRoot
 from nodeagent.runtimes import kata
 from nodeagent.runtimes.base import VerifyContext
@@ -38,8 +39,8 @@ ASSET = f"kata-static-{V}-amd64.tar.zst"
 def test_options_read_the_kata_settings():
     opts = RT.options(Settings(kata_version=V, kata_sha256="b" * 64, kata_handler="kata-x",
                                kata_extra_handlers=["kata-clh"], kata_runtimeclass="vm", kata_overhead_cpu="1"))
-    assert (opts.version, opts.handler, opts.extra_handlers, opts.runtimeclass, opts.overhead_cpu) == (
-        V, "kata-x", ("kata-clh",), "vm", "1")
+    assert (opts.version, opts.handler, opts.runtimeclass, opts.overhead_cpu) == (V, "kata-x", "vm", "1")
+    assert [s.handler for s in opts.shims] == ["kata-clh"]  # the superseded kata_extra_handlers still work
     assert RT.version(opts) == V and RT.operator_digest(opts) == "b" * 64
     assert RT.digest_flag == "--kata-sha256" and RT.config_roles == ()
 
@@ -66,16 +67,18 @@ def test_handler_tables_are_not_shared_between_specs():
     assert b.table()["pod_annotations"] == ["io.katacontainers.*"]
 
 
-@pytest.mark.parametrize("name, says", [("kata-nope", "unknown extra Kata handler"), ("qemu", "unknown extra Kata handler")])
-def test_unknown_extra_handlers_are_usage_errors(name, says):
-    with pytest.raises(UsageError, match=says) as e:
+@pytest.mark.parametrize("name", ["kata-nope", "nope"])
+def test_unknown_extra_handlers_are_usage_errors(name):
+    with pytest.raises(UsageError, match=f"unknown Kata shim '{name}'") as e:
         RT.handler_specs(RT.options(Settings(kata_extra_handlers=[name])))
-    assert "kata-qemu, kata-clh, kata-fc" in e.value.hint
+    assert "qemu, clh, fc" in e.value.hint
 
 
 def test_handlers_named_offers_every_table_the_name_could_be():
     assert [s.runtime_type for s in RT.handlers_named("kata")] == ["io.containerd.kata.v2"]
-    assert [s.runtime_type for s in RT.handlers_named("kata-fc")] == ["io.containerd.kata.v2", "io.containerd.kata-fc.v2"]
+    fc = [s.runtime_type for s in RT.handlers_named("kata-fc")]
+    assert fc[:2] == ["io.containerd.kata.v2", "io.containerd.kata-fc.v2"]
+    assert set(fc) == {"io.containerd.kata.v2", "io.containerd.kata-fc.v2"}
     assert RT.handlers_named("not valid!") == []
 
 
@@ -86,27 +89,38 @@ def test_kata_writes_no_option_files():
 # -- eligibility -------------------------------------------------------------------------------------
 
 
+def host(arch="amd64", **virt) -> HostFacts:
+    return HostFacts(arch=arch, virtualization=Virtualization(**virt))
+
+
 def test_a_host_with_kvm_and_vhost_vsock_is_eligible():
-    assert RT.eligibility({"arch": "arm64", "virtualization": {"kvm_usable": True, "vhost_vsock": True}}) == {
-        "eligible": True, "reasons": []}
+    verdict = RT.eligibility(host("arm64", kvm_usable=True, vhost_vsock=True))
+    assert verdict.eligible and verdict.reasons == []
+    assert verdict.shims["qemu"].eligible
+    # a shim's own needs come on top: Firecracker wants containerd's devmapper snapshotter
+    assert not verdict.shims["fc"].eligible and "devmapper" in verdict.shims["fc"].reasons[0]
+    with_pool = HostFacts(arch="arm64", virtualization=Virtualization(kvm_usable=True, vhost_vsock=True),
+                          containerd=ContainerdFacts(devmapper_pool="pool", cri_snapshotter="devmapper"))
+    assert RT.eligibility(with_pool).shims["fc"].eligible
 
 
 def test_this_kind_of_vm_is_not_eligible_and_the_probes_words_are_kept():
     """What the probes report on these test VMs: KVM works, the host side of vsock does not."""
-    verdict = RT.eligibility({"arch": "amd64", "virtualization": {
-        "kvm_usable": True, "vhost_vsock": False, "reasons": ["/dev/vhost-vsock is unusable: no such device"]}})
-    assert verdict == {"eligible": False, "reasons": ["/dev/vhost-vsock is unusable: no such device"]}
+    verdict = RT.eligibility(host(kvm_usable=True, vhost_vsock=False,
+                                  reasons=["/dev/vhost-vsock is unusable: no such device"]))
+    assert not verdict.eligible and verdict.reasons == ["/dev/vhost-vsock is unusable: no such device"]
+    assert not any(v.eligible for v in verdict.shims.values())
 
 
 def test_every_missing_piece_is_a_reason():
-    verdict = RT.eligibility({"arch": "riscv64", "virtualization": {"reasons": ["/dev/kvm missing", "vsock: no module"]}})
-    assert not verdict["eligible"]
-    assert verdict["reasons"] == [
+    verdict = RT.eligibility(host("riscv64", reasons=["/dev/kvm missing", "vsock: no module"]))
+    assert not verdict.eligible
+    assert verdict.reasons == [
         "KVM is not usable (/dev/kvm missing)",
         "host-side vsock (/dev/vhost-vsock) is missing: load the vhost_vsock module",
         "architecture riscv64 is not supported by Kata (amd64, arm64, s390x, ppc64le)",
     ]
-    assert RT.eligibility({})["reasons"][0].startswith("KVM is not usable")  # no probe words (the text then repeats itself)
+    assert RT.eligibility(HostFacts()).reasons[0].startswith("KVM is not usable")  # no probe words (the text then repeats itself)
 
 
 # -- catalog ---------------------------------------------------------------------------------------

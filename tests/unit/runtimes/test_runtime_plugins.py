@@ -11,7 +11,7 @@ import pytest
 from nodeagent import runtimes
 from nodeagent.containerd import model
 from nodeagent.errors import ArtifactError, UsageError
-from nodeagent.runtimes import gvisor, kata
+from nodeagent.runtimes import gvisor, kata, kata_shims
 from nodeagent.runtimes.base import Runtime
 from nodeagent.settings import Settings
 
@@ -28,22 +28,24 @@ def test_registry_order_and_lookup():
 def test_options_are_built_from_settings_and_match_the_defaults():
     for rt in runtimes.ALL:
         assert rt.options(Settings()) == rt.default_options(), rt.name
-    opts = kata.RUNTIME.options(Settings(kata_extra_handlers=["kata-qemu"], kata_sha256="a" * 64))
-    assert opts.extra_handlers == ("kata-qemu",) and kata.RUNTIME.operator_digest(opts) == "a" * 64
+    # the superseded kata_extra_handlers still names shims (by handler name), after kata_shims
+    opts = kata.RUNTIME.options(Settings(kata_shims=["clh"], kata_extra_handlers=["kata-qemu", "kata-clh"],
+                                         kata_sha256="a" * 64))
+    assert [s.name for s in opts.shims] == ["clh", "qemu"] and kata.RUNTIME.operator_digest(opts) == "a" * 64
     assert gvisor.RUNTIME.operator_digest(gvisor.RUNTIME.default_options()) is None
 
 
 def test_handler_specs_belong_to_their_runtime():
-    specs = kata.RUNTIME.handler_specs(kata.KataOptions(extra_handlers=("kata-qemu", "kata-fc")))
+    specs = kata.RUNTIME.handler_specs(kata.KataOptions(shims=kata_shims.parse_shims(["qemu", "kata-fc"])))
     assert [s.name for s in specs] == ["kata", "kata-qemu", "kata-fc"]
     assert {s.runtime for s in specs} == {"kata"}
     assert specs[1].table()["options"] == {"ConfigPath": "/opt/kata/share/defaults/kata-containers/configuration-qemu.toml"}
     assert specs[1].shim_binary == "containerd-shim-kata-qemu-v2"
     (runsc,) = gvisor.RUNTIME.handler_specs(gvisor.GvisorOptions(handler="gvisor-a"))
-    assert runsc.table() == {"runtime_type": "io.containerd.runsc.v1",
+    assert runsc.table() == {"runtime_type": "io.containerd.runsc.v1", "pod_annotations": ["dev.gvisor.*"],
                              "options": {"TypeUrl": "io.containerd.runsc.v1.options", "ConfigPath": "/etc/containerd/runsc.toml"}}
     with pytest.raises(UsageError):
-        kata.RUNTIME.handler_specs(kata.KataOptions(extra_handlers=("kata-nope",)))
+        kata.RUNTIME.options(Settings(kata_shims=["nope"]))
 
 
 def test_handlers_named_recognises_only_its_own_names():
