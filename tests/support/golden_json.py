@@ -3,8 +3,13 @@
 
 The goldens were captured from main at 893877f, before facts became typed, so a test can show
 the redesign left the JSON byte-for-byte unchanged (doctor's were added later, after checking that
-893877f and the typed-facts branch print the same bytes on every tree). Re-capture on purpose only (a contract
-change), with `python3 -m tests.support.golden_json` from the checkout's root.
+893877f and the typed-facts branch print the same bytes on every tree). They were re-captured once
+since, after the redesign's merge, for the additions of issues 15 and 16 only (new keys
+`virtualization.confidential`, `containerd.devmapper_pool`/`cri_snapshotter`, `runtimes.kata.shims`,
+`restart_impact`; the runsc handler's `pod_annotations` and runsc.toml's `net-raw` lines; the default
+Kata version; doctor's `gvisor-options` and `shim-eligibility`), each old key byte-for-byte the same.
+Re-capture on purpose only (a contract change), with `python3 -m tests.support.golden_json` from
+the checkout's root.
 """
 
 from __future__ import annotations
