@@ -33,14 +33,11 @@ OWED = {
     # Every module left here is being reshaped by issue 12's other items as this list is written
     # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
-    # artifacts: one undo journal (§4) and the runtime plug-ins (§2) take over txn/install/bundle
-    "artifacts/bundle.py": "tests/integration/test_artifacts_cli.py (real CLI, loopback HTTPS mirror)",
+    # artifacts: one undo journal (§4) takes over install
     "artifacts/install.py": "tests/integration/test_artifacts_install.py",
-    "artifacts/unpacked.py": "tests/integration/test_artifacts_install.py (a reinstall reuses the unpacked tree)",
-    # the CLI's long-running commands (restart impact, verify --measure, exec credentials)
+    # the agent's commands (being reshaped with the agent)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
-    "commands/verify.py": "tests/integration/test_verify.py",
     # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
     "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
@@ -54,24 +51,8 @@ OWED = {
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    # kube: Lease WATCH, exec credentials, RuntimeClass defaults from the plug-ins; each module alone
-    # against the stand-in API server (no kube-apiserver here)
-    "kube/lease.py": "tests/integration/test_kube_lease.py",
-    "kube/runtime_status.py": "tests/integration/test_kube_runtime_status.py",
-    "metrics.py": "tests/integration/test_agent_endpoints.py (/metrics)",
-    # runtimes: the plug-ins (§2) rewrite this module (runtimes.ALL / get)
-    "runtimes/__init__.py": "tests/unit/containerd/test_engine_details.py",
-    # restart with narrow parameters (§3/§4); verify moves into each runtime's plug-in (§2)
+    # restart with narrow parameters (§3/§4)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
-    "verify.py": "tests/integration/test_verify.py, test_systemd_node.py",
-    # merged after this list was written (issues 12 §2 and 16); unit tests being written
-    "commands/rollout.py": "tests/integration/test_rollout_halt.py (stand-in API server)",
-    "commands/verify_measure.py": "tests/integration/test_verify.py (real runsc)",
-    "kube/exec_credentials.py": "tests/integration/test_kube_exec_credentials.py (real plugin scripts)",
-    "kube/rollout.py": "tests/integration/test_rollout_halt.py",
-    "kube/watch.py": "tests/integration/test_kube_lease.py",
-    "measure_launch.py": "tests/integration/test_verify.py (real runsc)",
-    "runtimes/base.py": "every install test, through runtimes/gvisor.py and kata.py",
 }
 
 
