@@ -29,14 +29,14 @@ REPO = Path(__file__).resolve().parent.parent
 AREAS = [
     ("races", r"lock_held|race|concurren"),
     ("api", r"kube|api-|runtimeclasses"),
-    ("settings", r"settings|pins_file"),
+    ("settings", r"settings|pins_file|gvisor_options"),
     ("environment", r"environment|test_env_"),
     ("cli", r"command_line|install_options|cli-|trailing_newline"),
-    ("http", r"digest|truncated|404|500|redirect|download_fails|checksum|bounded_failure|http"),
+    ("http", r"digest|truncated|404|500|redirect|download_fails|checksum|bounded_failure|http|release_listing"),
     ("configs", r"containerd_config|config_|toml|import|handler|template|v2_table|version_as_string|nested"
                 r"|effective_proof|corpus_external"),
-    ("archives", r"hostile|tarball|member|huge_dictionary|huge_window|symlink_chain|archive_trust"),
-    ("hosts", r"host_faults|read_only|root_that|verify|eligible|discovery_trust|planted_a_link"),
+    ("archives", r"hostile|tarball|member|huge_dictionary|huge_window|symlink_chain|archive_trust|release_lacks"),
+    ("hosts", r"host_faults|read_only|root_that|verify|eligible|discovery_trust|planted_a_link|restart_impact"),
 ]
 
 

@@ -224,9 +224,9 @@ def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(
         original = minimal_config(series, work).encode()
         (root / "etc/containerd/config.toml").write_bytes(original)
         host = HostRoot(root)
-        facts = {"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
-                 "runtimes": {"gvisor": {"platform": "systrap"}}}
+        facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                                    "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
+                                     "runtimes": {"gvisor": {"platform": "systrap"}}})
         apply.apply_install(host, plan_install(host, specs, facts), containerd_bin=str(BINARIES[series]))
         state.update(host=host, original=original, work=work)
         return _daemon_config(host, work / "chain-installed")

@@ -96,7 +96,7 @@ def test_a_kata_shim_label_needs_its_own_handler_served_and_its_own_shim(contain
     config = KATA + _shim_table("qemu") + _shim_table("clh")
     daemon = containerd_factory("1.7", lambda work: minimal_config("1.7", work, extra=config), extra_path=[str(shims)])
     facts = facts_for(daemon)
-    status = runtime_status(HostRoot("/"), Settings(kata_shims=["qemu", "clh", "fc"]), facts)
+    status = runtime_status(HostRoot("/"), facts, handler_names(Settings(kata_shims=["qemu", "clh", "fc"])))
     labels = desired_labels(facts, status, infer_state(status))
     assert status["kata-qemu"] == {"handler": "kata-qemu", "registered": True, "served": True, "shim_present": True,
                                    "reason": None}
@@ -106,5 +106,5 @@ def test_a_kata_shim_label_needs_its_own_handler_served_and_its_own_shim(contain
     assert P + "kata-clh" not in labels and P + "kata-fc" not in labels
     assert labels[P + "state"] == "degraded"  # kata-clh is registered but cannot start a pod
     # shims nobody chose get no status and no label
-    plain = runtime_status(HostRoot("/"), Settings(), facts)
+    plain = runtime_status(HostRoot("/"), facts, handler_names(Settings()))
     assert set(plain) == {"gvisor", "kata"}
