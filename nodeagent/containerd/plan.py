@@ -335,6 +335,8 @@ def _drop_unwanted_own(plan: Plan, files: _Files, state: state_mod.State) -> Non
         names = dropped & set(record.handlers)
         if names and files.current(path) is not None:
             _edit_text(files, path, record.role, lambda text, style, r=record, n=names: _strip_ours(text, style, r, n))
+        for name in sorted(names & set(record.replaced)):
+            plan.notes.append(f"the handler {name!r} nodeagent replaced with --force is in the backup {record.backup}")
     if dropped:
         plan.dropped = sorted(dropped)
         plan.notes.append(f"nodeagent's handler(s) {', '.join(plan.dropped)} are no longer asked for: removed")

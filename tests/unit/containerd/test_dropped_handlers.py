@@ -96,3 +96,18 @@ def test_handler_nodeagent_did_not_register_is_never_dropped(tmp_path):
     assert not {"kata-qemu", "kata-clh"} & result
     assert "# operator was here" in config.read_text()
     assert set(state_mod.load(host).handlers) == {"runsc", "kata"}
+
+
+def test_dropping_a_handler_replaced_with_force_says_where_the_old_one_is(tmp_path):
+    scenario = SCENARIOS["kind-v2@1.6"]
+    host = scenario.build(tmp_path)
+    config = host.path(scenario.config_path)
+    config.write_text(config.read_text() + '\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata-clh]\n'
+                      '  runtime_type = "io.containerd.operator.v2"\n')
+    plan = plan_install(host, specs("clh"), scenario.facts(), force=True, state=state_mod.load(host))
+    apply.apply_install(host, plan, containerd_bin=binary(scenario))
+    plan = install(host, scenario, specs())
+    assert plan.dropped == ["kata-clh"] and "kata-clh" not in served(host, scenario, plan)
+    backup = state_mod.load(host).files[scenario.config_path].backup
+    assert any("replaced with --force" in n and backup in n for n in plan.notes), plan.notes
+    assert b"io.containerd.operator.v2" in host.read_bytes(backup)
