@@ -83,5 +83,5 @@ def build_plan(settings: Settings, facts: HostFacts) -> tuple[Plan | None, list[
                           "install containerd first, or pass --containerd-config PATH")
     options = {rt.name: rt.options(settings) for rt in runtime_plugins.ALL if rt.name in runtimes}
     plan = plan_install(host, specs, facts, config_path=config_path, force=settings.force, runtime_options=options,
-                        owned=state_mod.load(host).handlers)
+                        state=state_mod.load(host))
     return plan, warnings

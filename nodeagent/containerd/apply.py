@@ -117,7 +117,11 @@ def config_test(host: HostRoot, plan: Plan, *, containerd_bin: str | None = None
             judged = plan.layout.validate_path or plan.config_path
             after = checked_candidate(host, judged, overrides, [h.name for h in plan.handlers], binary)
             if not plan.layout.validate_path:  # k0s merges its drop-ins itself: no chain to compare
-                owned = set(plan.added) | set(plan.replaced) | set(plan.defaults_added)
+                owned = set(plan.added) | set(plan.replaced) | set(plan.defaults_added) | set(plan.dropped)
+                if plan.layout.kind == "template":
+                    # k3s renders the template only when it starts: today's rendered config lacks
+                    # the handlers our template already holds, so the candidate shows them as new
+                    owned |= {spec.name for spec in plan.handlers}
                 note = prove_only_ours(host, judged, after, owned, binary, plan.baseline_overrides)
                 if note:
                     notes.append(note)
@@ -180,7 +184,16 @@ def _record_ownership(host: HostRoot, plan: Plan, journal: Journal) -> tuple[sta
     for spec in plan.handlers:
         if spec.name in plan.added:
             state.handlers[spec.name] = spec.runtime
+    _forget(state, plan.dropped)
     return state, retired_dirs
+
+
+def _forget(state: state_mod.State, dropped: list[str]) -> None:
+    """Handlers the plan took out (no longer asked for) are no longer ours to remove later."""
+    for name in dropped:
+        state.handlers.pop(name, None)
+    for record in state.files.values():
+        record.handlers = [h for h in record.handlers if h not in dropped]
 
 
 # -- uninstall ------------------------------------------------------------------------------------

@@ -113,6 +113,9 @@ class Layout:
                 return {}
             text, style = edit.decode(rendered, self.rendered_path)
             present = edit.runtimes_of(tomlparse.parse(text, self.rendered_path), self.version)
+            for name in plan.dropped:  # the template no longer renders our block for it
+                if name in present:
+                    text = edit.remove_runtime(text, self.version, name, style, self.rendered_path)
             for spec in plan.handlers:
                 if spec.name in plan.updated and spec.name in present:  # the template's new block renders here
                     text = edit.remove_runtime(text, self.version, spec.name, style, self.rendered_path)

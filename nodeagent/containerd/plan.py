@@ -82,6 +82,7 @@ class Plan:
     imports_removed: list[tuple[str, str]] = field(default_factory=list)  # (file, entry): our retired drop-ins
     baseline_overrides: dict[str, bytes | None] = field(default_factory=dict)  # what "before" means for the proof
     updated: list[str] = field(default_factory=list)  # nodeagent's own handlers rewritten with a newer table
+    dropped: list[str] = field(default_factory=list)  # nodeagent's own handlers the options no longer ask for
 
     @property
     def changed(self) -> bool:
@@ -202,8 +203,14 @@ def plan_install(
     force: bool = False,
     runtime_options: Mapping[str, Any] | None = None,
     owned: Mapping[str, str] | None = None,
+    state: state_mod.State | None = None,
 ) -> Plan:
-    """What install would change so containerd serves `handlers` (pure: reads, never writes)."""
+    """What install would change so containerd serves `handlers` (pure: reads, never writes).
+
+    `state` (state.json): what nodeagent registered before. Its handlers count as `owned`, and
+    those of a runtime in `handlers` that `handlers` no longer names are taken out again."""
+    if state is not None and owned is None:
+        owned = state.handlers
     cfacts = facts.containerd
     flavor = cfacts.flavor or "containerd"
     config_path = config_path or cfacts.config_path or layout.default_config(flavor)
@@ -252,6 +259,9 @@ def plan_install(
                 plan.added.append(spec.name)
             else:
                 plan.defaults_added.append(spec.name)
+
+    if state is not None:
+        _drop_unwanted_own(plan, files, state)
 
     _plan_option_files(files, handlers, runtime_options or {},
                        ConfigContext(facts, systemd_cgroup_of(cfacts.systemd_cgroup, effective, default_runtime_name(chain, major))))
@@ -306,6 +316,30 @@ def _handlers_to_add(plan: Plan, files: _Files, chain: list[LoadedFile], effecti
             _remove_everywhere(plan, files, chain, spec.name, existing)
             to_add.append(spec)
     return to_add
+
+
+def dropped_handlers(handlers: list[model.HandlerSpec], owned: Mapping[str, str]) -> list[str]:
+    """nodeagent's own handlers of a runtime this run installs that the run no longer asks for
+    (a Kata shim taken out of kata_shims, a renamed handler). Runtimes not in this run keep theirs:
+    `--runtime gvisor` leaves Kata's handlers alone."""
+    runtimes = {spec.runtime for spec in handlers}
+    wanted = {spec.name for spec in handlers}
+    return sorted(name for name, runtime in owned.items() if runtime in runtimes and name not in wanted)
+
+
+def _drop_unwanted_own(plan: Plan, files: _Files, state: state_mod.State) -> None:
+    """Take the dropped handlers out of the files state.json says hold them, the way uninstall
+    does (`_strip_ours`: only nodeagent's own tables go, whatever the operator added since)."""
+    dropped = set(dropped_handlers(plan.handlers, state.handlers))
+    for path, record in state.files.items():
+        names = dropped & set(record.handlers)
+        if names and files.current(path) is not None:
+            _edit_text(files, path, record.role, lambda text, style, r=record, n=names: _strip_ours(text, style, r, n))
+        for name in sorted(names & set(record.replaced)):
+            plan.notes.append(f"the handler {name!r} nodeagent replaced with --force is in the backup {record.backup}")
+    if dropped:
+        plan.dropped = sorted(dropped)
+        plan.notes.append(f"nodeagent's handler(s) {', '.join(plan.dropped)} are no longer asked for: removed")
 
 
 def _dropin_dir_runtimes(host: HostRoot, dropin: str) -> dict[str, dict[str, Any]]:

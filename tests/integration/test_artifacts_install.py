@@ -454,6 +454,38 @@ def test_cli_install_with_kata_shims_then_uninstall_restores_the_bytes(tmp_path)
     assert not os.path.lexists(root / "usr/local/bin/containerd-shim-kata-qemu-v2")
 
 
+def test_cli_rerun_without_a_shim_drops_its_handler_and_link_then_uninstall_restores(tmp_path):
+    """A changed shim list changes only the difference, end to end (issue 15 item 1): after
+    `--kata-shims qemu`, a re-run without it takes out both the link and the kata-qemu handler
+    (the plan says so), state.json forgets it, kata stays; uninstall puts every byte back.
+    REAL containerd 2.1 judges each config; the shim is the suite's stand-in (tests/support/mirror.py)."""
+    from nodeagent import state as state_mod
+    from tests.support.cli import run_cli
+
+    root = _root_with_containerd_2(tmp_path)
+    before = (root / "etc/containerd/config.toml").read_bytes()
+    args = ("--root", str(root), "-o", "json", "install", "--runtime", "kata", "--skip-eligibility", "--restart", "none")
+    proc = run_cli(*args, "--kata-shims", "qemu")
+    assert proc.returncode == 0, proc.stderr
+    dropin = root / "etc/containerd/conf.d/90-nodeagent.toml"
+    assert "kata-qemu" in dropin.read_text()
+
+    plan = run_cli("--root", str(root), "-o", "json", "plan", "--runtime", "kata", "--skip-eligibility")
+    assert plan.returncode == 0, plan.stderr
+    assert "kata-qemu" in "".join(f["diff"] for f in json.loads(plan.stdout)["files"])
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["handlers"] == ["kata"]
+    assert "kata-qemu" not in dropin.read_text() and "io.containerd.kata.v2" in dropin.read_text()
+    assert not os.path.lexists(root / "usr/local/bin/containerd-shim-kata-qemu-v2")
+    assert state_mod.load(HostRoot(root)).handlers == {"kata": "kata"}
+
+    proc = run_cli("--root", str(root), "uninstall", "--runtime", "kata", "--restart", "none")
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc/containerd/config.toml").read_bytes() == before
+    assert not dropin.exists()
+
+
 def test_cli_install_refuses_a_shim_the_release_lacks_and_changes_nothing(tmp_path):
     from tests.support.cli import assert_known_error, run_cli
 

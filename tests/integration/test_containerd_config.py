@@ -257,6 +257,69 @@ def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(
 
 
 @pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
+def test_real_containerd_stops_serving_a_dropped_kata_shim_then_uninstall_restores(series, containerd_factory, tmp_path):
+    """A changed shim list changes only the difference: install with kata_shims qemu,clh, re-run with
+    qemu only, and the running containerd (CRI Status, after the restart the plan asks for) no longer
+    serves kata-clh but still serves kata-qemu, kata and runsc; `--runtime gvisor` alone then leaves
+    Kata's handlers alone; uninstall restores the original bytes. Planned through settings and
+    state.json as the CLI plans it (planning.build_plan); written with the real `config dump` proof."""
+    needs(series)
+    from nodeagent import state as state_mod
+    from nodeagent.planning import build_plan
+    from nodeagent.settings import Settings
+
+    root = tmp_path / "root"
+    (root / "etc/containerd").mkdir(parents=True)
+    host = HostRoot(root)
+    facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
+                                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd",
+                                                "found": True},
+                                 "runtimes": {"gvisor": {"platform": "systrap"}}})
+    saved: dict = {}
+
+    def run(shims: list[str], runtime: str = "all"):
+        settings = Settings(root=str(root), runtime=runtime, kata_shims=shims, skip_eligibility=True)
+        plan, _ = build_plan(settings, facts)
+        apply.apply_install(host, plan, containerd_bin=str(BINARIES[series]))
+        return plan
+
+    def installed(work: Path) -> str:
+        saved.update(original=minimal_config(series, work).encode(), work=work)
+        (root / "etc/containerd/config.toml").write_bytes(saved["original"])
+        run(["qemu", "clh"])
+        return _daemon_config(host, work / "chain-installed")
+
+    daemon = containerd_factory(series, config=installed)
+    types = cri_status(daemon.socket).runtime_types()
+    assert {"kata", "kata-qemu", "kata-clh", "runsc"} <= set(types), types
+
+    plan = run(["qemu"])
+    assert plan.dropped == ["kata-clh"] and plan.restart, plan.render_text()
+    assert "kata-clh" in "".join(f.diff for f in plan.files)
+    daemon.write_config(_daemon_config(host, saved["work"] / "chain-dropped"))
+    daemon.restart()
+    status = cri_status(daemon.socket)
+    assert status.ok, status.as_dict()
+    types = status.runtime_types()
+    assert "kata-clh" not in types, types
+    assert types.get("kata-qemu") == "io.containerd.kata-qemu.v2" and types.get("kata") == kata.RUNTIME_TYPE, types
+    assert "runsc" in types and "runc" in types
+    assert set(state_mod.load(host).handlers) == {"runsc", "kata", "kata-qemu"}
+
+    only_gvisor = run([], runtime="gvisor")  # Kata is not in this run: nothing of it is reconciled
+    assert only_gvisor.dropped == [] and not only_gvisor.changed
+    assert set(state_mod.load(host).handlers) == {"runsc", "kata", "kata-qemu"}
+
+    undo, new_state = plan_uninstall(host, None)
+    apply.apply_uninstall(host, undo, new_state)
+    assert (root / "etc/containerd/config.toml").read_bytes() == saved["original"]
+    daemon.write_config(_daemon_config(host, saved["work"] / "chain-restored"))
+    daemon.restart()
+    status = cri_status(daemon.socket)
+    assert status.ok and set(status.runtime_types()) == {"runc"}, status.as_dict()
+
+
+@pytest.mark.parametrize("series", ["1.6", "1.7", "2.1"])
 def test_devmapper_pool_fact_matches_real_containerd_s_dump(series, tmp_path):
     """Firecracker's eligibility reads the devmapper pool from the config chain: a drop-in's devmapper
     table without pool_name replaces the main file's on 1.x (the dump shows pool_name "") and merges
