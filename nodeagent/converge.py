@@ -342,6 +342,7 @@ def uninstall(settings: Settings) -> Report:
 
     host = HostRoot(settings.root)
     runtimes = selected(settings.runtime)
+    state_mod.load(host)  # a corrupt state.json is refused before the lock file is even created
     with apply.lock(host):
         try:
             facts = _detect(host, settings)
