@@ -34,16 +34,24 @@ WORKLOAD = ["sh", "-c", f"echo {READY_LINE.decode()}; exec sleep 600"]
 
 
 def _wait_ready(proc: subprocess.Popen, deadline: float) -> None:
-    """Until the sandboxed workload printed its ready line (it then runs inside the sandbox)."""
+    """Until the sandboxed workload printed its ready line (it then runs inside the sandbox).
+
+    Reads the pipe's fd with os.read, never through proc.stdout: a buffered readline() takes
+    every byte that arrived, so a ready line that came in the same chunk as an earlier line
+    would sit in Python's buffer while select() waited for new bytes until the deadline."""
+    fd = proc.stdout.fileno()
+    seen = b""  # the last bytes read, enough to find a ready line split across two reads
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        line = proc.stdout.readline()
-        if READY_LINE in line:
-            return
-        if not line:  # EOF: runsc do ended
+        chunk = os.read(fd, 65536)
+        if not chunk:  # EOF: runsc do ended
             raise MeasureError(f"`runsc do` exited {proc.wait()} before its sandbox started")
+        seen += chunk
+        if READY_LINE in seen:
+            return
+        seen = seen[-len(READY_LINE):]
     raise MeasureError("the gVisor sandbox did not start in time",
                        "the node may be overloaded; try a larger --health-timeout or a smaller --measure N")
 
