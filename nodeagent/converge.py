@@ -275,13 +275,16 @@ def install(settings: Settings, restart_guard: Callable[[], ContextManager] = co
             return report
         report.restart_impact = _restart_impact(host, settings, facts, config_plan, handlers, enforce=True)
         _sweep_temps(host, config_plan.files)
-        apply.config_test(host, config_plan)  # config test: containerd validates it before any write
+        # config test: containerd validates it before any write; its notes (e.g. "not validated")
+        # belong in the report
+        tested_notes = apply.config_test(host, config_plan)
         journal = Journal()
         with ErrorHandler(journal.rollback) as guard:  # any failure below undoes all of the journal
             _save_artifacts(host, settings, runtimes, facts.arch, journal, report)
             containerd = _containerd(host, settings, facts)
             report.files = config_plan.files
             report.notes = list(config_plan.notes)
+            report.notes += [n for n in tested_notes if n not in report.notes]
             needs_restart = _decide_restart(report, ask_cri(containerd.socket), config_plan, handlers)
             slot = restart_guard() if needs_restart and settings.restart != "none" else contextlib.nullcontext()
             with slot, guard.deferred():
@@ -339,6 +342,7 @@ def uninstall(settings: Settings) -> Report:
 
     host = HostRoot(settings.root)
     runtimes = selected(settings.runtime)
+    state_mod.load(host)  # a corrupt state.json is refused before the lock file is even created
     with apply.lock(host):
         try:
             facts = _detect(host, settings)

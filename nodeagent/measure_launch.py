@@ -34,34 +34,77 @@ WORKLOAD = ["sh", "-c", f"echo {READY_LINE.decode()}; exec sleep 600"]
 
 
 def _wait_ready(proc: subprocess.Popen, deadline: float) -> None:
-    """Until the sandboxed workload printed its ready line (it then runs inside the sandbox)."""
+    """Until the sandboxed workload printed its ready line (it then runs inside the sandbox).
+
+    Reads the pipe's fd with os.read, never through proc.stdout: a buffered readline() takes
+    every byte that arrived, so a ready line that came in the same chunk as an earlier line
+    would sit in Python's buffer while select() waited for new bytes until the deadline."""
+    fd = proc.stdout.fileno()
+    seen = b""  # the last bytes read, enough to find a ready line split across two reads
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        line = proc.stdout.readline()
-        if READY_LINE in line:
+        chunk = os.read(fd, 65536)
+        if not chunk:  # EOF: runsc do ended
+            raise MeasureError(f"`runsc do` exited {_exit_code(proc)} before its sandbox started")
+        seen += chunk
+        if READY_LINE in seen:
             return
-        if not line:  # EOF: runsc do ended
-            raise MeasureError(f"`runsc do` exited {proc.wait()} before its sandbox started")
+        seen = seen[-len(READY_LINE):]
     raise MeasureError("the gVisor sandbox did not start in time",
                        "the node may be overloaded; try a larger --health-timeout or a smaller --measure N")
 
 
-def _end(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM each `runsc do` (it takes its sandbox down with it), then SIGKILL what is left of
-    its session, so no sandbox outlives the measurement."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
+def _exit_code(proc: subprocess.Popen) -> int:
+    """Wait for `proc` to exit WITHOUT reaping it (Popen's convention: -N for signal N); see _exited."""
+    if proc.returncode is not None:
+        return proc.returncode
+    info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+
+def _exited(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether `proc` exits within `timeout`, left unreaped: until we reap it its pid, which is
+    also the id of the session and process group spawn() gave it, cannot be reused, so a
+    killpg() of that group reaches only processes we started."""
+    deadline = time.monotonic() + timeout
+    while proc.returncode is None:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session (spawn): only its processes
-            proc.wait(5)
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped behind Popen's back: its pid is no longer ours
+            proc.poll()  # sets returncode (0 on ECHILD), so _end does not killpg a reusable id
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _end(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each `runsc do` (it takes its sandbox down with it), then SIGKILL whatever is left
+    of its session and every process that ran below it, so no sandbox outlives the measurement,
+    even when `runsc do` exited and left processes behind."""
+    below = [child for proc in procs for child in descendants(proc.pid)]  # psutil guards pid reuse
+    for proc in procs:
+        if not _exited(proc, 0):
+            os.kill(proc.pid, signal.SIGTERM)  # not send_signal: its poll() would reap it
+    for proc in procs:
+        _exited(proc, 10)
+        if proc.returncode is None:  # still ours (running, or a zombie holding its pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session (spawn): only what it started
+            except ProcessLookupError:
+                pass
+        proc.wait(5)
         if proc.stdout:
             proc.stdout.close()
+    for child in below:  # e.g. a sandbox process that made a session of its own
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
 
 
 def measure_runsc_do(runsc: Path, count: int, *, platform: str | None = None, window: float = 2.0,

@@ -59,14 +59,59 @@ def load(host: HostRoot) -> State:
     if raw is None:
         return State()
     try:
-        data = json.loads(raw)
-        files = {p: FileRecord(**r) for p, r in data.get("files", {}).items()}
-        return State(files=files, handlers=dict(data.get("handlers", {})))
+        return _parse(json.loads(raw))
     except (ValueError, TypeError) as exc:
         raise HostError(
             f"{host.path(STATE_FILE)} is corrupt ({exc})",
             "restore it from a backup or move it aside (nodeagent then forgets what it owns)",
         ) from None
+
+
+# FileRecord's JSON keys and the types each may hold (None only where the field allows it)
+_RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "path": (str,), "role": (str,), "created": (bool,), "backup": (str, type(None)),
+    "written_sha256": (str, type(None)), "handlers": (list,), "imports_added": (list,),
+    "imports_line_created": (bool,), "defaults_added": (list,), "created_dirs": (list,), "replaced": (dict,),
+}
+_REQUIRED = ("path", "role", "created", "backup", "written_sha256")
+
+
+def _parse(data: Any) -> State:
+    """A State from decoded JSON, every part of its shape checked: valid JSON of the wrong shape
+    (a list, a list where an object belongs, a wrong type, an unknown key) raises ValueError
+    rather than escaping later as an AttributeError from deep inside uninstall."""
+    _require(isinstance(data, dict), "not a JSON object")
+    unknown = sorted(set(data) - {"version", "files", "handlers"})
+    _require(not unknown, f"unknown key(s) {', '.join(unknown)}")
+    _require(data.get("version", 1) == 1 and type(data.get("version", 1)) is int,
+             f"unsupported version {data.get('version')!r}")
+    files, handlers = data.get("files", {}), data.get("handlers", {})
+    _require(isinstance(files, dict), '"files" is not an object')
+    _require(isinstance(handlers, dict) and all(isinstance(v, str) for v in handlers.values()),
+             '"handlers" is not an object of handler name -> runtime')
+    return State(files={path: _record(path, r) for path, r in files.items()}, handlers=dict(handlers))
+
+
+def _record(path: str, data: Any) -> FileRecord:
+    _require(isinstance(data, dict), f"the record of {path} is not an object")
+    unknown = sorted(set(data) - set(_RECORD_FIELDS))
+    _require(not unknown, f"the record of {path} has unknown key(s) {', '.join(unknown)}")
+    missing = [key for key in _REQUIRED if key not in data]
+    _require(not missing, f"the record of {path} lacks {', '.join(missing)}")
+    for key, value in data.items():
+        allowed = _RECORD_FIELDS[key]
+        # bool is an int subclass, and an int is no bool: compare exact types
+        _require(type(value) in allowed, f"{key} of {path} is a {type(value).__name__}")
+        if isinstance(value, list):
+            _require(all(isinstance(v, str) for v in value), f"{key} of {path} holds a non-string")
+        if isinstance(value, dict):
+            _require(all(isinstance(v, dict) for v in value.values()), f"{key} of {path} holds a non-object")
+    return FileRecord(**data)
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
 
 
 def private_dir(host: HostRoot, path: str = STATE_DIR, journal: Journal | None = None) -> None:

@@ -115,8 +115,6 @@ def test_a_config_the_real_containerd_rejects_is_refused_before_anything_is_writ
     assert set(diff_snapshots(before, snapshot(root))) <= {"added run", "added run/nodeagent.lock"}
 
 
-@pytest.mark.xfail(strict=True, reason="converge.install drops the notes apply.prepare_install returns, so an "
-                   "install whose config no containerd could validate does not say so (plan cannot know)")
 def test_an_install_no_containerd_could_validate_says_so(tmp_path):
     root = tmp_path / "root"  # a config, but no containerd binary in the root to judge it
     (root / CONFIG).parent.mkdir(parents=True)

@@ -85,28 +85,53 @@ def test_the_workload_runs_below_runsc_and_ends_with_it(tmp_path):
     wait_for(lambda: not alive(m.costs[0].processes[0]["pid"]), 10, "the workload to end with its runtime")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _wait_ready select()s on the pipe's fd but reads with the "
-                   "buffered readline(): when a line before the ready line arrives in the same chunk, the "
-                   "ready line waits in Python's buffer while select() waits for new bytes until the deadline")
 def test_a_line_before_the_ready_line_in_the_same_chunk(tmp_path):
+    """One write holding a banner line and the ready line: a buffered readline() would keep the
+    ready line in Python's buffer while select() waited for bytes that never come."""
     runsc = fake_runsc(tmp_path, "printf 'runsc: some banner\\nnodeagent-measure-ready\\n'; exec sleep 600")
     m = measure_runsc_do(runsc, 1, window=0.1, timeout=3)
     assert m.sandboxes == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _end's docstring says it SIGKILLs what is left of runsc do's "
-                   "session, but it does so only when runsc do itself outlives SIGTERM by 10 s: a sandbox "
-                   "process left behind by a runsc do that did exit keeps running")
-def test_nothing_of_the_session_outlives_the_measurement(tmp_path):
-    pids = tmp_path / "pids"
-    runsc = fake_runsc(tmp_path, f'shift $(($# - 3)); "$@" & echo $! > {pids}; wait')  # SIGTERM ends only sh
+def test_a_ready_line_split_across_two_writes(tmp_path):
+    runsc = fake_runsc(tmp_path, "printf 'nodeagent-mea'; sleep 0.3; printf 'sure-ready\\n'; exec sleep 600")
+    m = measure_runsc_do(runsc, 1, window=0.1, timeout=10)
+    assert m.sandboxes == 1
+
+
+def left_behind_ends(runsc: Path, pids: Path) -> None:
+    """Measure with `runsc`, which leaves a process behind when it exits (its pid in `pids`);
+    that process must end with the measurement. Killed here if it does not (ours: the test's)."""
     try:
         measure_runsc_do(runsc, 1, window=0.1, timeout=10)
         child = int(pids.read_text())
-        wait_for(lambda: not alive(child), 3, "the workload runsc do left behind to end")
+        wait_for(lambda: not alive(child), 3, "the process runsc do left behind to end")
     finally:
-        if pids.exists() and alive(int(pids.read_text())):
+        if pids.exists() and pids.read_text().strip() and alive(int(pids.read_text())):
             os.kill(int(pids.read_text()), signal.SIGKILL)
+
+
+def test_nothing_of_the_session_outlives_the_measurement(tmp_path):
+    pids = tmp_path / "pids"
+    left_behind_ends(fake_runsc(tmp_path, f'shift $(($# - 3)); "$@" & echo $! > {pids}; wait'), pids)  # SIGTERM ends only sh
+
+
+def test_a_process_started_as_runsc_do_exits_is_ended(tmp_path):
+    """Born after the sandbox's processes were noted, in runsc do's process group: only the
+    killpg of that group (done while runsc do is unreaped, so its id is still ours) reaches it."""
+    pids = tmp_path / "pids"
+    runsc = fake_runsc(tmp_path, f'shift $(($# - 3)); "$@" & w=$!; '
+                                 f"trap 'kill $w; sleep 600 & echo $! > {pids}; exit 0' TERM; wait")
+    left_behind_ends(runsc, pids)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/setsid").exists(), reason="needs setsid(1) (util-linux)")
+def test_a_sandbox_process_in_a_session_of_its_own_is_ended(tmp_path):
+    """runsc starts its sandbox in a new session (out of reach of a killpg): the processes noted
+    below runsc do are ended one by one."""
+    pids = tmp_path / "pids"
+    runsc = fake_runsc(tmp_path, f'shift $(($# - 3)); setsid "$@" & echo $! > {pids}; wait')
+    left_behind_ends(runsc, pids)
 
 
 def test_shim_of_finds_the_shim_serving_a_sandbox_id(tmp_path):
