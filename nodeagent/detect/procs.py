@@ -70,6 +70,13 @@ def _entry(proc_dir: str, pid: int) -> HostProcess | None:
     return HostProcess(pid, name, exe, cmdline, proc_dir, int(fields[19]) if len(fields) > 19 else 0)
 
 
+def sees_root_processes(host: HostRoot) -> bool:
+    """Whether the processes we list are the root's own: the live root, or a root with a procfs
+    of its own (a DaemonSet's /host). For a captured or baked tree, our /proc shows this
+    machine's processes, whose host-absolute paths name this machine's files, not the tree's."""
+    return host.is_live or len(_procfs_views(host)) > 1
+
+
 def _procfs_views(host: HostRoot) -> list[str]:
     views = ["/proc"]
     if not host.is_live:

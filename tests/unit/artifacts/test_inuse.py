@@ -4,6 +4,7 @@ processes here are real: copies of /bin/sleep started from a version dir in a fa
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -48,3 +49,37 @@ def test_nothing_running_means_not_in_use(tmp_path, sleeper):
     proc.kill()
     proc.wait()
     assert proc.pid not in pids_using(HostRoot(tmp_path), VERSION)
+
+
+def test_a_process_of_another_mount_namespace_does_not_pin_a_captured_trees_version(tmp_path):
+    """Seen on main while a systemd-node test ran beside the catalogue: a process in a private
+    mount namespace ran /opt/nodeagent/kata/<v>/... (its own /opt), and `uninstall --root <tmp
+    tree>` refused: "kata is still in use by running sandbox process(es) 1388". For a tree that
+    is not the live root and has no procfs of its own, the host-absolute spelling names this
+    machine's files, not the tree's; only the root-prefixed one counts. The process here is real:
+    a copy of sleep, run from a tmp dir bind-mounted over /opt/nodeagent in `unshare -m`."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    other = tmp_path / "other-namespace"
+    binary = other / VERSION.removeprefix("/opt/nodeagent/") / "runsc"
+    binary.parent.mkdir(parents=True)
+    shutil.copy2(shutil.which("sleep"), binary)
+    tree = tmp_path / "tree"  # a captured tree holding the same version
+    (tree / VERSION.lstrip("/")).mkdir(parents=True)
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                             f'mkdir -p /opt/nodeagent && mount --bind "{other}" /opt/nodeagent && exec {VERSION}/runsc 60'])
+    try:
+        import time
+
+        for _ in range(100):  # until sh has exec'd the sleep copy
+            try:
+                if os.readlink(f"/proc/{proc.pid}/exe").startswith(VERSION):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert os.readlink(f"/proc/{proc.pid}/exe") == f"{VERSION}/runsc"  # how the kernel spells it to us
+        assert proc.pid not in pids_using(HostRoot(tree), VERSION)
+    finally:
+        proc.kill()
+        proc.wait()
