@@ -125,7 +125,10 @@ def _remove_leaked_cgroups(before: set[str]) -> list[str]:
 def runsc_do(runsc: Path, argv: list[str], *, platform: str | None = None, timeout: float = 60.0) -> str:
     """Run `runsc do argv` with a private state dir and no network; return stdout."""
     state = tempfile.mkdtemp(prefix="nodeagent-runsc-")
-    flags = ["--root", state, "--network=none"]
+    # --ignore-cgroups: the check is about the kernel the sandbox sees, not resource limits, and
+    # inside a DaemonSet pod runsc would otherwise look for cgroup v1 controllers the pod's
+    # /sys/fs/cgroup does not show ("stat /sys/fs/cgroup/cpu: no such file or directory")
+    flags = ["--root", state, "--network=none", "--ignore-cgroups"]
     if os.geteuid() != 0:
         flags.append("--rootless")  # runsc do needs no root this way
     if platform:

@@ -205,7 +205,8 @@ def test_image_as_a_pod_converges_the_node_and_restarts_containerd_over_dbus(pod
                       and api.object(NODE)["metadata"]["labels"], 60, "the ready label")
     assert labels[P + "gvisor"] and labels["kubernetes.io/os"] == "linux"
     status, body = http_get(netns, f"http://127.0.0.1:{health_port}/metrics")
-    assert status == 200 and re.search(r"^nodeagent_containerd_restarts_total 1(\.0)?$", body, re.M), body
+    assert status == 200 and re.search(r"^nodeagent_containerd_restarts_total 1(\.0)?$", body, re.M), \
+        body + "\n" + _log_tail(node)
 
     # a rolling update stops the pod (SIGTERM) while the DaemonSet still selects the node
     _ctr(node, "task", "kill", "-s", "SIGTERM", TASK)
