@@ -47,7 +47,6 @@ OWED = {
     "detect/flavor.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_containerd_k3s_dropin.py",
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
-    "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # restart with narrow parameters (§3/§4)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
 }
