@@ -43,7 +43,6 @@ OWED = {
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
     # detect: typed facts (§3) change what the probes return; all run on captured host trees today
-    "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     # restart with narrow parameters (§3/§4)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
 }
