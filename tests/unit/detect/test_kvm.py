@@ -5,12 +5,18 @@ covers a regular file and another device's node. Here: the other ways the device
 module and nesting per module, and the "no vmx/svm" reason."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from nodeagent.detect import kvm
 from nodeagent.host import HostRoot
 from tests.support.hosttrees import HOSTS, KVM_DEV, mknod_char, needs_real_kvm
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write(root, rel, text=""):
@@ -69,6 +75,30 @@ def test_absolute_symlink_does_not_reach_the_machines_own_kvm(tmp_path):
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev/kvm").symlink_to("/dev/kvm")
     assert kvm.probe_device(HostRoot(tmp_path))["kvm_usable"] is False
+
+
+@pytest.mark.xfail(strict=True, reason="probe_device stats/opens host.path(), which follows an absolute symlink "
+                                        "out of the host root (here to this machine's /dev/null)")
+def test_absolute_symlink_is_resolved_inside_the_root(tmp_path):
+    # runs without root or KVM: in the root there is no /dev/null, so there is no device
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev/kvm").symlink_to("/dev/null")
+    assert kvm.probe_device(HostRoot(tmp_path))["reasons"][0].startswith("/dev/kvm does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to mknod and setpriv to drop caps")
+def test_permission_denied_gets_the_run_as_root_hint(tmp_path):
+    # /dev/null's numbers with mode 0000, probed in a real child without DAC override: EACCES
+    mknod_char(tmp_path / "dev/kvm", (1, 3))
+    (tmp_path / "dev/kvm").chmod(0)
+    code = ("import sys; from nodeagent.detect import kvm; from nodeagent.host import HostRoot; "
+            "print(kvm.probe_device(HostRoot(sys.argv[1]))['reasons'])")
+    drop = "-dac_override,-dac_read_search"
+    out = subprocess.run(["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", sys.executable, "-c", code,
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(["cannot open /dev/kvm: Permission denied "
+                                      "(run as root, or allow the device in the pod/cgroup)"])
 
 
 @pytest.mark.parametrize("module, raw, nested", [("kvm_intel", "Y\n", True), ("kvm_intel", "N\n", False),
