@@ -43,14 +43,6 @@ OWED = {
     "containerd/health.py": "tests/integration/test_cri.py, test_systemd_node.py",
     "containerd/inspect.py": "tests/unit/containerd/test_engine_corpus.py, test_engine_details.py",
     # detect: typed facts (§3) change what the probes return; all run on captured host trees today
-    "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
-    "detect/containerd_config.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_detect_live.py",
-    "detect/cpu.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    "detect/flavor.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_containerd_k3s_dropin.py",
-    "detect/kvm.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
-    "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
-    "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
     # restart with narrow parameters (§3/§4)
     "service.py": "tests/integration/test_service.py, test_systemd_node.py",
 }
