@@ -79,6 +79,14 @@ class HostRoot:
         """Like path(), but follow symlinks *inside* the host root (absolute links stay in it)."""
         return self.path(self.walk(host_path))
 
+    def confined(self, host_path: str) -> Path | None:
+        """resolve(), or None when the links loop: where a probe may stat/open a device or
+        directory without an absolute link taking it to this machine's own file."""
+        try:
+            return self.resolve(host_path)
+        except (HostError, OSError):
+            return None
+
     def walk(self, host_path: str, visit: Callable[[PurePosixPath, bool], bool] | None = None) -> PurePosixPath | None:
         """Resolve `host_path` component by component, links followed inside the root; returns the
         resolved host path. `visit(component, is_last)` sees each component before it is followed

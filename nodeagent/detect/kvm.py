@@ -37,9 +37,11 @@ def _truthy_param(text: str | None) -> bool | None:
 
 def probe_device(host: HostRoot, path: str = "/dev/kvm") -> dict[str, Any]:
     """Open the device and ask it; every failure becomes a reason, never an exception."""
-    real = host.path(path)
+    # links are followed inside the root: a captured tree's absolute /dev/kvm link must not reach
+    # this machine's own device (a loop or a dangling link is no device)
+    real = host.confined(path)
     facts: dict[str, Any] = {
-        "kvm_device": host.exists(path),
+        "kvm_device": host.exists(path),  # the name is there (a dangling link too)
         "kvm_usable": False,
         "kvm_api_version": None,
         "kvm_create_vm": None,
@@ -47,6 +49,8 @@ def probe_device(host: HostRoot, path: str = "/dev/kvm") -> dict[str, Any]:
     }
     reasons = facts["reasons"]
     try:
+        if real is None:
+            raise FileNotFoundError(path)
         st = os.stat(real)
     except FileNotFoundError:
         reasons.append(f"{path} does not exist: KVM module not loaded or device not exposed to this node/pod")

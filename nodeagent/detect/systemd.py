@@ -11,6 +11,7 @@ from nodeagent.host import HostRoot
 
 
 def probe(host: HostRoot) -> dict[str, Any]:
-    running = host.path("/run/systemd/system").is_dir()
+    marker = host.confined("/run/systemd/system")  # links followed inside the root only
+    running = marker is not None and marker.is_dir()
     installed = any(host.exists(p) for p in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd"))
     return {"running": running, "installed": installed or running}

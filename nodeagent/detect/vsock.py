@@ -27,7 +27,9 @@ UNUSABLE = f"host-side vsock ({DEVICE}) is unusable"  # the reason's start when 
 
 def ask_device(host: HostRoot, path: str = DEVICE) -> str | None:
     """None when the kernel answers VHOST_GET_FEATURES on `path`, else why not (never raises)."""
-    real = host.path(path)
+    real = host.confined(path)  # links followed inside the root, never to this machine's device
+    if real is None:
+        return "missing"
     try:
         st = os.stat(real)
     except FileNotFoundError:
