@@ -36,7 +36,7 @@ AREAS = [
     ("configs", r"containerd_config|config_|toml|import|handler|template|v2_table|version_as_string|nested"
                 r"|effective_proof|corpus_external"),
     ("archives", r"hostile|tarball|member|huge_dictionary|huge_window|symlink_chain|archive_trust|release_lacks"),
-    ("hosts", r"host_faults|read_only|root_that|verify|eligible|discovery_trust|planted_a_link|restart_impact"),
+    ("hosts", r"host_faults|read_only|root_that|verify|eligible|discovery_trust|planted_a_link|restart_impact|wrong_shaped_state"),
 ]
 
 
