@@ -39,7 +39,6 @@ OWED = {
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
     # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
-    "containerd/cri.py": "tests/integration/test_cri.py (real containerd daemons)",
     # detect: typed facts (§3) change what the probes return; all run on captured host trees today
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/containerd_config.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_detect_live.py",
