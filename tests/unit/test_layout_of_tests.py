@@ -33,8 +33,6 @@ OWED = {
     # Every module left here is being reshaped by issue 12's other items as this list is written
     # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
-    # artifacts: one undo journal (§4) takes over install
-    "artifacts/install.py": "tests/integration/test_artifacts_install.py",
     # the agent's commands (being reshaped with the agent)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
     "commands/agent_child.py": "tests/integration/test_agent_child.py",
