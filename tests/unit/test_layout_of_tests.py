@@ -46,8 +46,6 @@ OWED = {
     "detect/systemd.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/unit_pid.py": "tests/integration/test_discovery_trust.py",
     "detect/vsock.py": "tests/unit/detect/test_detect_bad_input.py, test_detect_fixtures.py",
-    # restart with narrow parameters (§3/§4)
-    "service.py": "tests/integration/test_service.py, test_systemd_node.py",
 }
 
 
