@@ -35,7 +35,6 @@ OWED = {
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
     # the agent's commands (being reshaped with the agent)
     "commands/agent.py": "tests/integration/test_agent_node.py, test_agent_endpoints.py",
-    "commands/agent_child.py": "tests/integration/test_agent_child.py",
     # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
     # detect: typed facts (§3) change what the probes return; all run on captured host trees today
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
