@@ -33,7 +33,6 @@ OWED = {
     # Every module left here is being reshaped by issue 12's other items as this list is written
     # (plug-ins §2, typed facts §3, one journal §4, one observer §5) or by the fleet/admin work;
     # their unit tests belong to the new shape. Each entry: what exercises the module today.
-    # containerd: one observer of what containerd serves (§5) merges cri/health/inspect
     # detect: typed facts (§3) change what the probes return; all run on captured host trees today
     "detect/cgroup.py": "tests/unit/detect/test_detect_fixtures.py",
     "detect/containerd_config.py": "tests/unit/detect/test_detect_fixtures.py, tests/integration/test_detect_live.py",
