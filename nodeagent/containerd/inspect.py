@@ -18,11 +18,23 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from nodeagent.containerd import model
-from nodeagent.containerd.imports import LoadedFile, load_chain
+from nodeagent.containerd import model, tomlparse
+from nodeagent.containerd.imports import LoadedFile, load_chain, read_host_file
 from nodeagent.dicts import dig
+from nodeagent.errors import ConfigError
 from nodeagent.host import HostRoot
 
+
+
+def _main_version(host: HostRoot, config_path: str, overrides: dict[str, bytes | None] | None) -> int:
+    """The main file's schema version, for the merge rules when the daemon's version is unknown
+    (a v3 main file means containerd 2.x, which skips a missing plain import). A file that does
+    not parse counts as 1: load_chain then reports it with its own message."""
+    raw = overrides[config_path] if overrides and config_path in overrides else read_host_file(host, config_path)
+    try:
+        return model.config_version(tomlparse.parse(raw, config_path).get("version")) if raw else 1
+    except ConfigError:
+        return 1
 
 
 def containerd_major(containerd_version: str | None, main_version: int) -> int:
@@ -119,5 +131,6 @@ def registered_handlers(
     ask about candidate contents (host path -> bytes, None = deleted) without writing.
     Raises ConfigError (exit 2, with a hint) for unreadable or broken files.
     """
-    chain = load_chain(host, config_path, overrides, missing_ok=containerd_major(containerd_version, 1) >= 2)
+    chain = load_chain(host, config_path, overrides,
+                       missing_ok=containerd_major(containerd_version, _main_version(host, config_path, overrides)) >= 2)
     return effective_runtimes(chain, containerd_major(containerd_version, max(item.version for item in chain)))

@@ -50,7 +50,8 @@ def read(host: HostRoot, path: str, containerd_version: str | None = None) -> Co
         facts.error = exc.message
         return facts
     try:
-        facts.chain = load_chain(host, path)
+        # containerd 2.x skips a missing plain import, 1.x refuses to start (imports.load_chain)
+        facts.chain = load_chain(host, path, missing_ok=containerd_major(containerd_version, facts.version) >= 2)
         facts.handlers = registered_handlers(host, path, containerd_version)
         major = containerd_major(containerd_version, max(item.version for item in facts.chain))
         facts.default_runtime = default_runtime_name(facts.chain, major)

@@ -140,9 +140,6 @@ def test_a_missing_plain_import_is_fatal_for_1x_and_skipped_by_2x(tmp_path):
     assert list(registered_handlers(host, CONFIG, "2.1.9")) == ["runc"]
 
 
-@pytest.mark.xfail(strict=True, reason="registered_handlers decides missing_ok from the daemon version alone "
-                   "(containerd_major(version, 1)), so with no version a v3 main config, which the same function "
-                   "then treats as containerd 2.x, still fails on a missing import that 2.x skips")
 def test_without_a_version_a_v3_config_skips_a_missing_import_like_containerd_2x(tmp_path):
     host = root(tmp_path, {CONFIG: config(3, {"runc": "io.containerd.runc.v2"}, imports=["/etc/containerd/gone.toml"])})
     assert list(registered_handlers(host, CONFIG)) == ["runc"]

@@ -94,8 +94,6 @@ def test_real_containerd_2_loads_a_config_with_a_missing_plain_import(tmp_path):
     assert "gone.toml" in out.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="read() calls load_chain() without missing_ok, so for containerd 2.x a missing "
-                                        "plain import is a chain_error (config not ok) although containerd 2.x skips it")
 def test_a_missing_plain_import_is_skipped_for_containerd_2(tmp_path):
     facts = read(tmp_path, MISSING_IMPORT, version="2.1.9")
     assert facts.chain_error is None and facts.ok
