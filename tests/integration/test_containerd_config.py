@@ -18,10 +18,21 @@ from nodeagent.host import HostRoot
 from nodeagent.runtimes import gvisor, kata
 from tests.support.cli import run_cli
 from tests.support.containerd_daemon import minimal_config
-from tests.support.scenarios import BINARIES, CORPUS, SCENARIOS, have_containerd, install_containerd
+from tests.support.scenarios import BINARIES, CORPUS, SCENARIOS, VERSIONS, have_containerd, install_containerd
 from tests.support.tree import diff_snapshots, snapshot
 
 pytestmark = pytest.mark.integration
+
+
+def series_facts(series: str, *, gvisor: bool = True, **containerd) -> HostFacts:
+    """Facts as detection gives them for plain containerd of this series at the default config path."""
+    data = {"containerd": {"version": VERSIONS[series], "config_path": "/etc/containerd/config.toml",
+                           "flavor": "containerd", **containerd}}
+    if gvisor:
+        data["runtimes"] = {"gvisor": {"platform": "systrap"}}
+    return HostFacts.from_json(data)
+
+
 SPECS = [gvisor.handler(), kata.handler()]
 
 
@@ -116,9 +127,7 @@ def test_running_daemon_serves_handlers_then_uninstall_restores(series, containe
         original = minimal_config(series, work).encode()
         (root / "etc/containerd/config.toml").write_bytes(original)
         host = HostRoot(root)
-        facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                                    "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
-                                     "runtimes": {"gvisor": {"platform": "systrap"}}})
+        facts = series_facts(series)
         plan = plan_install(host, SPECS, facts)
         apply.apply_install(host, plan, containerd_bin=str(BINARIES[series]))
         state.update(host=host, original=original, plan=plan, work=work)
@@ -190,8 +199,7 @@ def test_missing_config_file_is_created_and_removed_again(series, tmp_path):
     needs(series)
     host = HostRoot(tmp_path)
     install_containerd(tmp_path, series)
-    facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "2.1": "2.1.9"}[series],
-                                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd"}})
+    facts = series_facts(series, gvisor=False)
     plan = plan_install(host, SPECS, facts)
     assert {f.path: f.action for f in plan.files}["/etc/containerd/config.toml"] == "create"
     apply.apply_install(host, plan)
@@ -224,9 +232,7 @@ def test_real_containerd_serves_every_kata_shim_handler_then_uninstall_restores(
         original = minimal_config(series, work).encode()
         (root / "etc/containerd/config.toml").write_bytes(original)
         host = HostRoot(root)
-        facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                                    "config_path": "/etc/containerd/config.toml", "flavor": "containerd"},
-                                     "runtimes": {"gvisor": {"platform": "systrap"}}})
+        facts = series_facts(series)
         apply.apply_install(host, plan_install(host, specs, facts), containerd_bin=str(BINARIES[series]))
         state.update(host=host, original=original, work=work)
         return _daemon_config(host, work / "chain-installed")
@@ -271,10 +277,7 @@ def test_real_containerd_stops_serving_a_dropped_kata_shim_then_uninstall_restor
     root = tmp_path / "root"
     (root / "etc/containerd").mkdir(parents=True)
     host = HostRoot(root)
-    facts = HostFacts.from_json({"containerd": {"version": {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series],
-                                                "config_path": "/etc/containerd/config.toml", "flavor": "containerd",
-                                                "found": True},
-                                 "runtimes": {"gvisor": {"platform": "systrap"}}})
+    facts = series_facts(series, found=True)
     saved: dict = {}
 
     def run(shims: list[str], runtime: str = "all"):
@@ -335,7 +338,7 @@ def test_devmapper_pool_fact_matches_real_containerd_s_dump(series, tmp_path):
         f"version = {v}\nimports = ['/etc/containerd/conf.d/x.toml']\n{table}  pool_name = 'pool'\n")
     (tmp_path / "etc/containerd/conf.d/x.toml").write_text(f"version = {v}\n{table}  base_image_size = '10GB'\n")
     host = HostRoot(tmp_path)
-    version = {"1.6": "1.6.20", "1.7": "1.7.24", "2.1": "2.1.9"}[series]
+    version = VERSIONS[series]
     fact = containerd_config.snapshotters(containerd_config.read(host, "/etc/containerd/config.toml", version), version)
     dump = validate.effective_config(host, "/etc/containerd/config.toml", {}, str(BINARIES[series]))
     real = dump["plugins"]["io.containerd.snapshotter.v1.devmapper"].get("pool_name") or None
